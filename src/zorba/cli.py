@@ -1,0 +1,86 @@
+"""The `zorba` command line. Every bad input ends as one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+import typer
+
+from zorba.errors import UserError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Federated zeroth-order fine-tuning with heterogeneous block activation.")
+
+
+@app.command()
+def run(
+    task: str = typer.Option("sst2", help="sst2 or rte"),
+    model: str = typer.Option("minilm", help="HF model id or local folder; 'minilm' = embedded default"),
+    clients: int = typer.Option(None, help="number of clients [8]"),
+    rounds: int = typer.Option(None, help="federated rounds [30]"),
+    local_steps: int = typer.Option(None, help="local ZO steps per round [5]"),
+    lr: float = typer.Option(None, help="learning rate"),
+    mu: float = typer.Option(None, help="perturbation scale"),
+    q: int = typer.Option(None, help="perturbations per step [1]"),
+    batch_size: int = typer.Option(None, help="mini-batch size [16]"),
+    max_len: int = typer.Option(None, help="max tokens per example [64]"),
+    alpha: float = typer.Option(None, help="Dirichlet label-skew concentration [0.5]"),
+    planner: str = typer.Option(None, help="zorba | all | random | round-robin"),
+    dist: str = typer.Option(None, help="perturbation distribution: rademacher | gaussian"),
+    participation: float = typer.Option(None, help="fraction of clients per round [1.0]"),
+    train_size: int = typer.Option(None, help="subsample the training split to this many examples"),
+    eval_every: int = typer.Option(None, help="evaluate on dev every this many rounds"),
+    seed: int = typer.Option(None, help="run seed: every random choice derives from it"),
+    data_dir: Path = typer.Option(None, help="folder with <task>/train.tsv and dev.tsv"),
+    test_file: Path = typer.Option(None, help="extra TSV (same format) to report accuracy on"),
+    out: Path = typer.Option(Path("runs/latest"), help="output folder"),
+    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+    measure_memory: bool = typer.Option(True, help="measure each client's peak memory in a fresh process"),
+) -> None:
+    """Run federated ZO fine-tuning in-process and write result.json, report.md, plot, log, weights."""
+    from zorba.config import make_config
+    from zorba.job import run_job
+
+    cfg = make_config(
+        task=task, model=model, clients=clients, rounds=rounds, local_steps=local_steps, lr=lr, mu=mu, q=q,
+        batch_size=batch_size, max_len=max_len, alpha=alpha, planner=planner, dist=dist,
+        participation=participation, train_size=train_size, eval_every=eval_every, seed=seed,
+        data_dir=str(data_dir) if data_dir else None, test_file=str(test_file) if test_file else None,
+        measure_memory=measure_memory,
+    )
+    result = run_job(cfg, out, overwrite=overwrite)
+    acc = result["accuracy"]
+    typer.echo(f"dev accuracy {100 * acc['initial']:.2f}% -> {100 * acc['final']:.2f}%; wrote {out}/result.json")
+
+
+@app.command()
+def verify(run_dir: Path = typer.Argument(..., help="a run's output folder")) -> None:
+    """Rebuild the final weights from the base model and the log; exit 0 only if bit-identical."""
+    from zorba.results import verify as verify_run
+
+    ok, message = verify_run(run_dir)
+    typer.echo(message)
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    """Entry point: usage errors and UserErrors become one line and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        print(f"zorba: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("zorba: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        print(f"zorba: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)

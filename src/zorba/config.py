@@ -1,0 +1,71 @@
+"""Run configuration: one pydantic model, validated once, recorded verbatim in result.json."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from zorba.errors import UserError
+
+PLANNERS = ("zorba", "all", "random", "round-robin")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = "zorba"
+    task: Literal["sst2", "rte"] = "sst2"
+    model: str = "minilm"
+    data_dir: str | None = None  # default: ZORBA_DATA_DIR, else the nearest shared/data above the cwd
+    test_file: str | None = None
+    clients: int = Field(8, ge=1, le=100_000)
+    participation: float = Field(1.0, gt=0.0, le=1.0)
+    rounds: int = Field(30, ge=1, le=1_000_000)
+    local_steps: int = Field(5, ge=1, le=10_000)
+    lr: float = Field(2e-5, gt=0.0, le=1.0)
+    mu: float = Field(1e-3, gt=0.0, le=1.0)
+    q: int = Field(1, ge=1, le=64)
+    batch_size: int = Field(16, ge=1, le=4096)
+    max_len: int = Field(64, ge=8, le=4096)
+    alpha: float = Field(0.5, gt=0.0, le=1e6)
+    dist: Literal["rademacher", "gaussian"] = "rademacher"
+    planner: Literal["zorba", "all", "random", "round-robin"] = "round-robin"
+    block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
+    train_size: int | None = Field(None, ge=1)  # subsample the training split (seeded)
+    eval_every: int = Field(3, ge=1)
+    seed: int = Field(0, ge=0, lt=2**63)
+    measure_memory: bool = True
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> RunConfig:
+        if not self.block_fractions or not all(0.0 < f <= 1.0 for f in self.block_fractions):
+            raise ValueError("block_fractions must be non-empty values in (0, 1]")
+        return self
+
+
+def make_config(**values) -> RunConfig:
+    """Build a RunConfig; any invalid value becomes one UserError line naming the field."""
+    try:
+        return RunConfig(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise UserError(f"invalid option {where}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def find_data_dir(cfg: RunConfig) -> Path:
+    """Where the task TSVs are: explicit option, env var, or shared/data in the cwd or a parent."""
+    if cfg.data_dir:
+        candidates = [Path(cfg.data_dir)]
+    elif os.environ.get("ZORBA_DATA_DIR"):
+        candidates = [Path(os.environ["ZORBA_DATA_DIR"])]
+    else:
+        here = Path.cwd().resolve()
+        candidates = [p / sub for p in (here, *here.parents) for sub in ("shared/data", "data")]
+    for c in candidates:
+        if (c / cfg.task / "train.tsv").is_file():
+            return c
+    raise UserError(f"no {cfg.task}/train.tsv found (looked in {candidates[0]}); pass --data-dir")

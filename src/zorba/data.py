@@ -1,0 +1,43 @@
+"""Clients' data: a seeded Dirichlet label-skew partition (flwr-datasets) and seeded mini-batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from zorba.errors import UserError
+from zorba.rng import derive_key
+
+
+def dirichlet_partition(
+    labels: Sequence[int], num_clients: int, alpha: float, seed: int, min_size: int = 1
+) -> list[np.ndarray]:
+    """Example indices per client; smaller alpha = more label skew. Uses flwr-datasets' partitioner so
+    splits match what Flower users get from the same (alpha, seed)."""
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    datasets.disable_progress_bars()
+    if num_clients > len(labels):
+        raise UserError(f"{num_clients} clients but only {len(labels)} training examples")
+    table = datasets.Dataset.from_dict({"label": list(labels), "idx": np.arange(len(labels))})
+    partitioner = DirichletPartitioner(
+        num_partitions=num_clients, partition_by="label", alpha=alpha, min_partition_size=min_size,
+        self_balancing=False, shuffle=True, seed=seed,
+    )
+    partitioner.dataset = table
+    try:
+        parts = [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(num_clients)]
+    except ValueError as exc:
+        raise UserError(f"cannot split {len(labels)} examples over {num_clients} clients: {exc}") from None
+    for cid, part in enumerate(parts):
+        if len(part) == 0:
+            raise UserError(f"client {cid} received an empty partition; use fewer clients or a larger alpha")
+    return parts
+
+
+def sample_batch(indices: np.ndarray, batch_size: int, *key: int) -> np.ndarray:
+    """A mini-batch drawn from `indices`, a pure function of `key` (so a restarted run draws the same)."""
+    rng = np.random.default_rng(derive_key(*key))
+    return rng.choice(indices, size=batch_size, replace=len(indices) < batch_size)

@@ -1,0 +1,94 @@
+"""`zorba run` as a function: validate everything, train, measure, then publish all outputs at once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from zorba.config import RunConfig
+from zorba.memprobe import MemoryProbe, measure
+from zorba.models import load_model, state_digest
+from zorba.results import prepare_out_dir, publish, staging_dir, versions, write_outputs
+from zorba.runner import Runner, RunState, check_inputs
+
+
+def run_job(cfg: RunConfig, out: Path, overwrite: bool = False, progress: bool = True) -> dict:
+    prepare_out_dir(out, overwrite)
+    inputs = check_inputs(cfg)
+    lm = load_model(cfg.model)
+    base_digest = state_digest(lm.model)
+    runner = Runner(cfg, inputs, lm)
+    state = _run_with_progress(runner, cfg) if progress else runner.run()
+    result = build_result(cfg, state, base_digest)
+    tmp = staging_dir(out)
+    try:
+        write_outputs(tmp, result, state.server.replica, state.server.log)
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _run_with_progress(runner: Runner, cfg: RunConfig) -> RunState:
+    columns = (TextColumn("[bold]round"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("rounds", total=cfg.rounds, status="")
+
+        def on_round(rec: dict) -> None:
+            status = f"loss {rec['train_loss']:.4f}"
+            if "dev_accuracy" in rec:
+                status += f"  dev acc {100 * rec['dev_accuracy']:.2f}%"
+            bar.update(task, advance=1, status=status)
+
+        return runner.run(on_round)
+
+
+def client_peak_memory(cfg: RunConfig, state: RunState) -> list[int]:
+    """Per client: measured peak of a fresh process running its largest planned block set."""
+    sizes = [b.numel for b in state.lm.blocks]
+    largest: dict[int, tuple[int, ...]] = {}
+    for rec in state.history:
+        for c, blocks in rec["blocks"].items():
+            cur = largest.get(int(c), ())
+            if sum(sizes[b] for b in blocks) > sum(sizes[b] for b in cur) or not cur:
+                largest[int(c)] = tuple(blocks)
+    cache: dict[tuple[int, ...], int] = {}
+    for blocks in set(largest.values()):
+        probe = MemoryProbe(cfg.model, cfg.task, blocks, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir)
+        cache[blocks] = measure(probe)["peak_rss_bytes"]
+    return [cache[largest[c]] if c in largest else 0 for c in range(cfg.clients)]
+
+
+def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:
+    n_params = sum(b.numel for b in state.lm.blocks)
+    up, down = state.bytes_up, state.bytes_down
+    return {
+        "method": cfg.method,
+        "task": cfg.task,
+        "model": cfg.model,
+        "config": cfg.model_dump(mode="json"),
+        "versions": versions(),
+        "seeds": {"run": cfg.seed, "partition": cfg.seed, "note": "every stream derives from the run seed"},
+        "base_model_sha256": base_digest,
+        "final_model_sha256": state.server.replica.digest(),
+        "clients_in_sync": state.device.digest() == state.server.replica.digest(),
+        "blocks": [{"name": b.name, "numel": b.numel} for b in state.lm.blocks],
+        "client_block_counts": state.block_counts,
+        "accuracy": state.accuracy,
+        "test_file_accuracy": state.test_accuracy or None,
+        "comm": {
+            "uplink_bytes_per_client_round": sum(up) / max(len(up), 1),
+            "downlink_bytes_per_client_round": sum(down) / max(len(down), 1),
+            "uplink_bytes_total": sum(up) * cfg.clients,
+            "fedavg_bytes_per_client_round": 4 * n_params,
+        },
+        "memory": {
+            "peak_bytes_per_client": client_peak_memory(cfg, state) if cfg.measure_memory else None,
+            "how": "peak RSS (VmHWM) of a fresh process running one local round on the client's largest block set",
+        },
+        "seconds": state.seconds,
+        "history": state.history,
+    }

@@ -1,0 +1,63 @@
+"""A copy of the global weights that follows the log: the server holds one, each client device one.
+
+Replay is the only way weights change between rounds, so a replica at cursor c holds exactly
+base + entries[:c] on any machine (bit-exact for Rademacher z, see rng.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from zorba.blocks import block_tensors
+from zorba.models import LoadedModel, state_digest
+from zorba.protocol import LogEntry
+from zorba.zo import add_scaled_noise_
+
+
+class Replica:
+    def __init__(self, lm: LoadedModel) -> None:
+        self.lm = lm
+        self.tensors = block_tensors(lm.model, lm.blocks)
+        self.cursor = 0  # number of log entries applied
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.tensors)
+
+    def apply(self, entry: LogEntry) -> None:
+        """w_l -= lr * coef(n, l) * g / q * z for every client, step, perturbation and block, in log order."""
+        coef = entry.coefficients()
+        for u in entry.updates:
+            blocks = sorted(u.blocks)
+            for step in u.steps:
+                for j, g in enumerate(step.scalars):
+                    scales = {b: -entry.lr * coef[(u.client, b)] * g / entry.q for b in blocks}
+                    add_scaled_noise_(self.tensors, blocks, step.seed, j, scales, entry.dist)
+        self.cursor += 1
+
+    def sync(self, entries: Iterable[LogEntry], first_index: int | None = None) -> int:
+        """Replay the entries this replica has not applied yet; `first_index` is the log index of
+        entries[0] (default: the cursor). Returns how many were applied."""
+        entries = list(entries)
+        start = self.cursor if first_index is None else first_index
+        if start > self.cursor:
+            raise ValueError(f"log gap: replica at entry {self.cursor}, got entries from {start}")
+        todo = entries[self.cursor - start :]
+        for entry in todo:
+            self.apply(entry)
+        return len(todo)
+
+    def snapshot(self, blocks: Sequence[int]) -> dict[int, list[torch.Tensor]]:
+        """Exact copies of the active blocks: local steps are not exactly reversible in floating
+        point, and the client must return to the global weights before it replays the round."""
+        return {b: [t.detach().clone() for t in self.tensors[b]] for b in blocks}
+
+    @torch.no_grad()
+    def restore(self, snap: dict[int, list[torch.Tensor]]) -> None:
+        for b, saved in snap.items():
+            for t, s in zip(self.tensors[b], saved, strict=True):
+                t.copy_(s)
+
+    def digest(self) -> str:
+        return state_digest(self.lm.model)

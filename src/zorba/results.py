@@ -1,0 +1,138 @@
+"""A run's outputs: result.json, report.md, plot.png, log.jsonl and the final weights (safetensors,
+loadable with from_pretrained); and `verify`, which rebuilds the weights from base + log."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from zorba.errors import UserError
+from zorba.logio import read_log, write_log
+from zorba.models import load_model, state_digest
+from zorba.replica import Replica
+
+_PACKAGES = ("zorba", "torch", "transformers", "numpy", "scipy", "flwr", "flwr-datasets", "peft")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out}: output folder exists and is not empty (pass --overwrite or another --out)")
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move a fully written temp folder into place, so a crash never leaves a half-written run."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+
+
+def staging_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def write_outputs(tmp: Path, result: dict, server_replica: Replica, log) -> None:
+    write_log(tmp / "log.jsonl", log)
+    server_replica.lm.model.save_pretrained(tmp / "model")
+    server_replica.lm.tokenizer.save_pretrained(tmp / "model")
+    (tmp / "result.json").write_text(json.dumps(result, indent=2))
+    plot_history(result["history"], tmp / "plot.png")
+    (tmp / "report.md").write_text(render_report(result))
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot([h["round"] + 1 for h in history], [h["train_loss"] for h in history], marker=".")
+    ax1.set(xlabel="round", ylabel="training loss (clients' mean)", title="loss")
+    evals = [h for h in history if "dev_accuracy" in h]
+    ax2.plot([h["round"] + 1 for h in evals], [100 * h["dev_accuracy"] for h in evals], marker="o")
+    ax2.set(xlabel="round", ylabel="dev accuracy (%)", title="accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_report(r: dict) -> str:
+    c = r["config"]
+    lines = [
+        f"# zorba run: {r['method']} on {r['task']} with {r['model']}",
+        "",
+        f"{c['clients']} clients, {c['rounds']} rounds x {c['local_steps']} local steps, planner `{c['planner']}`, "
+        f"lr {c['lr']}, mu {c['mu']}, q {c['q']}, batch {c['batch_size']}, seed {c['seed']}.",
+        "",
+        "| metric | initial | final |",
+        "|---|---|---|",
+        f"| dev accuracy | {100 * r['accuracy']['initial']:.2f}% | {100 * r['accuracy']['final']:.2f}% |",
+    ]
+    if r.get("test_file_accuracy"):
+        t = r["test_file_accuracy"]
+        lines.append(f"| test-file accuracy | {100 * t['initial']:.2f}% | {100 * t['final']:.2f}% |")
+    comm, mem = r["comm"], r["memory"]
+    lines += [
+        "",
+        f"- uplink per client per round: {comm['uplink_bytes_per_client_round']:.0f} bytes; "
+        f"downlink: {comm['downlink_bytes_per_client_round']:.0f} bytes "
+        f"(FedAvg would send {comm['fedavg_bytes_per_client_round']:,} bytes each way)",
+        f"- wall time: {r['seconds']:.1f} s ({r['seconds'] / max(c['rounds'], 1):.2f} s per round)",
+    ]
+    if mem.get("peak_bytes_per_client"):
+        peaks = ", ".join(f"{b / 2**20:.0f}" for b in mem["peak_bytes_per_client"])
+        lines.append(f"- measured peak memory per client (MiB, fresh process each): {peaks}")
+    lines += ["", "![loss and accuracy](plot.png)", ""]
+    return "\n".join(lines)
+
+
+def verify(run_dir: Path) -> tuple[bool, str]:
+    """Rebuild final weights from the base model and the log; compare bit for bit with the saved ones."""
+    from safetensors.torch import load_file
+
+    result_path = run_dir / "result.json"
+    if not result_path.is_file():
+        raise UserError(f"{run_dir}: not a zorba run folder (no result.json)")
+    try:
+        result = json.loads(result_path.read_text())
+        model_id, base_digest = result["model"], result["base_model_sha256"]
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{result_path}: malformed ({type(exc).__name__}: {exc})") from None
+    weights = run_dir / "model" / "model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{weights}: missing")
+    lm = load_model(model_id)
+    if state_digest(lm.model) != base_digest:
+        return False, f"base model {model_id!r} differs from the one this run started from"
+    replica = Replica(lm)
+    for entry in read_log(run_dir / "log.jsonl"):
+        replica.apply(entry)
+    saved = load_file(str(weights))
+    params = dict(lm.model.named_parameters())
+    for name, tensor in saved.items():
+        if name in params and not torch.equal(params[name].detach(), tensor):
+            return False, f"tensor {name} differs from base + replay of the log"
+    missing = set(params) - set(saved)
+    if missing:
+        return False, f"saved weights lack {len(missing)} tensors (e.g. {sorted(missing)[0]})"
+    return True, f"ok: {len(saved)} tensors bit-identical to base + {replica.cursor} replayed rounds"

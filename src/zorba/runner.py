@@ -1,0 +1,166 @@
+"""In-process runner: one server and N simulated clients in one process, deterministic.
+
+All simulated clients share one device replica (they run one after another, as on a single
+machine), so memory does not grow with the number of clients: a client is its id, its data indices
+and its sync cursor. Messages still go through the binary codec, so byte counts are the real ones."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from zorba import codec
+from zorba.client import ClientState, TokenizedData, run_round
+from zorba.config import RunConfig, find_data_dir
+from zorba.data import dirichlet_partition
+from zorba.errors import UserError
+from zorba.models import LoadedModel, load_model
+from zorba.plans import AllBlocks, BlockPlanner, RandomBlocks, RoundRobin, heterogeneous_counts
+from zorba.protocol import Hyper
+from zorba.replica import Replica
+from zorba.rng import derive_key
+from zorba.scoring import Scorer
+from zorba.server import Server
+from zorba.tasks import Example, get_task, read_examples
+
+
+@dataclass
+class Inputs:
+    """Everything read from disk, validated before any output is written."""
+
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example] | None
+
+
+@dataclass
+class RunState:
+    cfg: RunConfig
+    lm: LoadedModel
+    server: Server
+    device: Replica
+    clients: list[ClientState]
+    history: list[dict] = field(default_factory=list)
+    accuracy: dict = field(default_factory=dict)
+    test_accuracy: dict = field(default_factory=dict)
+    bytes_up: list[int] = field(default_factory=list)
+    bytes_down: list[int] = field(default_factory=list)
+    block_counts: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def read_inputs(cfg: RunConfig) -> Inputs:
+    task = get_task(cfg.task)
+    data_dir = find_data_dir(cfg)
+    train = read_examples(data_dir / cfg.task / "train.tsv", task)
+    if cfg.train_size and cfg.train_size < len(train):
+        keep = np.random.default_rng(derive_key(cfg.seed, 7)).choice(len(train), cfg.train_size, replace=False)
+        train = [train[i] for i in sorted(keep)]
+    dev = read_examples(data_dir / cfg.task / "dev.tsv", task)
+    test = read_examples(cfg.test_file, task) if cfg.test_file else None
+    return Inputs(train, dev, test)
+
+
+def make_planner(cfg: RunConfig, lm: LoadedModel, counts: list[int]) -> BlockPlanner:
+    L = len(lm.blocks)
+    if cfg.planner == "all":
+        return AllBlocks(L)
+    if cfg.planner == "random":
+        return RandomBlocks(L, counts, cfg.seed)
+    if cfg.planner == "round-robin":
+        return RoundRobin(L, counts)
+    from zorba.planner import make_zorba_planner  # the optimised planner (docs/theory.md)
+
+    return make_zorba_planner(cfg, lm, counts)
+
+
+def participants(cfg: RunConfig, round_idx: int) -> list[int]:
+    if cfg.participation >= 1.0:
+        return list(range(cfg.clients))
+    k = max(1, round(cfg.participation * cfg.clients))
+    rng = np.random.default_rng(derive_key(cfg.seed, 11, round_idx))
+    return sorted(int(c) for c in rng.choice(cfg.clients, size=k, replace=False))
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, inputs: Inputs, lm: LoadedModel | None = None) -> None:
+        self.cfg, self.inputs = cfg, inputs
+        lm = lm or load_model(cfg.model)
+        task = get_task(cfg.task)
+        device_lm = copy.deepcopy(lm)
+        self.eval_scorer = Scorer(lm, task, cfg.max_len)
+        self.train_scorer = Scorer(device_lm, task, cfg.max_len)
+        self.train = TokenizedData(self.eval_scorer.encode(inputs.train), [e.label for e in inputs.train])
+        self.dev = (self.eval_scorer.encode(inputs.dev), [e.label for e in inputs.dev])
+        self.test = (self.eval_scorer.encode(inputs.test), [e.label for e in inputs.test]) if inputs.test else None
+        parts = dirichlet_partition(self.train.labels, cfg.clients, cfg.alpha, cfg.seed)
+        counts = heterogeneous_counts(cfg.clients, len(lm.blocks), cfg.block_fractions)
+        hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
+        server = Server(make_planner(cfg, lm, counts), hyper, cfg.seed, Replica(lm))
+        clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
+        self.state = RunState(cfg, lm, server, Replica(device_lm), clients, block_counts=counts)
+
+    def evaluate(self, round_idx: int) -> dict:
+        acc = self.eval_scorer.accuracy(*self.dev)
+        out = {"round": round_idx, "dev_accuracy": acc}
+        if self.test is not None:
+            out["test_file_accuracy"] = self.eval_scorer.accuracy(*self.test)
+        return out
+
+    def run_round(self) -> dict:
+        """One round through the codec: plans down, reports up, aggregate, replay on the server."""
+        s, started = self.state, time.perf_counter()
+        plans = s.server.make_plans(participants(self.cfg, s.server.round))
+        losses, up, down = [], 0, 0
+        for cid, plan in plans.items():
+            wire_plan = codec.encode_plan(plan)
+            report = run_round(codec.decode_plan(wire_plan), s.clients[cid], s.device, self.train_scorer, self.train)
+            wire_report = codec.encode_report(report)
+            s.server.receive(codec.decode_report(wire_report))
+            losses.append(report.loss)
+            up, down = up + len(wire_report), down + len(wire_plan)
+        entry = s.server.close_round()
+        n = max(len(plans), 1)
+        s.bytes_up.append(up // n)
+        s.bytes_down.append(down // n)
+        return {
+            "round": entry.round,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "clients": len(plans),
+            "blocks": {str(c): list(p.blocks) for c, p in plans.items()},
+            "uplink_bytes_per_client": up / n,
+            "downlink_bytes_per_client": down / n,
+            "seconds": time.perf_counter() - started,
+        }
+
+    def run(self, on_round: Callable[[dict], None] | None = None) -> RunState:
+        s, cfg = self.state, self.cfg
+        started = time.perf_counter()
+        initial = self.evaluate(0)
+        s.accuracy["initial"] = initial["dev_accuracy"]
+        if self.test is not None:
+            s.test_accuracy["initial"] = initial["test_file_accuracy"]
+        for t in range(cfg.rounds):
+            record = self.run_round()
+            if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
+                record.update({k: v for k, v in self.evaluate(t + 1).items() if k != "round"})
+            s.history.append(record)
+            if on_round:
+                on_round(record)
+        s.accuracy["final"] = s.history[-1]["dev_accuracy"]
+        if self.test is not None:
+            s.test_accuracy["final"] = s.history[-1]["test_file_accuracy"]
+        s.device.sync(s.server.log[s.device.cursor :], first_index=s.device.cursor)
+        s.seconds = time.perf_counter() - started
+        return s
+
+
+def check_inputs(cfg: RunConfig) -> Inputs:
+    inputs = read_inputs(cfg)
+    if cfg.clients > len(inputs.train):
+        raise UserError(f"{cfg.clients} clients but only {len(inputs.train)} training examples")
+    return inputs

@@ -1,0 +1,90 @@
+"""Turn a model into class logits for a task: verbaliser scoring for causal LMs, cosine scoring for
+encoders. Everything the ZO loop needs is `loss(batch)`; evaluation needs `accuracy(examples)`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from zorba.models import LoadedModel
+from zorba.tasks import Example, Task
+
+COSINE_SCALE = 20.0  # logit = scale * cos: sentence-transformers' usual temperature for contrastive training
+
+
+class Scorer:
+    """Tokenises once, then scores token-id batches on the (in-place perturbed) model."""
+
+    def __init__(self, lm: LoadedModel, task: Task, max_len: int = 128) -> None:
+        self.lm, self.task, self.max_len = lm, task, max_len
+        tok = lm.tokenizer
+        if lm.kind == "causal":
+            self.label_ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in task.label_words]
+            if len(set(self.label_ids)) != len(self.label_ids):
+                raise ValueError(f"task {task.name}: label words share a first token under this tokenizer")
+        else:
+            self.label_batch = self._pad([self._ids(s) for s in task.label_sentences])
+
+    def _ids(self, text: str) -> list[int]:
+        special = self.lm.kind == "encoder"
+        ids = self.lm.tokenizer(text, add_special_tokens=special, truncation=True, max_length=self.max_len)
+        return ids["input_ids"]
+
+    def encode(self, examples: Sequence[Example]) -> list[list[int]]:
+        """Token ids of each example's model input (prompt for causal LMs, text for encoders)."""
+        fmt = self.task.causal_prompt if self.lm.kind == "causal" else self.task.encoder_input
+        texts = [fmt(ex) for ex in examples]
+        special = self.lm.kind == "encoder"
+        if self.lm.kind == "causal":
+            # Keep the end of a long prompt: the verbaliser position must survive truncation.
+            self.lm.tokenizer.truncation_side = "left"
+        out = self.lm.tokenizer(texts, add_special_tokens=special, truncation=True, max_length=self.max_len)
+        return out["input_ids"]
+
+    def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = self.lm.tokenizer.pad_token_id or 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+        return ids, mask
+
+    @torch.inference_mode()
+    def logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        if self.lm.kind == "causal":
+            return self._causal_logits(seqs)
+        return self._encoder_logits(seqs)
+
+    def _causal_logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        ids, mask = self._pad(seqs)
+        out = self.lm.model(input_ids=ids, attention_mask=mask).logits
+        last = mask.sum(dim=1) - 1
+        final = out[torch.arange(len(seqs)), last].float()
+        return F.log_softmax(final, dim=-1)[:, self.label_ids]
+
+    def _encoder_logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        # Label sentences go through the same (perturbed) model in the same batch: both ends move.
+        n_labels = self.label_batch[0].shape[0]
+        label_seqs = [row[m.bool()].tolist() for row, m in zip(*self.label_batch, strict=True)]
+        ids, mask = self._pad(list(seqs) + label_seqs)
+        hidden = self.lm.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)
+        texts, labels = pooled[:-n_labels], pooled[-n_labels:]
+        return COSINE_SCALE * texts @ labels.T
+
+    def loss(self, seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
+        """Mean cross-entropy over the class logits (the label words' log-likelihoods, renormalised)."""
+        target = torch.as_tensor(list(labels), dtype=torch.long)
+        return float(F.cross_entropy(self.logits(seqs), target))
+
+    def accuracy(self, seqs: Sequence[Sequence[int]], labels: Sequence[int], batch_size: int = 64) -> float:
+        correct = 0
+        for start in range(0, len(seqs), batch_size):
+            pred = self.logits(seqs[start : start + batch_size]).argmax(dim=-1)
+            correct += int((pred == torch.as_tensor(labels[start : start + batch_size])).sum())
+        return correct / max(len(seqs), 1)

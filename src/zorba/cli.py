@@ -72,7 +72,7 @@ def verify(run_dir: Path = typer.Argument(..., help="a run's output folder")) ->
 def main() -> None:
     """Entry point: usage errors and UserErrors become one line and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as exc:
         print(f"zorba: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -84,3 +84,4 @@ def main() -> None:
     except click.ClickException as exc:
         print(f"zorba: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

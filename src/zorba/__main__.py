@@ -1,0 +1,3 @@
+from zorba.cli import main
+
+main()

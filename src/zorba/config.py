@@ -33,7 +33,10 @@ class RunConfig(BaseModel):
     alpha: float = Field(0.5, gt=0.0, le=1e6)
     dist: Literal["rademacher", "gaussian"] = "rademacher"
     planner: Literal["zorba", "all", "random", "round-robin"] = "round-robin"
-    block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
+    block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (profiles.py)
+    profiles: str | None = None  # TOML file of client memory budgets and speeds
+    memory_model: str | None = None  # calibration JSON from `zorba profile-memory`
+    precision: Literal["bf16", "fp32"] = "bf16"  # frozen blocks' dtype on clients (memory model)
     train_size: int | None = Field(None, ge=1)  # subsample the training split (seeded)
     eval_every: int = Field(3, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)

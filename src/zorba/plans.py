@@ -4,14 +4,11 @@ The optimised ZorBA planner (zorba.planner) implements the same interface."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from zorba.rng import derive_key
-
-DEFAULT_FRACTIONS = (1.0, 0.75, 0.5, 0.25)  # heterogeneous devices: full, 3/4, 1/2, 1/4 of the blocks
 
 
 class BlockPlanner:
@@ -25,11 +22,6 @@ class BlockPlanner:
 
     def observe(self, round_idx: int, reports: Mapping[int, Sequence[float]]) -> None:
         return None
-
-
-def heterogeneous_counts(num_clients: int, num_blocks: int, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> list[int]:
-    """Blocks per client, cycling through device classes: client n gets ceil(f * L) blocks."""
-    return [max(1, math.ceil(fractions[n % len(fractions)] * num_blocks)) for n in range(num_clients)]
 
 
 class AllBlocks(BlockPlanner):

@@ -7,9 +7,11 @@ and its sync cursor. Messages still go through the binary codec, so byte counts 
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +21,9 @@ from zorba.config import RunConfig, find_data_dir
 from zorba.data import dirichlet_partition
 from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
-from zorba.plans import AllBlocks, BlockPlanner, RandomBlocks, RoundRobin, heterogeneous_counts
+from zorba.planner.memory_model import MemoryModel
+from zorba.plans import AllBlocks, BlockPlanner, RandomBlocks, RoundRobin
+from zorba.profiles import ClientProfile, blocks_within_budget, default_profiles, load_profiles
 from zorba.protocol import Hyper
 from zorba.replica import Replica
 from zorba.rng import derive_key
@@ -65,8 +69,29 @@ def read_inputs(cfg: RunConfig) -> Inputs:
     return Inputs(train, dev, test)
 
 
-def make_planner(cfg: RunConfig, lm: LoadedModel, counts: list[int]) -> BlockPlanner:
+def client_memory_model(cfg: RunConfig, lm: LoadedModel) -> MemoryModel:
+    """Calibrated (from `zorba profile-memory`) when given, else first principles from block sizes."""
+    if cfg.memory_model:
+        try:
+            mem = MemoryModel.from_dict(json.loads(Path(cfg.memory_model).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{cfg.memory_model}: not a memory-model JSON ({type(exc).__name__}: {exc})") from None
+        if mem.n_blocks != len(lm.blocks):
+            raise UserError(f"{cfg.memory_model}: {mem.n_blocks} blocks, model {cfg.model} has {len(lm.blocks)}")
+        return mem
+    frozen = 2.0 if cfg.precision == "bf16" else 4.0
+    return MemoryModel.from_block_sizes([b.numel for b in lm.blocks], frozen_bytes=frozen)
+
+
+def client_profiles(cfg: RunConfig, mem: MemoryModel) -> list[ClientProfile]:
+    if cfg.profiles:
+        return load_profiles(cfg.profiles, cfg.clients)
+    return default_profiles(cfg.clients, mem, cfg.block_fractions)
+
+
+def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile], mem: MemoryModel) -> BlockPlanner:
     L = len(lm.blocks)
+    counts = blocks_within_budget(profiles, mem)
     if cfg.planner == "all":
         return AllBlocks(L)
     if cfg.planner == "random":
@@ -75,7 +100,7 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, counts: list[int]) -> BlockPla
         return RoundRobin(L, counts)
     from zorba.planner import make_zorba_planner  # the optimised planner (docs/theory.md)
 
-    return make_zorba_planner(cfg, lm, counts)
+    return make_zorba_planner(cfg, lm, profiles, mem)
 
 
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:
@@ -98,9 +123,12 @@ class Runner:
         self.dev = (self.eval_scorer.encode(inputs.dev), [e.label for e in inputs.dev])
         self.test = (self.eval_scorer.encode(inputs.test), [e.label for e in inputs.test]) if inputs.test else None
         parts = dirichlet_partition(self.train.labels, cfg.clients, cfg.alpha, cfg.seed)
-        counts = heterogeneous_counts(cfg.clients, len(lm.blocks), cfg.block_fractions)
+        self.memory_model = client_memory_model(cfg, lm)
+        self.profiles = client_profiles(cfg, self.memory_model)
+        counts = blocks_within_budget(self.profiles, self.memory_model)
         hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
-        server = Server(make_planner(cfg, lm, counts), hyper, cfg.seed, Replica(lm))
+        planner = make_planner(cfg, lm, self.profiles, self.memory_model)
+        server = Server(planner, hyper, cfg.seed, Replica(lm))
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         self.state = RunState(cfg, lm, server, Replica(device_lm), clients, block_counts=counts)
 

@@ -1,0 +1,106 @@
+"""Client profiles: each client's memory budget and relative speed (TOML file or a default set).
+
+A TOML file lists device classes; classes with `count` take that many clients, the rest are
+assigned cyclically:
+
+    [[profile]]
+    name = "phone"
+    memory_mib = 700     # budget for the whole client process (see docs/memory.md)
+    speed = 0.4          # relative local-step throughput
+    count = 2
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zorba.errors import UserError
+from zorba.planner.memory_model import MIB, MemoryModel
+
+DEFAULT_CLASSES = (("workstation", 1.0, 1.0), ("laptop", 0.75, 0.8), ("phone", 0.5, 0.6), ("iot", 0.25, 0.4))
+
+
+@dataclass(frozen=True)
+class ClientProfile:
+    name: str
+    memory_bytes: float
+    speed: float = 1.0
+
+
+def default_profiles(num_clients: int, mem: MemoryModel, fractions: Sequence[float] | None = None) -> list[ClientProfile]:
+    """Device classes whose budgets let them train a fraction of the model's trainable memory:
+    budget = fixed + f * sum(delta), f in (1, 3/4, 1/2, 1/4) by default, cycling over clients."""
+    classes = DEFAULT_CLASSES
+    if fractions is not None:
+        classes = tuple((f"class{i}", f, DEFAULT_CLASSES[i % 4][2]) for i, f in enumerate(fractions))
+    fixed, full = float(mem.fixed(1)[0]), float(mem.delta.sum())
+    # A hair above the exact sum so float rounding never makes the class's own plan infeasible.
+    return [
+        ClientProfile(name, (fixed + frac * full) * (1 + 1e-9), speed)
+        for name, frac, speed in (classes[n % len(classes)] for n in range(num_clients))
+    ]
+
+
+def load_profiles(path: str | Path, num_clients: int) -> list[ClientProfile]:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such profile file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    entries = data.get("profile")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: expected one or more [[profile]] tables")
+    classes = [_parse_class(path, i, e) for i, e in enumerate(entries)]
+    return _assign(path, classes, num_clients)
+
+
+def _parse_class(path: Path, i: int, e: object) -> tuple[ClientProfile, int | None]:
+    if not isinstance(e, dict):
+        raise UserError(f"{path}: profile {i} is not a table")
+    unknown = set(e) - {"name", "memory_mib", "speed", "count"}
+    if unknown:
+        raise UserError(f"{path}: profile {i} has unknown keys {sorted(unknown)}")
+    mem, speed, count = e.get("memory_mib"), e.get("speed", 1.0), e.get("count")
+    if not isinstance(mem, int | float) or isinstance(mem, bool) or not (math.isfinite(mem) and mem > 0):
+        raise UserError(f"{path}: profile {i}: memory_mib must be a positive number")
+    if not isinstance(speed, int | float) or isinstance(speed, bool) or not (math.isfinite(speed) and speed > 0):
+        raise UserError(f"{path}: profile {i}: speed must be a positive number")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+        raise UserError(f"{path}: profile {i}: count must be a non-negative integer")
+    return ClientProfile(str(e.get("name", f"class{i}")), float(mem) * MIB, float(speed)), count
+
+
+def _assign(path: Path, classes: list[tuple[ClientProfile, int | None]], n: int) -> list[ClientProfile]:
+    fixed = [p for p, c in classes for _ in range(c or 0)]
+    cyclic = [p for p, c in classes if c is None]
+    if len(fixed) > n or (len(fixed) < n and not cyclic):
+        raise UserError(f"{path}: profile counts give {len(fixed)} clients, the run has {n}")
+    return fixed + [cyclic[i % len(cyclic)] for i in range(n - len(fixed))] if cyclic else fixed
+
+
+def budgets(profiles: Sequence[ClientProfile]) -> np.ndarray:
+    return np.array([p.memory_bytes for p in profiles], dtype=float)
+
+
+def blocks_within_budget(profiles: Sequence[ClientProfile], mem: MemoryModel) -> list[int]:
+    """Per client, how many blocks of average size its budget holds (at least one): the block count
+    that the budget-blind planners (random, round-robin) give it. They may still exceed a budget when
+    they happen to pick large blocks; the optimised planner never does (that is part of its value)."""
+    spare = budgets(profiles) - mem.fixed(len(profiles))
+    counts = np.floor(spare / mem.delta.mean()).astype(int).clip(1, mem.n_blocks)
+    for n, s in enumerate(spare):
+        if s < mem.delta.min():
+            need = mem.fixed(1)[0] + mem.delta.min()
+            raise UserError(
+                f"client {n} ({profiles[n].name}): budget {profiles[n].memory_bytes / MIB:.1f} MiB < "
+                f"{need / MIB:.1f} MiB needed to train even the smallest block"
+            )
+    return [int(k) for k in counts]

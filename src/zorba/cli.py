@@ -42,19 +42,37 @@ def run(
     out: Path = typer.Option(Path("runs/latest"), help="output folder"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
     measure_memory: bool = typer.Option(True, help="measure each client's peak memory in a fresh process"),
+    resume: Path = typer.Option(None, help="continue the killed run whose --out was this folder"),
+    dropout: float = typer.Option(None, help="chance each client is offline in a round (seeded) [0]"),
+    deadline: float = typer.Option(None, help="seconds per round; later reports are left out [none]"),
+    clip: float = typer.Option(None, help="clip scalars at this multiple of the running median |g|; 0 = off [10]"),
+    aggregate: str = typer.Option(None, help="per-block aggregation: mean | trimmed | median [mean]"),
+    trim: float = typer.Option(None, help="fraction of a block's clients --aggregate trimmed drops [0.1]"),
 ) -> None:
     """Run federated ZO fine-tuning in-process and write result.json, report.md, plot, log, weights."""
     from zorba.config import make_config
     from zorba.job import run_job
 
-    cfg = make_config(
+    values = dict(
         task=task, model=model, clients=clients, rounds=rounds, local_steps=local_steps, lr=lr, mu=mu, q=q,
         batch_size=batch_size, max_len=max_len, alpha=alpha, planner=planner, dist=dist,
         participation=participation, train_size=train_size, eval_every=eval_every, seed=seed,
         data_dir=str(data_dir) if data_dir else None, test_file=str(test_file) if test_file else None,
         measure_memory=measure_memory,
     )
-    result = run_job(cfg, out, overwrite=overwrite)
+    reliability = dict(dropout=dropout, deadline=deadline, clip=clip, aggregate=aggregate, trim=trim)
+    if resume is not None:
+        from zorba.resume import resume_options
+
+        given = {k: v for k, v in values.items() if k not in ("task", "model", "measure_memory")}
+        cfg, rel = resume_options(resume, {**given, **reliability})
+        result = run_job(cfg, resume, reliability=rel, resume=True)
+        out = resume
+    else:
+        from zorba.reliability import make_reliability
+
+        rel = make_reliability(**reliability)
+        result = run_job(make_config(**values), out, overwrite=overwrite, reliability=rel)
     acc = result["accuracy"]
     typer.echo(f"dev accuracy {100 * acc['initial']:.2f}% -> {100 * acc['final']:.2f}%; wrote {out}/result.json")
 
@@ -67,6 +85,19 @@ def verify(run_dir: Path = typer.Argument(..., help="a run's output folder")) ->
     ok, message = verify_run(run_dir)
     typer.echo(message)
     raise typer.Exit(0 if ok else 1)
+
+
+from zorba.cli_bench import bench  # noqa: E402
+
+app.command("bench")(bench)
+
+from zorba.cli_profile import profile_memory  # noqa: E402
+
+app.command("profile-memory")(profile_memory)
+
+from zorba.flower.command import flower_sim  # noqa: E402
+
+app.command("flower-sim")(flower_sim)
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -10,28 +9,35 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from zorba.config import RunConfig
 from zorba.memprobe import MemoryProbe, measure
 from zorba.models import load_model, state_digest
-from zorba.results import prepare_out_dir, publish, staging_dir, versions, write_outputs
+from zorba.reliability import Reliability
+from zorba.results import prepare_out_dir, versions, write_outputs
+from zorba.resume import DurableRun, clear_for_overwrite, publish_beside_state
 from zorba.runner import Runner, RunState, check_inputs
 
 
-def run_job(cfg: RunConfig, out: Path, overwrite: bool = False, progress: bool = True) -> dict:
-    prepare_out_dir(out, overwrite)
+def run_job(
+    cfg: RunConfig, out: Path, overwrite: bool = False, progress: bool = True,
+    reliability: Reliability | None = None, resume: bool = False,
+) -> dict:
+    """Rounds are logged durably in out/state/ as they finish (zorba.resume); `resume` continues them."""
+    reliability = reliability or Reliability()
+    if not resume:
+        prepare_out_dir(out, overwrite)
     inputs = check_inputs(cfg)
     lm = load_model(cfg.model)
     base_digest = state_digest(lm.model)
-    runner = Runner(cfg, inputs, lm)
-    state = _run_with_progress(runner, cfg) if progress else runner.run()
+    runner = Runner(cfg, inputs, lm, reliability)
+    if overwrite and not resume:
+        clear_for_overwrite(out)
+    durable = DurableRun(runner, out, base_digest, reliability, resume)
+    state = _run_with_progress(durable, cfg) if progress else durable.run()
     result = build_result(cfg, state, base_digest)
-    tmp = staging_dir(out)
-    try:
-        write_outputs(tmp, result, state.server.replica, state.server.log)
-        publish(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    result["reliability"] = reliability.model_dump(mode="json")
+    publish_beside_state(out, lambda tmp: write_outputs(tmp, result, state.server.replica, state.server.log))
     return result
 
 
-def _run_with_progress(runner: Runner, cfg: RunConfig) -> RunState:
+def _run_with_progress(runner: Runner | DurableRun, cfg: RunConfig) -> RunState:
     columns = (TextColumn("[bold]round"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with Progress(*columns, transient=False) as bar:
@@ -57,7 +63,9 @@ def client_peak_memory(cfg: RunConfig, state: RunState) -> list[int]:
                 largest[int(c)] = tuple(blocks)
     cache: dict[tuple[int, ...], int] = {}
     for blocks in set(largest.values()):
-        probe = MemoryProbe(cfg.model, cfg.task, blocks, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir)
+        probe = MemoryProbe(
+            cfg.model, cfg.task, blocks, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir, precision=cfg.precision
+        )
         cache[blocks] = measure(probe)["peak_rss_bytes"]
     return [cache[largest[c]] if c in largest else 0 for c in range(cfg.clients)]
 

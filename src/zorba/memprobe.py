@@ -1,17 +1,39 @@
-"""Measure a client's peak memory in a fresh process: load the model, run one local round on the
-given blocks, report peak RSS (CPU) or torch.cuda.max_memory_allocated (GPU).
+"""Measure a client's peak memory in a fresh process: load the model, put it in the client's format,
+run one local round on the given blocks, report peak RSS (CPU) or torch.cuda.max_memory_allocated (GPU).
 
-"Client memory" on CPU = peak resident set of the whole client process (runtime + weights +
-snapshot + activations); we also report the runtime's own RSS before the model is loaded, so the
-part that depends on the plan is visible. On a GPU it is the accelerator's peak allocation."""
+"Client memory" (docs/memory.md). On CPU: the peak resident set of the whole client process while it
+trains (runtime + weights + activations + scratch); the exact fp32 state lives in an unlinked temp
+file, so it is not resident. Loading the checkpoint is excluded (the high-water mark is reset once the
+weights are in the client's format) and reported separately: a client could stream the checkpoint.
+On a GPU it is the accelerator's peak allocation during the round.
+
+Modes, so that baselines are measured the same way on the same batch:
+- "zo": the client (TieredReplica in `precision`, `blocks` active), one local round;
+- "inference": the fp32 model, the same number of forward passes on the same batches;
+- "adam": first-order FedAvg's client, fp32 model, forward + backward + Adam step per local step.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
+
+MODES = ("zo", "inference", "adam")
+RANDOM_MODELS = {
+    # name: (family, config overrides); tokenizer = the embedded MiniLM's (ids < 30522 fit every vocab)
+    "opt-125m": ("opt", {}),
+    "opt-tiny": ("opt", dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                             word_embed_proj_dim=32, vocab_size=30522)),
+    "bert-tiny": ("bert", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)),
+    "llama-tiny": ("llama", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=30522)),
+    "gpt2-tiny": ("gpt2", dict(n_embd=32, n_layer=2, n_head=2, vocab_size=30522)),
+}
 
 
 @dataclass
@@ -24,9 +46,41 @@ class MemoryProbe:
     local_steps: int = 1
     device: str = "cpu"
     data_dir: str | None = None
+    precision: str = "bf16"  # frozen blocks' dtype on the client (zorba.precision)
+    mode: str = "zo"
 
 
-def _rss_bytes(field: str) -> int:
+def load_probe_model(spec: str):
+    """A model by name/path (models.load_model), or `random:<name>` with <name> in RANDOM_MODELS:
+    seeded random weights of a known architecture (benchmarks of sizes we have no checkpoint for)."""
+    from zorba.models import load_model
+
+    if not spec.startswith("random:"):
+        return load_model(spec)
+    import torch
+    import transformers as tf
+
+    from zorba.blocks import split_into_blocks
+    from zorba.errors import UserError
+    from zorba.models import LoadedModel, resolve_source
+
+    name = spec.split(":", 1)[1]
+    if name not in RANDOM_MODELS:
+        raise UserError(f"unknown random model {name!r}; choose one of {sorted(RANDOM_MODELS)}")
+    family, overrides = RANDOM_MODELS[name]
+    config_cls = {"opt": tf.OPTConfig, "bert": tf.BertConfig, "llama": tf.LlamaConfig, "gpt2": tf.GPT2Config}[family]
+    torch.manual_seed(0)
+    config = config_cls(**overrides)
+    if family == "bert":
+        model, kind = tf.BertModel(config, add_pooling_layer=False), "encoder"
+    else:
+        model, kind = tf.AutoModelForCausalLM.from_config(config), "causal"
+    model.eval().requires_grad_(False)
+    tokenizer = tf.AutoTokenizer.from_pretrained(resolve_source("minilm"))
+    return LoadedModel(model, tokenizer, kind, spec, split_into_blocks(model))
+
+
+def _status_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -34,39 +88,129 @@ def _rss_bytes(field: str) -> int:
     return 0
 
 
+def reset_peak_rss() -> bool:
+    """Return freed heap to the OS, then reset VmHWM to the current RSS (Linux >= 4.0)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def probe_batches(p: MemoryProbe, scorer, examples) -> list[tuple[list[list[int]], list[int]]]:
+    """The local steps' batches: the same for every mode, so peaks compare like for like."""
+    ids = scorer.encode(examples)
+    labels = [e.label for e in examples]
+    out = []
+    for k in range(p.local_steps):
+        rows = [(k * p.batch_size + r) % len(ids) for r in range(p.batch_size)]
+        out.append(([ids[r] for r in rows], [labels[r] for r in rows]))
+    return out
+
+
 def _probe(p: MemoryProbe) -> dict:
     import torch
 
-    from zorba.client import ClientState, TokenizedData, run_round
     from zorba.config import find_data_dir, make_config
-    from zorba.models import load_model
-    from zorba.protocol import Hyper, RoundPlan
-    from zorba.replica import Replica
     from zorba.scoring import Scorer
     from zorba.tasks import get_task, read_examples
 
-    runtime = _rss_bytes("VmRSS")
+    runtime = _status_bytes("VmRSS")
     task = get_task(p.task)
     cfg = make_config(task=p.task, data_dir=p.data_dir)
-    examples = read_examples(find_data_dir(cfg) / p.task / "dev.tsv", task)[: p.batch_size * 4]
-    lm = load_model(p.model)
+    examples = read_examples(find_data_dir(cfg) / p.task / "dev.tsv", task)[: p.batch_size * max(p.local_steps, 4)]
+    lm = load_probe_model(p.model)
     lm.model.to(p.device)
     scorer = Scorer(lm, task, p.max_len)
-    data = TokenizedData(scorer.encode(examples), [e.label for e in examples])
-    loaded = _rss_bytes("VmRSS")
+    batches = probe_batches(p, scorer, examples)
+    replica = _prepare(p, lm)
+    load_peak = _status_bytes("VmHWM")
+    reset_ok = reset_peak_rss()
+    ready = _status_bytes("VmRSS")
     if p.device.startswith("cuda"):
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    plan = RoundPlan(0, 0, tuple(p.blocks), 1, Hyper(1e-6, 1e-3, 1, p.local_steps, p.batch_size))
-    run_round(plan, ClientState(0, __import__("numpy").arange(len(examples))), Replica(lm), scorer, data)
-    out = {"runtime_rss_bytes": runtime, "loaded_rss_bytes": loaded, "peak_rss_bytes": _rss_bytes("VmHWM")}
+        ready_cuda = torch.cuda.memory_allocated()
+    _run(p, lm, scorer, batches, replica)
+    out = {
+        "runtime_rss_bytes": runtime, "load_peak_rss_bytes": load_peak, "ready_rss_bytes": ready,
+        "peak_rss_bytes": _status_bytes("VmHWM"), "peak_reset": reset_ok,
+        "params": sum(b.numel for b in lm.blocks),
+        "active_params": sum(lm.blocks[b].numel for b in p.blocks),
+    }
     if p.device.startswith("cuda"):
+        out["ready_cuda_bytes"] = ready_cuda
         out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     return out
 
 
+def _prepare(p: MemoryProbe, lm):
+    if p.mode == "zo":
+        from zorba.precision import make_client_replica
+
+        return make_client_replica(lm, p.precision)
+    if p.mode not in MODES:
+        raise ValueError(f"unknown probe mode {p.mode!r}")
+    _own_weights(lm)
+    return None
+
+
+def _own_weights(lm) -> None:
+    """Copy weights that still point into the memory-mapped checkpoint into the process's own memory.
+
+    Mapped checkpoint pages only become resident when first touched, i.e. during the measured round;
+    the ZO client has copied its weights already (into its store and working copy). Copying here makes
+    every mode start the round with its weights resident, so the peaks differ by what the round adds.
+    """
+    import torch
+
+    with torch.no_grad():
+        for param in lm.model.parameters():
+            param.data = param.data.clone()
+
+
+def _run(p: MemoryProbe, lm, scorer, batches, replica) -> None:
+    if p.mode == "zo":
+        from zorba.zo import spsa_step
+
+        snap = replica.snapshot(p.blocks)
+        for k, (ids, labels) in enumerate(batches):
+            spsa_step(lambda ids=ids, labels=labels: scorer.loss(ids, labels), replica.tensors, p.blocks,
+                      sseed=k, mu=1e-3, lr=1e-6)
+        replica.restore(snap)
+    elif p.mode == "inference":
+        for ids, labels in batches:
+            scorer.loss(ids, labels)
+            scorer.loss(ids, labels)
+    else:
+        _adam_steps(lm, scorer, batches)
+
+
+def _adam_steps(lm, scorer, batches) -> None:
+    """First-order FedAvg's local work: fp32 weights, gradients, Adam's two moments, stored activations."""
+    import torch
+    import torch.nn.functional as F
+
+    lm.model.requires_grad_(True)
+    opt = torch.optim.Adam(lm.model.parameters(), lr=1e-5)
+    logits_fn = type(scorer).logits.__wrapped__  # the scorer's forward without its inference_mode wrapper
+    for ids, labels in batches:
+        with torch.enable_grad():
+            loss = F.cross_entropy(logits_fn(scorer, ids), torch.as_tensor(labels, device=scorer.device))
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 def measure(p: MemoryProbe, timeout: float = 600) -> dict:
     """Run the probe in a fresh interpreter so no other client's or the server's memory is counted."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, "-m", "zorba.memprobe", json.dumps(asdict(p))],
         capture_output=True, text=True, timeout=timeout, env=env,

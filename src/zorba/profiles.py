@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from zorba.errors import UserError
-from zorba.planner.memory_model import MIB, MemoryModel
+from zorba.planner.memory_model import MemoryModel
+
+MIB = float(1 << 20)
 
 DEFAULT_CLASSES = (("workstation", 1.0, 1.0), ("laptop", 0.75, 0.8), ("phone", 0.5, 0.6), ("iot", 0.25, 0.4))
 

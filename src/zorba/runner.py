@@ -23,12 +23,14 @@ from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
 from zorba.planner.memory_model import MemoryModel
 from zorba.plans import AllBlocks, BlockPlanner, RandomBlocks, RoundRobin
+from zorba.precision import make_client_replica
 from zorba.profiles import ClientProfile, blocks_within_budget, default_profiles, load_profiles
 from zorba.protocol import Hyper
+from zorba.reliability import Reliability, is_late, online
 from zorba.replica import Replica
 from zorba.rng import derive_key
 from zorba.scoring import Scorer
-from zorba.server import Server
+from zorba.server import ReportRejected, Server
 from zorba.tasks import Example, get_task, read_examples
 
 
@@ -112,8 +114,11 @@ def participants(cfg: RunConfig, round_idx: int) -> list[int]:
 
 
 class Runner:
-    def __init__(self, cfg: RunConfig, inputs: Inputs, lm: LoadedModel | None = None) -> None:
+    def __init__(
+        self, cfg: RunConfig, inputs: Inputs, lm: LoadedModel | None = None, reliability: Reliability | None = None
+    ) -> None:
         self.cfg, self.inputs = cfg, inputs
+        self.reliability = reliability or Reliability()
         lm = lm or load_model(cfg.model)
         task = get_task(cfg.task)
         device_lm = copy.deepcopy(lm)
@@ -128,9 +133,9 @@ class Runner:
         counts = blocks_within_budget(self.profiles, self.memory_model)
         hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
         planner = make_planner(cfg, lm, self.profiles, self.memory_model)
-        server = Server(planner, hyper, cfg.seed, Replica(lm))
+        server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy())
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
-        self.state = RunState(cfg, lm, server, Replica(device_lm), clients, block_counts=counts)
+        self.state = RunState(cfg, lm, server, make_client_replica(device_lm, cfg.precision), clients, block_counts=counts)
 
     def evaluate(self, round_idx: int) -> dict:
         acc = self.eval_scorer.accuracy(*self.dev)
@@ -139,18 +144,31 @@ class Runner:
             out["test_file_accuracy"] = self.eval_scorer.accuracy(*self.test)
         return out
 
+    def present_clients(self, round_idx: int) -> list[int]:
+        """This round's participants minus the (seeded) dropouts: whom the server plans for."""
+        return online(participants(self.cfg, round_idx), self.cfg.seed, round_idx, self.reliability.dropout)
+
     def run_round(self) -> dict:
-        """One round through the codec: plans down, reports up, aggregate, replay on the server."""
+        """One round through the codec: plans down, reports up, aggregate, replay on the server.
+        Late (past the deadline) and rejected reports are left out; the round goes on without them."""
         s, started = self.state, time.perf_counter()
-        plans = s.server.make_plans(participants(self.cfg, s.server.round))
-        losses, up, down = [], 0, 0
+        plans = s.server.make_plans(self.present_clients(s.server.round))
+        losses, up, down, answered = [], 0, 0, 0
         for cid, plan in plans.items():
             wire_plan = codec.encode_plan(plan)
+            client_started = time.perf_counter()
             report = run_round(codec.decode_plan(wire_plan), s.clients[cid], s.device, self.train_scorer, self.train)
             wire_report = codec.encode_report(report)
-            s.server.receive(codec.decode_report(wire_report))
-            losses.append(report.loss)
             up, down = up + len(wire_report), down + len(wire_plan)
+            speed = self.profiles[cid].speed
+            if is_late(time.perf_counter() - client_started, speed, self.reliability.deadline):
+                continue
+            try:
+                s.server.receive(codec.decode_report(wire_report))
+            except (ReportRejected, codec.DecodeError):
+                continue
+            answered += 1
+            losses.append(report.loss)
         entry = s.server.close_round()
         n = max(len(plans), 1)
         s.bytes_up.append(up // n)
@@ -159,6 +177,7 @@ class Runner:
             "round": entry.round,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "clients": len(plans),
+            "answered": answered,
             "blocks": {str(c): list(p.blocks) for c, p in plans.items()},
             "uplink_bytes_per_client": up / n,
             "downlink_bytes_per_client": down / n,
@@ -168,11 +187,12 @@ class Runner:
     def run(self, on_round: Callable[[dict], None] | None = None) -> RunState:
         s, cfg = self.state, self.cfg
         started = time.perf_counter()
-        initial = self.evaluate(0)
-        s.accuracy["initial"] = initial["dev_accuracy"]
-        if self.test is not None:
-            s.test_accuracy["initial"] = initial["test_file_accuracy"]
-        for t in range(cfg.rounds):
+        if "initial" not in s.accuracy:  # a resumed run (zorba.resume) already has it
+            initial = self.evaluate(0)
+            s.accuracy["initial"] = initial["dev_accuracy"]
+            if self.test is not None:
+                s.test_accuracy["initial"] = initial["test_file_accuracy"]
+        for t in range(s.server.round, cfg.rounds):
             record = self.run_round()
             if (t + 1) % cfg.eval_every == 0 or t + 1 == cfg.rounds:
                 record.update({k: v for k, v in self.evaluate(t + 1).items() if k != "round"})

@@ -43,6 +43,10 @@ class Scorer:
         out = self.lm.tokenizer(texts, add_special_tokens=special, truncation=True, max_length=self.max_len)
         return out["input_ids"]
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.model.parameters()).device
+
     def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         pad = self.lm.tokenizer.pad_token_id or 0
@@ -51,7 +55,7 @@ class Scorer:
         for i, s in enumerate(seqs):
             ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[i, : len(s)] = 1
-        return ids, mask
+        return ids.to(self.device), mask.to(self.device)
 
     @torch.inference_mode()
     def logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -63,13 +67,13 @@ class Scorer:
         ids, mask = self._pad(seqs)
         out = self.lm.model(input_ids=ids, attention_mask=mask).logits
         last = mask.sum(dim=1) - 1
-        final = out[torch.arange(len(seqs)), last].float()
+        final = out[torch.arange(len(seqs), device=last.device), last].float()
         return F.log_softmax(final, dim=-1)[:, self.label_ids]
 
     def _encoder_logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         # Label sentences go through the same (perturbed) model in the same batch: both ends move.
         n_labels = self.label_batch[0].shape[0]
-        label_seqs = [row[m.bool()].tolist() for row, m in zip(*self.label_batch, strict=True)]
+        label_seqs = [row[m.bool()].tolist() for row, m in zip(*(t.cpu() for t in self.label_batch), strict=True)]
         ids, mask = self._pad(list(seqs) + label_seqs)
         hidden = self.lm.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -79,12 +83,12 @@ class Scorer:
 
     def loss(self, seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
         """Mean cross-entropy over the class logits (the label words' log-likelihoods, renormalised)."""
-        target = torch.as_tensor(list(labels), dtype=torch.long)
+        target = torch.as_tensor(list(labels), dtype=torch.long, device=self.device)
         return float(F.cross_entropy(self.logits(seqs), target))
 
     def accuracy(self, seqs: Sequence[Sequence[int]], labels: Sequence[int], batch_size: int = 64) -> float:
         correct = 0
         for start in range(0, len(seqs), batch_size):
             pred = self.logits(seqs[start : start + batch_size]).argmax(dim=-1)
-            correct += int((pred == torch.as_tensor(labels[start : start + batch_size])).sum())
+            correct += int((pred.cpu() == torch.as_tensor(labels[start : start + batch_size])).sum())
         return correct / max(len(seqs), 1)

@@ -1,17 +1,29 @@
-"""Server logic: plan each round, validate reports, aggregate per block into the log, keep a replica."""
+"""Server logic: plan each round, validate reports, aggregate per block into the log, keep a replica.
+
+A round counts once its log entry is durable: `close_round` writes the entry to the store (if any)
+before the server's replica applies it or any client can be sent it. `replay` rebuilds a server
+from a durable log (resume): it runs the same planning calls and commits the logged entries, so
+planner, cursors, robust state and replica end where the first server was."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
+from zorba.durable import crash_point
 from zorba.plans import BlockPlanner
-from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, round_seed, step_seed
+from zorba.protocol import Hyper, LogEntry, Report, RoundPlan, round_seed, step_seed
 from zorba.replica import Replica
+from zorba.robust import RobustAggregator, RobustPolicy, observed_scalars, report_problem
 
 
 class ReportRejected(ValueError):
     """A report that does not match what the server asked for; the round goes on without it."""
+
+
+class EntrySink(Protocol):
+    def append_entry(self, entry: LogEntry) -> None: ...
 
 
 class Server:
@@ -22,10 +34,15 @@ class Server:
         seed: int,
         replica: Replica | None = None,
         weights: Mapping[int, float] | None = None,
+        *,
+        store: EntrySink | None = None,
+        robust: RobustPolicy | None = None,
     ) -> None:
         self.planner, self.hyper, self.seed = planner, hyper, seed
         self.replica = replica
         self.weights = dict(weights or {})
+        self.store = store  # durable log; None = in memory only
+        self.aggregator = RobustAggregator(robust)
         self.log: list[LogEntry] = []
         self.cursors: dict[int, int] = {}  # client -> number of log entries it has been sent
         self._plans: dict[int, RoundPlan] = {}
@@ -36,7 +53,7 @@ class Server:
         return len(self.log)
 
     def make_plans(self, clients: Sequence[int]) -> dict[int, RoundPlan]:
-        """Plans for the next round; each carries the log entries its client has not been sent."""
+        """Plans for the next round for the clients present; each carries the entries it lacks."""
         t = self.round
         blocks = self.planner.plan(t, list(clients))
         rseed = round_seed(self.seed, t)
@@ -61,22 +78,44 @@ class Server:
                 raise ReportRejected(f"client {report.client}: step {k} carries a seed it was not assigned")
             if len(step.scalars) != plan.hyper.q or not all(math.isfinite(g) for g in step.scalars):
                 raise ReportRejected(f"client {report.client}: step {k} scalars malformed or non-finite")
+        problem = report_problem(report)
+        if problem:
+            raise ReportRejected(f"client {report.client}: {problem}")
         self._reports[report.client] = report
+        crash_point("report-received")
 
     def close_round(self) -> LogEntry:
-        """Aggregate the accepted reports into the round's log entry (possibly empty) and apply it."""
-        updates = tuple(
-            ClientUpdate(c, self._plans[c].blocks, r.steps, self.weights.get(c, 1.0))
-            for c, r in sorted(self._reports.items())
-        )
+        """Aggregate the accepted reports into the round's entry (possibly empty), log it durably, apply it."""
+        blocks = {c: p.blocks for c, p in self._plans.items()}
+        updates = self.aggregator.updates(blocks, self._reports, self.weights)
         entry = LogEntry(self.round, self.hyper.lr, self.hyper.q, self.hyper.dist, updates)
+        if self.store is not None:
+            self.store.append_entry(entry)
+        crash_point("round-logged")
+        self._commit(entry)
+        return entry
+
+    def replay(self, entry: LogEntry) -> None:
+        """Commit an entry from a durable log after `make_plans` re-planned its round (resume)."""
+        if entry.round != self.round:
+            raise ValueError(f"entry for round {entry.round}, server is at round {self.round}")
+        for u in entry.updates:
+            plan = self._plans.get(u.client)
+            if plan is None or not set(u.blocks) <= set(plan.blocks):
+                raise ValueError(f"round {entry.round}: client {u.client} logged blocks it was not planned")
+            if [s.seed for s in u.steps] != [step_seed(plan.round_seed, u.client, k) for k in range(len(u.steps))]:
+                raise ValueError(f"round {entry.round}: client {u.client} logged seeds it was not assigned")
+        self._commit(entry)
+
+    def _commit(self, entry: LogEntry) -> None:
         self.log.append(entry)
         if self.replica is not None:
             self.replica.apply(entry)
-        self.planner.observe(entry.round, {c: [g for s in r.steps for g in s.scalars] for c, r in self._reports.items()})
+        self.aggregator.observe(entry)
+        self.planner.observe(entry.round, observed_scalars(entry))
         self._plans, self._reports = {}, {}
-        return entry
 
     @property
     def reports(self) -> dict[int, Report]:
         return dict(self._reports)
+

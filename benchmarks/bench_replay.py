@@ -1,0 +1,63 @@
+"""Target A4 (docs/performance.md): server replay of one (seed, scalar) on a block / a plain torch RNG
+fill of the same number of elements (normal_, and uniform_ for reference); target <= 1.3.
+
+Also reports the same replay on a client's TieredReplica (exact fp32 state in a temp file on CPU):
+that path adds the store's read/write and the re-derivation of the bf16 working copy.
+
+Usage: python benchmarks/bench_replay.py [--model minilm] [--reps 7] [--threads N] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import _common as C
+import torch
+
+from zorba.precision import make_client_replica
+from zorba.protocol import ClientUpdate, LogEntry, StepReport
+from zorba.replica import Replica
+
+
+def one_scalar_entry(block: int) -> LogEntry:
+    return LogEntry(0, 1e-6, 1, "rademacher", (ClientUpdate(0, (block,), (StepReport(12345, (0.5,)),)),))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="minilm")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm = C.load(args.model, args.device)
+    server = Replica(lm)
+    client = make_client_replica(copy.deepcopy(lm), "bf16") if args.device == "cpu" else None
+    worst = 0.0
+    for b in sorted({0, 1, server.num_blocks - 1}):
+        numel = lm.blocks[b].numel
+        fill = torch.empty(numel, device=args.device)
+        entry = one_scalar_entry(b)
+        fns = {
+            "replay": lambda e=entry: server.apply(e),
+            "normal_": lambda f=fill: f.normal_(),
+            "uniform_": lambda f=fill: f.uniform_(),
+        }
+        if client is not None:
+            fns["client_replay"] = lambda e=entry: client.apply(e)
+        t = C.best_of(fns, args.reps, args.device)
+        row = {"block": lm.blocks[b].name, "numel": numel, **{k + "_s": v for k, v in t.items()},
+               "ratio_normal": t["replay"] / t["normal_"], "ratio_uniform": t["replay"] / t["uniform_"]}
+        if client is not None:
+            row["client_ratio_normal"] = t["client_replay"] / t["normal_"]
+        print(json.dumps(row))
+        worst = max(worst, row["ratio_normal"])
+    print(f"A4 worst replay / normal_ ratio (target <= 1.3): {worst:.3f}")
+
+
+if __name__ == "__main__":
+    main()

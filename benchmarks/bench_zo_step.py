@@ -1,0 +1,85 @@
+"""Targets A1 and A2 (docs/performance.md), measured side by side in one run on this machine.
+
+A1: ZO step time / (2 x forward time) on the same batch, all blocks active; target <= 1.10.
+A2: perturbation cost on a fraction f of the parameters / (f x the all-blocks cost); target <= 1.2.
+
+Usage: python benchmarks/bench_zo_step.py [--models tiny,minilm,opt125m] [--reps 5] [--threads N]
+Prints one line per measurement and, last, the worst A1 ratio of the new path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import _common as C
+import _legacy_rng as legacy
+import torch
+
+from zorba.replica import Replica
+from zorba.zo import add_scaled_noise_, spsa_step
+
+
+def step_ratios(name: str, reps: int, device: str) -> dict:
+    lm = C.load(name, device)
+    scorer, ids, labels = C.batch(lm)
+    tensors = Replica(lm).tensors
+    blocks = list(range(len(tensors)))
+
+    def loss() -> float:
+        return scorer.loss(ids, labels)
+
+    times = C.best_of({
+        "forward": loss,
+        "step": lambda: spsa_step(loss, tensors, blocks, 1, 1e-3, 0.0),
+        "step_cache_z": lambda: spsa_step(loss, tensors, blocks, 1, 1e-3, 0.0, cache_z=True),
+        "step_legacy": lambda: legacy.spsa_step(loss, tensors, blocks, 1, 1e-3, 0.0),
+    }, reps, device)
+    two = 2 * times["forward"]
+    return {
+        "model": name, "params": sum(b.numel for b in lm.blocks), "forward_s": times["forward"],
+        "ratio": times["step"] / two, "ratio_cache_z": times["step_cache_z"] / two,
+        "ratio_legacy": times["step_legacy"] / two, "tensors": tensors,
+    }
+
+
+def fraction_ratios(tensors, reps: int, device: str) -> list[dict]:
+    """Cost of one perturbation pass on block subsets, against f x the all-blocks pass."""
+    sizes = [sum(t.numel() for t in block) for block in tensors]
+    n = len(sizes)
+    subsets = {"all": list(range(n)), "half": list(range(0, n, 2)), "quarter": list(range(0, n, 4)),
+               "one layer": [1 if n > 2 else 0], "quarter (no embeddings)": list(range(1, n, 4))}
+    fns = {k: (lambda b=b: add_scaled_noise_(tensors, b, 7, 0, dict.fromkeys(b, 1e-3), "rademacher"))
+           for k, b in subsets.items()}
+    times = C.best_of(fns, reps, device)
+    total = sum(sizes)
+    out = []
+    for k, b in subsets.items():
+        f = sum(sizes[i] for i in b) / total
+        out.append({"subset": k, "fraction": f, "ratio": times[k] / (f * times["all"])})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="tiny,minilm,opt125m")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    worst, worst_f = 0.0, 0.0
+    for name in args.models.split(","):
+        r = step_ratios(name, args.reps, args.device)
+        fr = fraction_ratios(r.pop("tensors"), args.reps, args.device)
+        print(json.dumps(r))
+        print(json.dumps({"model": name, "fraction_scaling": fr}))
+        worst = max(worst, r["ratio"])
+        worst_f = max(worst_f, *(x["ratio"] for x in fr if x["subset"] != "one layer"))
+    print(f"A2 worst perturbation-cost scaling ratio (target <= 1.2): {worst_f:.3f}")
+    print(f"A1 worst ZO-step / 2-forward ratio (target <= 1.10): {worst:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""A ClientApp's device: the loaded model (a Replica), the tokenised data and the partitions, kept in
+the process across rounds; and the client's copy of the log, kept in Flower's Context state.
+
+Why both: Flower's simulation runs ClientApps in long-lived Ray actors, so a process cache keeps the
+model loaded between rounds; but a node's messages may land on different actors, and the deployment
+runtime starts a fresh ClientApp process per message. The client's sync position therefore lives in
+its Context (which Flower persists per node and run): the log entries it has received, a few bytes
+per step. Like the in-process runner, all clients a process serves share one replica; whichever
+client runs replays, from its own log copy, what that replica still lacks, so the weights are
+bit-exact however messages are routed and whichever rounds a client missed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context
+
+from zorba import codec
+from zorba.client import TokenizedData
+from zorba.config import RunConfig
+from zorba.data import dirichlet_partition
+from zorba.flower.wire import WireError
+from zorba.models import LoadedModel, load_model, state_digest
+from zorba.protocol import LogEntry
+from zorba.replica import Replica
+from zorba.runner import check_inputs
+from zorba.scoring import Scorer
+from zorba.tasks import get_task
+
+LOG_RECORD = "zorba.log"
+
+
+@dataclass
+class Device:
+    key: str
+    cfg: RunConfig
+    lm: LoadedModel
+    replica: Replica
+    scorer: Scorer
+    data: TokenizedData
+    parts: list[np.ndarray]
+    base_digest: str
+
+
+class LogGap(WireError):
+    """The client lacks entries before the first one it was sent; `have` = how many it holds."""
+
+    def __init__(self, have: int, first: int) -> None:
+        super().__init__(f"log gap: client holds {have} entries, received entries from {first}")
+        self.have = have
+
+
+_devices: dict[str, Device] = {}  # at most one: a process holds one model, as a real device would
+
+
+def device_for(cfg: RunConfig, run_id: int) -> Device:
+    """This process's device for the run, loading model and data only on first use."""
+    key = f"{run_id}:{cfg.model_dump_json()}"
+    if key not in _devices:
+        _devices.clear()
+        _devices[key] = _load_device(key, cfg)
+    return _devices[key]
+
+
+def forget_device() -> None:
+    """Drop the cached device, e.g. after a failure left its weights in an unknown state."""
+    _devices.clear()
+
+
+def _load_device(key: str, cfg: RunConfig) -> Device:
+    inputs = check_inputs(cfg)
+    lm = load_model(cfg.model)
+    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
+    data = TokenizedData(scorer.encode(inputs.train), [e.label for e in inputs.train])
+    parts = dirichlet_partition(data.labels, cfg.clients, cfg.alpha, cfg.seed)
+    return Device(key, cfg, lm, Replica(lm), scorer, data, parts, state_digest(lm.model))
+
+
+def stored_log(context: Context) -> list[bytes]:
+    """The encoded log entries this client has received so far (entry i = round i)."""
+    if LOG_RECORD not in context.state:
+        return []
+    return list(context.state[LOG_RECORD]["entries"])
+
+
+def store_log(context: Context, entries: list[bytes]) -> None:
+    context.state[LOG_RECORD] = ConfigRecord({"entries": entries})
+
+
+def merge_log(stored: list[bytes], new: list[LogEntry] | tuple[LogEntry, ...]) -> list[bytes]:
+    """Append newly received entries; an entry received twice (a resend after a timeout) must match."""
+    if not new:
+        return stored
+    first = new[0].round
+    if first > len(stored):
+        raise LogGap(len(stored), first)
+    merged = list(stored)
+    for e in new:
+        raw = codec.encode_entry(e)
+        if e.round < len(merged):
+            if merged[e.round] != raw:
+                raise WireError(f"log entry {e.round} differs from the copy this client already holds")
+        else:
+            merged.append(raw)
+    return merged
+
+
+def sync_device(device: Device, log: list[bytes]) -> None:
+    """Bring the shared replica to the end of `log`, replaying only what it lacks."""
+    if device.replica.cursor > len(log):  # ahead of this client's log: start again from base weights
+        _reload_weights(device)
+    todo = [codec.decode_entry(raw) for raw in log[device.replica.cursor :]]
+    device.replica.sync(todo, first_index=device.replica.cursor)
+
+
+def _reload_weights(device: Device) -> None:
+    fresh = load_model(device.cfg.model)
+    with torch.no_grad():
+        for dst, src in zip(device.lm.model.parameters(), fresh.model.parameters(), strict=True):
+            dst.copy_(src)
+    device.replica = Replica(device.lm)

@@ -1,0 +1,63 @@
+"""A Flower run's result.json (same layout as `zorba run`'s, plus the Flower message sizes beside
+FedAvg's weight exchange) and the other outputs, published all at once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from zorba.flower.coordinator import FlowerRun
+from zorba.results import publish, staging_dir, versions, write_outputs
+
+
+def build_result(run: FlowerRun, engine: str) -> dict:
+    cfg, server = run.cfg, run.server
+    n_params = sum(b.numel for b in run.lm.blocks)
+    ups = [b["up"] for h in run.history for b in h["bytes"].values() if b["up"] is not None]
+    downs = [b["down"] for h in run.history for b in h["bytes"].values()]
+    fedavg = 4 * n_params
+    return {
+        "method": cfg.method,
+        "engine": engine,
+        "task": cfg.task,
+        "model": cfg.model,
+        "config": cfg.model_dump(mode="json"),
+        "flower_options": vars(run.opts),
+        "versions": versions(),
+        "seeds": {"run": cfg.seed, "partition": cfg.seed, "note": "every stream derives from the run seed"},
+        "base_model_sha256": run.base_digest,
+        "final_model_sha256": server.replica.digest(),
+        "clients_in_sync": run.final_sync.get("clients_in_sync"),
+        "final_sync": run.final_sync,
+        "blocks": [{"name": b.name, "numel": b.numel} for b in run.lm.blocks],
+        "client_block_counts": run.block_counts,
+        "accuracy": run.accuracy,
+        "test_file_accuracy": None,
+        "failures": {str(h["round"]): h["failed"] for h in run.history if h["failed"]},
+        "comm": {
+            "how": "serialised Flower objects of each train message (Message + RecordDict + records), "
+                   "as pushed to the SuperLink / SuperNode object store",
+            "uplink_bytes_per_client_round": float(np.mean(ups)) if ups else 0.0,
+            "downlink_bytes_per_client_round": float(np.mean(downs)) if downs else 0.0,
+            "uplink_bytes_total": int(sum(ups)),
+            "downlink_bytes_total": int(sum(downs)),
+            "fedavg_bytes_per_client_round": fedavg,
+            "fedavg_uplink_bytes_per_client_round": fedavg,
+            "fedavg_downlink_bytes_per_client_round": fedavg,
+            "setup": run.setup_bytes,
+        },
+        "memory": {"peak_bytes_per_client": None, "how": "not measured by the Flower engines; see `zorba run`"},
+        "seconds": run.seconds,
+        "history": run.history,
+    }
+
+
+def write_run(run: FlowerRun, result: dict, out: Path) -> None:
+    tmp = staging_dir(out)
+    try:
+        write_outputs(tmp, result, run.server.replica, run.server.log)
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,49 @@
+"""Federated fine-tuning methods behind one interface (zorba.methods.base.Method), by name.
+
+Each name is a method class plus default options, as peft maps a tuner name to its config:
+`make_method("fedavg-lora", setup)` or `make_method("fedkseed", setup, {"k_seeds": 256})`."""
+
+from __future__ import annotations
+
+from zorba.errors import UserError
+from zorba.methods.base import Method, RoundStats, Setup, Upload, make_setup, parse_options
+from zorba.methods.decomfl import DeComFL
+from zorba.methods.fedavg import FedAvg
+from zorba.methods.fedkseed import FedKSeed
+from zorba.methods.fedzo import FedZO
+from zorba.methods.zorba_method import Zorba
+
+REGISTRY: dict[str, tuple[type[Method], dict]] = {}
+
+
+def register(name: str, cls: type[Method], **defaults) -> None:
+    REGISTRY[name] = (cls, defaults)
+
+
+register("fedavg-sgd", FedAvg, optimizer="sgd")
+register("fedavg-adam", FedAvg, optimizer="adam")
+register("fedavg-lora", FedAvg, optimizer="adam", lora=True)
+register("fedzo", FedZO)
+register("fedkseed", FedKSeed)
+register("fedkseed-pdss", FedKSeed, pdss=True)
+register("decomfl", DeComFL)
+register("zorba", Zorba, planner="zorba")
+register("zorba-all", Zorba, planner="all")
+register("zorba-random", Zorba, planner="random")
+register("zorba-round-robin", Zorba, planner="round-robin")
+
+
+def method_class(name: str) -> tuple[type[Method], dict]:
+    if name not in REGISTRY:
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def make_method(name: str, setup: Setup, options: dict | None = None) -> Method:
+    cls, defaults = method_class(name)
+    method = cls(setup, parse_options(cls, {**defaults, **(options or {})}))
+    method.name = name
+    return method
+
+
+__all__ = ["REGISTRY", "Method", "RoundStats", "Setup", "Upload", "make_method", "make_setup", "method_class", "register"]

@@ -1,0 +1,123 @@
+"""The one interface every federated fine-tuning method implements (a small class per method,
+registered by name, as peft's tuners are), and the setup all methods share: the same model, data,
+Dirichlet partition, participants, mini-batches and scorer, so two methods differ only in the method.
+
+A method keeps ONE working model. Between rounds it holds the global weights (that is what is
+evaluated); `client_update` trains it in place as client `cid` would and returns what that client
+uploads. Everything a real client must hold (snapshots, optimiser states, gradients, the serialised
+upload) is created inside `client_update`, so a fresh process that calls it once measures a client's
+peak memory (methods/probe.py); server-side state lives outside it."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from zorba.client import TokenizedData
+from zorba.config import RunConfig
+from zorba.data import dirichlet_partition, sample_batch
+from zorba.errors import UserError
+from zorba.models import LoadedModel, load_model
+from zorba.protocol import round_seed
+from zorba.runner import Inputs
+from zorba.scoring import Scorer
+from zorba.tasks import Task, get_task
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Setup:
+    """What every method of one benchmark cell shares (built from the same RunConfig and Inputs)."""
+
+    cfg: RunConfig
+    inputs: Inputs
+    lm: LoadedModel  # the method's own working copy
+    task: Task
+    scorer: Scorer
+    train: TokenizedData
+    dev: tuple[list[list[int]], list[int]]
+    parts: list[np.ndarray]
+
+    def batch(self, cid: int, round_idx: int, step: int) -> tuple[list[list[int]], list[int]]:
+        """Client cid's mini-batch for a local step: the same draw ZorBA's clients make (client.py)."""
+        idx = sample_batch(self.parts[cid], self.cfg.batch_size, round_seed(self.cfg.seed, round_idx), cid, step)
+        return [self.train.ids[i] for i in idx], [self.train.labels[i] for i in idx]
+
+
+def make_setup(cfg: RunConfig, inputs: Inputs, lm: LoadedModel | None = None) -> Setup:
+    """A setup with its own copy of `lm` (methods train in place, so they must not share weights)."""
+    lm = copy.deepcopy(lm) if lm is not None else load_model(cfg.model)
+    task = get_task(cfg.task)
+    scorer = Scorer(lm, task, cfg.max_len)
+    train = TokenizedData(scorer.encode(inputs.train), [e.label for e in inputs.train])
+    dev = (scorer.encode(inputs.dev), [e.label for e in inputs.dev])
+    parts = dirichlet_partition(train.labels, cfg.clients, cfg.alpha, cfg.seed)
+    return Setup(cfg, inputs, lm, task, scorer, train, dev, parts)
+
+
+@dataclass
+class Upload:
+    """One client's round: the exact bytes it sends, its mean training loss and its pass counts."""
+
+    data: bytes
+    loss: float
+    forward: int
+    backward: int = 0
+
+
+@dataclass
+class RoundStats:
+    """One round as the engine records it; byte lists have one entry per participating client."""
+
+    loss: float
+    up_bytes: list[int]
+    down_bytes: list[int]
+    forward: int  # summed over the round's clients
+    backward: int
+    extra: dict | None = None
+
+
+class Method:
+    """Interface. Subclasses set `family` and `Options`, and implement `client_update` and `run_round`."""
+
+    family: ClassVar[str] = "base"
+    name: str = "base"  # the registry name, set by make_method
+    first_order: ClassVar[bool] = False
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, setup: Setup, options: BaseModel) -> None:
+        self.setup, self.cfg, self.options = setup, setup.cfg, options
+
+    def client_update(self, cid: int, round_idx: int) -> Upload:
+        """Train the working model in place as client `cid`; return its upload. ZO clients restore the
+        global weights before returning; first-order clients leave their local weights behind."""
+        raise NotImplementedError
+
+    def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
+        raise NotImplementedError
+
+    def accuracy(self) -> float:
+        return self.setup.scorer.accuracy(*self.setup.dev)
+
+    def client_peak_memory(self) -> list[int]:
+        """Measured peak memory per client (bytes), each in a fresh process."""
+        from zorba.methods.probe import measure_method
+
+        peak = measure_method(self)["peak_rss_bytes"]
+        return [peak] * self.cfg.clients
+
+
+def parse_options(cls: type[Method], values: dict) -> BaseModel:
+    try:
+        return cls.Options(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "options"
+        raise UserError(f"{cls.family}: invalid option {where}: {err['msg']} (got {err.get('input')!r})") from None

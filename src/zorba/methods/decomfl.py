@@ -1,0 +1,56 @@
+"""DeComFL-style: ZO on all blocks where step k of round t uses the same seed at every sampled client
+(derived from the round id, so seeds never travel). Each client uploads K x q float32 scalars; the
+server averages them per step and perturbation; a client that comes back replays the averaged scalars
+of every round it missed (K x q float32 per round) to reach the global weights."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zorba.methods.base import Method, RoundStats, Setup, Upload
+from zorba.methods.wire import decode_scalars, encode_catch_up, encode_scalars
+from zorba.methods.zo_common import all_blocks, apply_scalars, local_zo_steps
+from zorba.protocol import StepReport, round_seed
+from zorba.replica import Replica
+from zorba.rng import derive_key
+
+_TAG = 0xDEC0F1
+
+
+class DeComFL(Method):
+    family = "decomfl"
+
+    def __init__(self, setup: Setup, options) -> None:
+        super().__init__(setup, options)
+        self.replica = Replica(setup.lm)
+        self.history: list[tuple[int, tuple[float, ...]]] = []
+        self.seen: dict[int, int] = {}  # client -> first history entry it has not replayed
+
+    def round_seeds(self, round_idx: int) -> list[int]:
+        rseed = round_seed(self.cfg.seed, round_idx)
+        return [derive_key(rseed, _TAG, k) for k in range(self.cfg.local_steps)]
+
+    def client_update(self, cid: int, round_idx: int) -> Upload:
+        snap = self.replica.snapshot(all_blocks(self.replica))
+        steps, loss = local_zo_steps(self.setup, self.replica, cid, round_idx, self.round_seeds(round_idx))
+        self.replica.restore(snap)
+        scalars = [g for s in steps for g in s.scalars]
+        return Upload(encode_scalars(round_idx, cid, scalars), loss, forward=2 * self.cfg.q * len(steps))
+
+    def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
+        downs = [len(encode_catch_up(round_idx, self.history[self.seen.get(c, 0) : round_idx])) for c in clients]
+        total = np.zeros(self.cfg.local_steps * self.cfg.q, dtype=np.float64)
+        ups, losses = [], []
+        for cid in clients:
+            up = self.client_update(cid, round_idx)
+            total += np.asarray(decode_scalars(up.data)[2], dtype=np.float64)
+            ups.append(len(up.data))
+            losses.append(up.loss)
+            self.seen[cid] = round_idx
+        mean = (total / len(clients)).astype(np.float32)
+        self.history.append((round_idx, tuple(float(g) for g in mean)))
+        q = self.cfg.q
+        steps = [StepReport(s, tuple(float(g) for g in mean[k * q : (k + 1) * q])) for k, s in enumerate(self.round_seeds(round_idx))]
+        apply_scalars(self.replica, round_idx, self.cfg.lr, q, self.cfg.dist, steps)
+        n = len(clients)
+        return RoundStats(float(np.mean(losses)), ups, downs, forward=2 * q * self.cfg.local_steps * n, backward=0)

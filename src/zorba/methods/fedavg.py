@@ -1,0 +1,112 @@
+"""FedAvg with first-order (backprop) local training: full-parameter (SGD or Adam) or LoRA adapters
+(peft, on every linear module of the transformer layers). Clients upload their trainable tensors as
+safetensors; the server averages them (equal client weights, as zorba's server) and sends the average
+back. With LoRA only the adapters travel: the frozen base model is already on every client."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from zorba.blocks import find_layer_list
+from zorba.methods.base import Method, RoundStats, Setup, Upload
+from zorba.methods.grad_loss import loss_with_grad
+from zorba.methods.wire import tensors_from_bytes, tensors_to_bytes
+
+
+class FedAvgOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lora: bool = False
+    lora_r: int = Field(8, ge=1, le=1024)
+    lora_alpha: float = Field(16.0, gt=0)
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    """Names (last component) of every linear layer inside the transformer layers, any family: BERT's
+    query/key/value/dense, OPT's q_proj/.../fc2, GPT-2's Conv1D c_attn/c_proj/c_fc."""
+    from transformers.pytorch_utils import Conv1D
+
+    prefix = find_layer_list(model) + "."
+    return sorted({
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name.startswith(prefix) and isinstance(module, nn.Linear | Conv1D)
+    })
+
+
+def add_lora(model: nn.Module, r: int, alpha: float) -> nn.Module:
+    """Inject LoRA adapters in place (the original module now runs base + adapter); returns the PeftModel."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(model))
+    return get_peft_model(model, config)
+
+
+class FedAvg(Method):
+    family = "fedavg"
+    first_order = True
+    Options = FedAvgOptions
+
+    def __init__(self, setup: Setup, options: FedAvgOptions) -> None:
+        super().__init__(setup, options)
+        self.model = setup.lm.model
+        if options.lora:
+            self.peft = add_lora(self.model, options.lora_r, options.lora_alpha)
+        else:
+            self.model.requires_grad_(True)
+        self.global_state: dict[str, torch.Tensor] | None = None  # server side, created lazily
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        # A fresh optimiser per round: FedAvg clients keep no state between rounds (Adam's moments
+        # would otherwise be extra per-client memory and stale after the server averages).
+        if self.options.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.cfg.lr)
+        return torch.optim.SGD(params, lr=self.cfg.lr)
+
+    def client_update(self, cid: int, round_idx: int) -> Upload:
+        params = self.trainable()
+        opt = self._optimizer(list(params.values()))
+        losses = []
+        for k in range(self.cfg.local_steps):
+            seqs, labels = self.setup.batch(cid, round_idx, k)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_with_grad(self.setup.scorer, self.model, seqs, labels)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        opt.zero_grad(set_to_none=True)
+        data = tensors_to_bytes(params)
+        steps = self.cfg.local_steps
+        return Upload(data, sum(losses) / len(losses), forward=steps, backward=steps)
+
+    @torch.no_grad()
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        params = self.trainable()
+        for name, value in state.items():
+            params[name].copy_(value)
+
+    def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
+        if self.global_state is None:
+            self.global_state = {n: p.detach().clone() for n, p in self.trainable().items()}
+        down = len(tensors_to_bytes(self.global_state))  # the same message goes to every client
+        total = {n: torch.zeros_like(v) for n, v in self.global_state.items()}
+        ups, losses = [], []
+        for cid in clients:
+            self._load(self.global_state)
+            up = self.client_update(cid, round_idx)
+            for name, value in tensors_from_bytes(up.data).items():
+                total[name] += value
+            ups.append(len(up.data))
+            losses.append(up.loss)
+        self.global_state = {n: v / len(clients) for n, v in total.items()}
+        self._load(self.global_state)
+        k = self.cfg.local_steps * len(clients)
+        return RoundStats(sum(losses) / len(losses), ups, [down] * len(clients), forward=k, backward=k)

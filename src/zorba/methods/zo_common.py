@@ -1,0 +1,40 @@
+"""What the ZO baselines share: local SPSA steps on ALL blocks of the working model (zorba.zo), and
+applying an aggregated list of (seed, scalar) to it with zorba's own replay (Replica.apply), so a
+baseline's global update is bit-for-bit the replay its clients would run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from zorba.methods.base import Setup
+from zorba.protocol import ClientUpdate, LogEntry, StepReport
+from zorba.replica import Replica
+from zorba.zo import spsa_step
+
+
+def all_blocks(replica: Replica) -> tuple[int, ...]:
+    return tuple(range(replica.num_blocks))
+
+
+def local_zo_steps(
+    setup: Setup, replica: Replica, cid: int, round_idx: int, seeds: Sequence[int]
+) -> tuple[list[StepReport], float]:
+    """One SPSA step per seed on every block, on client cid's mini-batches; returns steps, mean loss."""
+    cfg, steps, losses = setup.cfg, [], []
+    for k, seed in enumerate(seeds):
+        seqs, labels = setup.batch(cid, round_idx, k)
+        step, loss = spsa_step(
+            lambda seqs=seqs, labels=labels: setup.scorer.loss(seqs, labels),
+            replica.tensors, all_blocks(replica), seed, cfg.mu, cfg.lr, cfg.q, cfg.dist,
+        )
+        steps.append(step)
+        losses.append(loss)
+    return steps, float(np.mean(losses))
+
+
+def apply_scalars(replica: Replica, round_idx: int, lr: float, q: int, dist: str, steps: Sequence[StepReport]) -> None:
+    """w -= lr / q * sum over steps and perturbations of g * z(seed), on all blocks."""
+    update = ClientUpdate(0, all_blocks(replica), tuple(steps), 1.0)
+    replica.apply(LogEntry(round_idx, lr, q, dist, (update,)))

@@ -1,0 +1,228 @@
+"""The convergence bound J(A) of docs/theory.md, evaluated numerically.
+
+For a plan A (N x L, clients x blocks), client weights p (summing to 1 over the planned clients) and
+P_l = sum_n p_n A[n, l] (the weight mass covering block l), one round at step size eta contributes
+
+    2 B(A) + 2 L eta V(A) + 2 L^2 eta^2 kappa_K Dr(A)
+
+    B  = sum_l zeta_l^2 (1 - P_l) / P_l                      coverage bias (0 at full coverage)
+    V  = sum_l sum_{n in C_l} (p_n / P_l)^2 sigma2[n, l]       ZO + minibatch noise of the block means
+    Dr = sum_l sum_{n in C_l} (p_n / P_l) sigma2[n]            client drift over K local steps
+    sigma2[n, l] = G_l^2 (1 + kappa/q) + d_l D_n / q,  sigma2[n] = D_n (1 + (d_n + kappa)/q)
+    D_n = sum_{l in S_n} G_l^2 (active gradient mass), d_n = sum_{l in S_n} d_l (active dimension)
+
+and J = (2 Delta / (eta K T) + mean over the window's plans of the above) / pi_min, where pi_min is the
+least fraction of the window's plans that cover a block. A single plan is a window of one: J is +inf
+as soon as a required block is uncovered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from zorba.planner.estimate import ScalarReport, fit_block_second_moments, fit_heterogeneity, mass_rows
+
+# Fourth-moment constant of the perturbation: E|(u.g) u_l|^2 = d_l |g_S|^2 + (1 + kappa) |g_l|^2.
+KAPPA = {"gaussian": 1.0, "rademacher": -1.0}
+
+
+@dataclass(frozen=True)
+class BoundConstants:
+    block_sizes: np.ndarray  # d_l, parameters per block
+    G2: np.ndarray  # G_l^2 >= E|grad_l F_n(w; xi)|^2 for every n, w
+    zeta2: np.ndarray  # zeta_l^2 >= sum_n p_n |grad_l f_n - grad_l f|^2
+    smooth: float = 1.0  # L, smoothness of f and of every f_n
+    f_gap: float = 1.0  # Delta = f(w_0) - f*
+    rounds: int = 1000  # T
+    local_steps: int = 1  # K
+    perturbations: int = 1  # q per local step
+    lr: float | None = None  # eta; None: the step size that is optimal for the all-blocks plan
+    estimator: str = "rademacher"
+    weights: np.ndarray | None = None  # p_n, one per client id; None: equal weights
+
+    def __post_init__(self) -> None:
+        for name in ("block_sizes", "G2", "zeta2"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=float))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", np.asarray(self.weights, dtype=float))
+        L = len(self.block_sizes)
+        if self.G2.shape != (L,) or self.zeta2.shape != (L,):
+            raise ValueError("block_sizes, G2 and zeta2 must all have one entry per block")
+        if np.any(self.G2 < 0) or np.any(self.zeta2 < 0) or np.any(self.block_sizes <= 0):
+            raise ValueError("G2, zeta2 must be >= 0 and block sizes > 0")
+        if self.estimator not in KAPPA:
+            raise ValueError(f"estimator must be one of {sorted(KAPPA)}")
+        if self.local_steps < 1 or self.perturbations < 1 or self.rounds < 1:
+            raise ValueError("local_steps, perturbations and rounds must be >= 1")
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_sizes)
+
+    @property
+    def kappa(self) -> float:
+        return KAPPA[self.estimator]
+
+    @property
+    def drift_factor(self) -> float:
+        """kappa_K = (1/K) sum_{k<K} k^2 = (K-1)(2K-1)/6: zero for one local step (no drift)."""
+        K = self.local_steps
+        return (K - 1) * (2 * K - 1) / 6.0
+
+    def client_weights(self, n_clients: int) -> np.ndarray:
+        """p over the planned clients, normalised to sum to 1."""
+        if self.weights is None:
+            return np.full(n_clients, 1.0 / n_clients)
+        if len(self.weights) != n_clients:
+            raise ValueError(f"{len(self.weights)} client weights for {n_clients} clients")
+        return self.weights / self.weights.sum()
+
+    def equal_weights(self, n_clients: int) -> bool:
+        p = self.client_weights(n_clients)
+        return bool(np.allclose(p, p[0], rtol=1e-12, atol=0.0))
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> BoundConstants:
+        """Constants for a subset of the clients (dropouts); weights are renormalised on use."""
+        if self.weights is None:
+            return self
+        return dataclasses.replace(self, weights=self.weights[np.asarray(rows)])
+
+    def step_size(self, n_clients: int) -> float:
+        """eta: the configured learning rate, else the minimiser of the bound for the all-blocks plan
+        within the theorem's step-size condition L eta K <= 1/2."""
+        if self.lr is not None:
+            return float(self.lr)
+        full = per_round_terms(np.ones((1, n_clients, self.n_blocks)), self)
+        return optimal_step(self, float(full.variance[0]), float(full.drift[0]))
+
+    @classmethod
+    def from_block_sizes(
+        cls,
+        block_sizes: Sequence[int] | np.ndarray,
+        *,
+        heterogeneity: float = 0.5,
+        gradient_mass: float = 1.0,
+        **kwargs,
+    ) -> BoundConstants:
+        """Defaults before anything is measured: G_l^2 proportional to d_l with total `gradient_mass`,
+        and zeta_l^2 = heterogeneity * G_l^2 (zeta_l^2 <= G_l^2 always, see docs/theory.md)."""
+        if not 0.0 <= heterogeneity <= 1.0:
+            raise ValueError("heterogeneity is a fraction of G_l^2 in [0, 1]")
+        d = np.asarray(block_sizes, dtype=float)
+        G2 = gradient_mass * d / d.sum()
+        return cls(d, G2, heterogeneity * G2, **kwargs)
+
+    def estimate_from_scalars(self, reports: Sequence[ScalarReport], ridge: float = 1.0) -> BoundConstants:
+        """Constants re-estimated from the reported scalars (docs/theory.md, "Estimating the constants"):
+        D_n = mean g^2 per report, G_l^2 by non-negative least squares across reports with different
+        block sets (the current G2 as a ridge prior), zeta_l^2 from the spread of per-client norms."""
+        if not reports:
+            return self
+        rows = mass_rows(reports, self.n_blocks)
+        G2 = fit_block_second_moments(rows, prior=self.G2, ridge=ridge)
+        zeta2 = fit_heterogeneity(rows, G2, previous=self.zeta2, weights=self.weights)
+        return dataclasses.replace(self, G2=G2, zeta2=zeta2)
+
+
+@dataclass(frozen=True)
+class RoundTerms:
+    """Terms of the bound for a batch of plans, per block: arrays of shape (P, L); the sums over
+    blocks (B, V, Dr of docs/theory.md) are the properties."""
+
+    bias_per_block: np.ndarray
+    variance_per_block: np.ndarray
+    drift_per_block: np.ndarray
+    coverage: np.ndarray  # P_l, the weight mass covering block l
+
+    @property
+    def bias(self) -> np.ndarray:
+        return self.bias_per_block.sum(-1)
+
+    @property
+    def variance(self) -> np.ndarray:
+        return self.variance_per_block.sum(-1)
+
+    @property
+    def drift(self) -> np.ndarray:
+        return self.drift_per_block.sum(-1)
+
+    def combined(self, consts: BoundConstants, eta: float) -> np.ndarray:
+        """2B + 2 L eta V + 2 L^2 eta^2 kappa_K Dr: what a plan adds per round."""
+        L = consts.smooth
+        return (
+            2 * self.bias + 2 * L * eta * self.variance + 2 * L**2 * eta**2 * consts.drift_factor * self.drift
+        )
+
+
+def per_round_terms(A: np.ndarray, consts: BoundConstants) -> RoundTerms:
+    """B, V, Dr of docs/theory.md for a batch of plans A (P, N, L); uncovered blocks contribute 0."""
+    A = np.asarray(A, dtype=float)
+    p = consts.client_weights(A.shape[-2])
+    d, G2, q, kappa = consts.block_sizes, consts.G2, consts.perturbations, consts.kappa
+    D = A @ G2  # (P, N) active gradient mass
+    dn = A @ d  # (P, N) active dimension
+    sigma_nl = G2 * (1 + kappa / q) + d * D[..., None] / q  # (P, N, L)
+    sigma_n = D * (1 + (dn + kappa) / q)  # (P, N)
+    cover = np.einsum("pnl,n->pl", A, p)
+    uncovered_mass = np.einsum("pnl,n->pl", 1.0 - A, p)  # exactly 0 at full coverage
+    covered = cover > 0
+    safe = np.where(covered, cover, 1.0)
+    W = np.einsum("pnl,n,pnl->pl", A, p**2, sigma_nl)
+    X = np.einsum("pnl,n,pn->pl", A, p, sigma_n)
+    bias = np.where(covered, consts.zeta2 * uncovered_mass / safe, 0.0)
+    variance = np.where(covered, W / safe**2, 0.0)
+    drift = np.where(covered, X / safe, 0.0)
+    return RoundTerms(bias, variance, drift, cover)
+
+
+def constant_term(consts: BoundConstants, eta: float) -> float:
+    """2 Delta / (eta K T): the part of the bound no plan changes."""
+    return 2 * consts.f_gap / (eta * consts.local_steps * consts.rounds)
+
+
+def optimal_step(consts: BoundConstants, variance: float, drift: float) -> float:
+    """argmin over 0 < eta <= 1/(2 L K) of 2Delta/(eta K T) + 2 L eta V + 2 L^2 eta^2 kappa_K Dr."""
+    L, K = consts.smooth, consts.local_steps
+    cap = 1.0 / (2 * L * K)
+    c1 = 2 * consts.f_gap / (K * consts.rounds)
+    # derivative * eta^2: 4 L^2 kappa_K Dr eta^3 + 2 L V eta^2 - c1 = 0, one positive root
+    roots = np.roots([4 * L**2 * consts.drift_factor * drift, 2 * L * variance, 0.0, -c1])
+    positive = [r.real for r in roots if abs(r.imag) < 1e-12 * max(1.0, abs(r)) and r.real > 0]
+    return min(cap, min(positive)) if positive else cap
+
+
+def required_mask(n_blocks: int, required: np.ndarray | None) -> np.ndarray:
+    return np.ones(n_blocks, bool) if required is None else np.asarray(required, bool)
+
+
+def bound_batch(A: np.ndarray, consts: BoundConstants, required: np.ndarray | None = None) -> np.ndarray:
+    """J for a batch of single plans (P, N, L): +inf where a required block is uncovered."""
+    A = np.asarray(A, dtype=float)
+    eta = consts.step_size(A.shape[-2])
+    terms = per_round_terms(A, consts)
+    value = constant_term(consts, eta) + terms.combined(consts, eta)
+    all_required_covered = np.all((terms.coverage > 0) | ~required_mask(A.shape[-1], required), axis=-1)
+    return np.where(all_required_covered, value, np.inf)
+
+
+def bound(A: np.ndarray, consts: BoundConstants, required: np.ndarray | None = None) -> float:
+    """J(A) for one plan used every round (docs/theory.md, Theorem 1 with a window of one plan)."""
+    return float(bound_batch(np.asarray(A)[None], consts, required)[0])
+
+
+def schedule_bound(
+    plans: Sequence[np.ndarray], consts: BoundConstants, required: np.ndarray | None = None
+) -> float:
+    """J for a window of plans, one drawn uniformly at random each round (Theorem 1)."""
+    As = np.asarray(plans, dtype=float)
+    eta = consts.step_size(As.shape[-2])
+    terms = per_round_terms(As, consts)
+    pi = (terms.coverage > 0).mean(axis=0)[required_mask(As.shape[-1], required)]
+    pi_min = float(pi.min()) if pi.size else 1.0
+    if pi_min == 0.0:
+        return float("inf")
+    return (constant_term(consts, eta) + float(terms.combined(consts, eta).mean())) / pi_min

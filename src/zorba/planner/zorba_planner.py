@@ -1,0 +1,150 @@
+"""The optimised ZorBA planner behind the runner's BlockPlanner interface.
+
+Every round it plans for the clients present (dropouts simply are not planned), from constants
+re-estimated from the scalars of the last rounds: exact MILP for small instances, the heuristic
+(warm-started from the last plan) for large ones. When no single plan covers every block it keeps a
+window of plans and draws one uniformly at random per round, which is the schedule Theorem 1 of
+docs/theory.md analyses. Rows of interchangeable clients (same budget, memory and weight) are
+reassigned each round, heavier rows to faster clients and randomly among equally fast ones: that
+changes nothing in J or memory, but shortens the round and lets the covering sets rotate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from zorba.planner.bound import BoundConstants
+from zorba.planner.estimate import ScalarReport
+from zorba.planner.memory_model import MemoryModel
+from zorba.planner.problem import Problem
+from zorba.planner.solve import DEFAULT_TOL, Schedule, plan_schedule, solver_for
+from zorba.plans import BlockPlanner
+
+
+class ZorbaPlanner(BlockPlanner):
+    name = "zorba"
+
+    def __init__(
+        self,
+        block_sizes: Sequence[int] | np.ndarray,
+        budgets: Sequence[float] | np.ndarray,
+        mem: MemoryModel,
+        consts: BoundConstants | None = None,
+        exact_max_vars: int = 24,
+        tol: float = DEFAULT_TOL,
+        eps: float | None = None,
+        seed: int = 0,
+        history: int = 20,
+        time_limit: float = 0.8,
+        ridge: float = 1.0,
+        exact_time_limit: float | None = 10.0,
+        speed: Sequence[float] | None = None,
+    ) -> None:
+        self.block_sizes = np.asarray(block_sizes, float)
+        self.budgets = np.asarray(budgets, float)
+        self.mem, self.eps, self.tol, self.seed = mem, eps, tol, seed
+        self.exact_max_vars, self.time_limit, self.ridge = exact_max_vars, time_limit, ridge
+        self.exact_time_limit = exact_time_limit
+        self.speed = np.ones(len(self.budgets)) if speed is None else np.asarray(speed, float)
+        self.prior = consts if consts is not None else BoundConstants.from_block_sizes(self.block_sizes)
+        self.consts = self.prior
+        self.schedule: Schedule | None = None
+        self._history: deque[list[ScalarReport]] = deque(maxlen=history)
+        self._given: dict[int, dict[int, tuple[int, ...]]] = {}
+        self._planned_for: tuple[int, ...] | None = None
+        self._stale = True
+        ids = list(range(len(self.budgets)))
+        Problem(self.prior.subset(ids), mem, self.budgets, None, tol, client_ids=ids).check_budgets()
+
+    # --- the BlockPlanner interface --------------------------------------------------------------
+    def plan(self, round_idx: int, clients: Sequence[int]) -> dict[int, tuple[int, ...]]:
+        ids = tuple(sorted({int(c) for c in clients}))
+        if not ids:
+            return {}
+        if self._stale or ids != self._planned_for:
+            self.schedule = self._solve(ids)
+            self._planned_for, self._stale = ids, False
+        rng = np.random.default_rng([self.seed, round_idx])
+        A = self.schedule.plans[int(rng.integers(self.schedule.window))].A
+        rows = self._shuffled_rows(ids, A, rng)
+        given = {cid: tuple(int(b) for b in np.flatnonzero(A[rows[i]])) for i, cid in enumerate(ids)}
+        self._given = {r: g for r, g in self._given.items() if r > round_idx - 2}  # reports come next round
+        self._given[round_idx] = given
+        return given
+
+    def observe(self, round_idx: int, reports: Mapping[int, Sequence[float]]) -> None:
+        given = self._given.pop(round_idx, None)
+        if given is None:
+            return
+        batch = [ScalarReport(c, given[c], np.asarray(s, float)) for c, s in reports.items() if c in given]
+        self._history.append(batch)
+        self.consts = self.prior.estimate_from_scalars(
+            [r for b in self._history for r in b], ridge=self.ridge
+        )
+        self._stale = True
+
+    # --- planning ----------------------------------------------------------------------------------
+    def _solve(self, ids: tuple[int, ...]) -> Schedule:
+        rows = list(ids)
+        problem = Problem(
+            self.consts.subset(rows),
+            self.mem.subset(rows),
+            self.budgets[rows],
+            self.eps,
+            self.tol,
+            client_ids=ids,
+        )
+        solve_round = solver_for(
+            problem,
+            self.exact_max_vars,
+            self.time_limit,
+            self.seed,
+            self._warm_start(ids),
+            self.exact_time_limit,
+        )
+        return plan_schedule(problem, solve_round)
+
+    def _warm_start(self, ids: tuple[int, ...]) -> np.ndarray | None:
+        if self.schedule is None or self.schedule.window != 1 or ids != self._planned_for:
+            return None
+        return self.schedule.plans[0].A
+
+    def _shuffled_rows(self, ids: tuple[int, ...], A: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Row of the plan each client takes. Clients with the same budget, memory and weight are
+        interchangeable (J and memory do not change): the faster ones take the rows with more active
+        parameters (perturbing and updating cost time in proportion), equally fast ones in random
+        order, so covering sets rotate from round to round."""
+        rows = np.arange(len(ids))
+        fixed = self.mem.subset(list(ids)).fixed(len(ids))
+        weights = self.prior.subset(list(ids)).client_weights(len(ids))
+        active = A @ self.block_sizes
+        classes: dict[tuple, list[int]] = {}
+        for i, cid in enumerate(ids):
+            classes.setdefault((self.budgets[cid], fixed[i], weights[i]), []).append(i)
+        for members in classes.values():
+            members = np.array(members)
+            heavy_first = members[np.argsort(-active[members], kind="stable")]
+            speeds = self.speed[np.array(ids)[members]]
+            fast_first = members[np.lexsort((rng.random(len(members)), -speeds))]
+            rows[fast_first] = heavy_first
+        return rows
+
+
+def make_zorba_planner(cfg, lm, profiles, mem: MemoryModel) -> ZorbaPlanner:
+    """The runner's hook (zorba.runner.make_planner): the clients' budgets and speeds from their
+    profiles, the run's memory model, default constants at the run's lr, K, q, T and estimator."""
+    block_sizes = np.array([b.numel for b in lm.blocks], float)
+    consts = BoundConstants.from_block_sizes(
+        block_sizes,
+        lr=cfg.lr,
+        local_steps=cfg.local_steps,
+        perturbations=cfg.q,
+        rounds=cfg.rounds,
+        estimator=cfg.dist,
+    )
+    budgets = [p.memory_bytes for p in profiles]
+    speed = [p.speed for p in profiles]
+    return ZorbaPlanner(block_sizes, budgets, mem, consts, seed=cfg.seed, speed=speed)

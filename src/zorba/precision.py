@@ -1,0 +1,293 @@
+"""Client-side precision: frozen blocks in bf16, active blocks in fp32, the exact fp32 state offloaded.
+
+A client's memory then depends on which blocks it trains (docs/memory.md). Three pieces:
+
+- `MasterStore`: the exact fp32 global weights, off the accelerator and off the process heap: pinned
+  host memory when the model is on a GPU, an unlinked temporary file on a CPU-only client (read and
+  written with pread/pwrite, so it lives in the page cache, not in the process's resident set).
+  Replay is applied here, in chunks, so it stays bit-exact and needs only a chunk of scratch memory.
+- `TieredReplica`: a Replica whose working copy on the device holds each inactive block in the frozen
+  dtype and each active block in fp32; `snapshot(blocks)` promotes the round's blocks from the store,
+  `restore` demotes them again (the store *is* the round-start snapshot, so none is kept in memory).
+- `attach_upcast_hooks`: frozen weights are only *stored* in low precision; each module upcasts its own
+  frozen weights to fp32 just for its forward (one module's weights at a time), and embeddings cast
+  their looked-up rows. Activations therefore stay fp32 everywhere: the tiny difference between the
+  +mu and -mu forwards survives the frozen layers downstream of an active block, which bf16
+  activations would round away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import types
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from zorba.errors import UserError
+from zorba.models import LoadedModel
+from zorba.protocol import LogEntry, stream_key
+from zorba.replica import Replica
+from zorba.rng import add_noise_, add_noise_many_, reserve_workspace
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_CHUNK = 1 << 20  # elements streamed between the store and the device at a time
+_SMALL = 1 << 14  # tensors below this size are replayed together (one packed noise call per step)
+_IO_LIMIT = 1 << 30  # bytes per pread/pwrite call (Linux caps one call at ~2 GiB)
+
+
+def frozen_dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+class MasterStore:
+    """Exact fp32 copies of all block tensors, in a temp file (CPU) or pinned host memory (GPU)."""
+
+    def __init__(self, tensors: Sequence[Sequence[torch.Tensor]], kind: str = "auto") -> None:
+        device = tensors[0][0].device
+        self.kind = ("pinned" if device.type == "cuda" else "file") if kind == "auto" else kind
+        if self.kind not in ("file", "pinned", "memory"):
+            raise ValueError(f"unknown store kind {kind!r}")
+        self.shapes = [[tuple(t.shape) for t in block] for block in tensors]
+        self.device = device
+        if self.kind == "file":
+            self._file = tempfile.TemporaryFile(dir=os.environ.get("ZORBA_OFFLOAD_DIR"), prefix="zorba-master-")
+            self._fd = self._file.fileno()
+            self._offsets, end = {}, 0
+            for b, block in enumerate(tensors):
+                for i, t in enumerate(block):
+                    self._offsets[(b, i)] = end
+                    end += 4 * t.numel()
+        else:
+            pin = self.kind == "pinned" and torch.cuda.is_available()
+            self._host = [[torch.empty(s, dtype=torch.float32, pin_memory=pin) for s in block] for block in self.shapes]
+        for b, block in enumerate(tensors):
+            for i, t in enumerate(block):
+                flat = t.detach().reshape(-1)
+                for start in range(0, flat.numel(), _CHUNK):
+                    self.write(b, i, start, flat[start : start + _CHUNK].float())
+
+    def numel(self, b: int, i: int) -> int:
+        return int(np.prod(self.shapes[b][i], dtype=np.int64))
+
+    def read(self, b: int, i: int, start: int, n: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Elements [start, start + n) of tensor (b, i) as fp32 on the model's device (into `out`)."""
+        if self.kind == "file":
+            host = out if out is not None and out.device.type == "cpu" else torch.empty(n, dtype=torch.float32)
+            _pread_all(self._fd, host.numpy().view(np.uint8), self._offsets[(b, i)] + 4 * start)
+        else:
+            host = self._host[b][i].view(-1)[start : start + n]
+        if out is None:
+            return host.to(self.device, copy=True)
+        if out.data_ptr() != host.data_ptr():
+            out.copy_(host, non_blocking=False)
+        return out
+
+    def write(self, b: int, i: int, start: int, src: torch.Tensor) -> None:
+        if self.kind == "file":
+            arr = src.detach().to("cpu", torch.float32).contiguous().numpy().view(np.uint8)
+            _pwrite_all(self._fd, arr, self._offsets[(b, i)] + 4 * start)
+        else:
+            self._host[b][i].view(-1)[start : start + src.numel()].copy_(src)
+
+    def chunks(self, b: int, i: int) -> Iterator[tuple[int, int]]:
+        n = self.numel(b, i)
+        for start in range(0, n, _CHUNK):
+            yield start, min(_CHUNK, n - start)
+
+    def nbytes(self) -> int:
+        return sum(4 * self.numel(b, i) for b, block in enumerate(self.shapes) for i in range(len(block)))
+
+
+def _pread_all(fd: int, buf: np.ndarray, offset: int) -> None:
+    view, done = memoryview(buf), 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done : done + _IO_LIMIT]], offset + done)
+        if got <= 0:
+            raise OSError(f"short read from the master-weights file at byte {offset + done}")
+        done += got
+
+
+def _pwrite_all(fd: int, buf: np.ndarray, offset: int) -> None:
+    view, done = memoryview(buf), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done : done + _IO_LIMIT], offset + done)
+
+
+def attach_upcast_hooks(model: nn.Module) -> list:
+    """Let fp32 and low-precision weights mix in one forward with fp32 activations throughout.
+
+    Every module that owns parameters upcasts its own low-precision ones for the duration of its
+    forward (tied weights are upcast by each module that uses them); embeddings instead cast the rows
+    they return, which is exact and avoids upcasting a whole vocabulary matrix, and nn.Linear upcasts
+    its weight a block of rows at a time.
+    """
+    handles = []
+    for module in model.modules():
+        if not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if isinstance(module, nn.Embedding):
+            handles.append(module.register_forward_hook(_rows_to_fp32))
+        elif type(module) is nn.Linear:
+            module.forward = types.MethodType(_mixed_linear, module)
+            handles.append(_Restore(module))
+        else:
+            handles.append(module.register_forward_pre_hook(_upcast_weights))
+            handles.append(module.register_forward_hook(_restore_weights))
+    return handles
+
+
+_LINEAR_ROWS = 4096  # output features upcast at a time by a frozen Linear (bounds the transient)
+
+
+def _mixed_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear.forward that upcasts a low-precision weight a few thousand rows at a time: a tied LM
+    head (vocabulary x hidden) would otherwise need a whole fp32 copy of the embedding matrix."""
+    w, b = self.weight, self.bias
+    if w.dtype == torch.float32:
+        return nn.functional.linear(x, w, b)
+    out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32, device=x.device)
+    for r in range(0, w.shape[0], _LINEAR_ROWS):
+        rows = slice(r, r + _LINEAR_ROWS)
+        bias = None if b is None else b[rows].float()
+        out[..., rows] = nn.functional.linear(x, w[rows].float(), bias)
+    return out
+
+
+class _Restore:
+    """A handle that undoes the forward override (same `remove()` as hook handles)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
+
+
+def _rows_to_fp32(module: nn.Module, args, output):
+    if isinstance(output, torch.Tensor) and output.is_floating_point() and output.dtype != torch.float32:
+        return output.float()
+    return output
+
+
+def _upcast_weights(module: nn.Module, args) -> None:
+    stash = []
+    for p in module.parameters(recurse=False):
+        if p.dtype != torch.float32:
+            stash.append((p, p.data))
+            p.data = p.data.float()
+    module._zorba_stash = stash  # noqa: SLF001 - per-module scratch between the two hooks
+
+
+def _restore_weights(module: nn.Module, args, output) -> None:
+    for p, low in getattr(module, "_zorba_stash", ()):
+        p.data = low
+    module._zorba_stash = []
+
+
+class TieredReplica(Replica):
+    """A client's replica: exact fp32 state in a MasterStore, a mixed-precision working copy on the device."""
+
+    def __init__(self, lm: LoadedModel, precision: str = "bf16", store: str = "auto") -> None:
+        super().__init__(lm)
+        self.precision = precision
+        self.frozen = frozen_dtype(precision)
+        self.store = MasterStore(self.tensors, store)
+        self.active: set[int] = set()
+        self._names = {n: (b, i) for b, blk in enumerate(lm.blocks) for i, n in enumerate(blk.param_names)}
+        self._hooks = attach_upcast_hooks(lm.model) if self.frozen != torch.float32 else []
+        for b in range(self.num_blocks):
+            self._set_working(b, self.frozen)
+        reserve_workspace(self.store.device)
+
+    def _set_working(self, b: int, dtype: torch.dtype) -> None:
+        """Re-derive block b's working tensors in `dtype` from the store, chunk by chunk."""
+        for i, p in enumerate(self.tensors[b]):
+            same = p.dtype == dtype
+            target = p.data if same else torch.empty(p.shape, dtype=dtype, device=p.device)
+            flat = target.view(-1)
+            for start, n in self.store.chunks(b, i):
+                if dtype == torch.float32:
+                    self.store.read(b, i, start, n, out=flat[start : start + n])
+                else:
+                    flat[start : start + n].copy_(self.store.read(b, i, start, n))
+            if not same:
+                p.data = target
+
+    def apply(self, entry: LogEntry) -> None:
+        """Replay on the store (bit-exact fp32), then re-derive the working copy of each changed block."""
+        changed = self._replay_on_store(entry)
+        for b in changed:
+            self._set_working(b, torch.float32 if b in self.active else self.frozen)
+        self.cursor += 1
+
+    def _replay_on_store(self, entry: LogEntry) -> list[int]:
+        coef = entry.coefficients()
+        ops: dict[int, list[tuple[int, int, float]]] = {}  # block -> (step seed, perturbation, scale) in log order
+        for u in entry.updates:
+            for step in u.steps:
+                for j, g in enumerate(step.scalars):
+                    for b in sorted(u.blocks):
+                        ops.setdefault(b, []).append((step.seed, j, -entry.lr * coef[(u.client, b)] * g / entry.q))
+        for b in sorted(ops):
+            self._replay_block(b, ops[b], entry.dist)
+        return sorted(ops)
+
+    def _replay_block(self, b: int, ops: list[tuple[int, int, float]], dist: str) -> None:
+        sizes = [self.store.numel(b, i) for i in range(len(self.tensors[b]))]
+        small = [i for i, n in enumerate(sizes) if n < _SMALL]
+        if small:
+            bufs = [self.store.read(b, i, 0, sizes[i]) for i in small]
+            for seed, j, scale in ops:
+                add_noise_many_(bufs, [stream_key(seed, j, b, i) for i in small], [scale] * len(small), dist)
+            for i, buf in zip(small, bufs, strict=True):
+                self.store.write(b, i, 0, buf)
+        for i in (i for i, n in enumerate(sizes) if n >= _SMALL):
+            for start, n in self.store.chunks(b, i):
+                buf = self.store.read(b, i, start, n)
+                for seed, j, scale in ops:
+                    add_noise_(buf, stream_key(seed, j, b, i), scale, dist, offset=start)
+                self.store.write(b, i, start, buf)
+
+    def snapshot(self, blocks: Sequence[int]) -> tuple[int, ...]:
+        """Promote the round's blocks to fp32 working copies; the store keeps their round-start values."""
+        for b in sorted(blocks):
+            self._set_working(b, torch.float32)
+        self.active = set(blocks)
+        return tuple(sorted(blocks))
+
+    @torch.no_grad()
+    def restore(self, snap: Iterable[int]) -> None:
+        """Back to the global weights: re-derive the round's blocks from the store, in the frozen dtype."""
+        for b in snap:
+            self._set_working(b, self.frozen)
+        self.active = set()
+
+    def digest(self) -> str:
+        """Same bytes as models.state_digest of an fp32 model holding the global weights."""
+        h = hashlib.sha256()
+        for name, _ in self.lm.model.named_parameters():
+            b, i = self._names[name]
+            h.update(name.encode())
+            for start, n in self.store.chunks(b, i):
+                h.update(self.store.read(b, i, start, n).cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        if self.store.kind == "file":
+            with contextlib.suppress(OSError):
+                self.store._file.close()  # noqa: SLF001
+
+
+def make_client_replica(lm: LoadedModel, precision: str = "bf16", store: str = "auto") -> Replica:
+    """The replica a client trains on: frozen blocks in `precision`, exact fp32 state offloaded."""
+    return TieredReplica(lm, precision, store)

@@ -1,0 +1,170 @@
+"""Baseline methods: one round end to end on tiny models, byte counts from first principles, the
+first-order loss matches the scorer's and training lowers it, and scalar replay reproduces training."""
+
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from zorba.bench import subsample_dev
+from zorba.config import make_config
+from zorba.methods import REGISTRY, make_method, make_setup
+from zorba.methods.engine import run_method
+from zorba.methods.fedkseed import pdss_probabilities
+from zorba.methods.grad_loss import loss_with_grad
+from zorba.methods.wire import (
+    CATCH_UP_ENTRY_HEADER,
+    CATCH_UP_HEADER,
+    SCALAR_HEADER,
+    decode_scalars,
+    encode_scalars,
+)
+from zorba.models import load_model
+from zorba.runner import read_inputs
+
+
+def tiny_cfg(model_dir, data_dir, **over):
+    values = dict(model=str(model_dir), clients=2, rounds=1, local_steps=2, train_size=40, data_dir=str(data_dir),
+                  lr=1e-3, mu=1e-3, batch_size=4, max_len=24, eval_every=1, measure_memory=False)
+    return make_config(**{**values, **over})
+
+
+@pytest.fixture(scope="module")
+def opt_env(tiny_models, data_dir):
+    cfg = tiny_cfg(tiny_models["opt"], data_dir)
+    return cfg, subsample_dev(read_inputs(cfg), 16), load_model(cfg.model)
+
+
+def build(name, env, options=None, **over):
+    cfg, inputs, lm = env
+    return make_method(name, make_setup(cfg.model_copy(update=over), inputs, lm), options)
+
+
+def safetensors_size(numel: int, data: bytes) -> int:
+    """8-byte header length + JSON header + 4 bytes per float32 element: the format's definition."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    return 8 + header_len + 4 * numel
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_each_method_runs_a_round(name, opt_env):
+    method = build(name, opt_env)
+    result = run_method(method)
+    cfg = method.cfg
+    assert 0.0 <= result["final_accuracy"] <= 1.0 and len(result["history"]) == 2
+    assert result["uplink_bytes_total"] > 0 and result["downlink_bytes_total"] > 0
+    steps = cfg.local_steps * cfg.clients
+    if method.first_order:
+        assert (result["forward_passes"], result["backward_passes"]) == (steps, steps)
+    else:
+        assert (result["forward_passes"], result["backward_passes"]) == (2 * cfg.q * steps, 0)
+
+
+def test_fedavg_uplink_is_the_safetensors_of_all_weights(opt_env):
+    method = build("fedavg-sgd", opt_env)
+    numel = sum(p.numel() for p in method.model.parameters())
+    up = method.client_update(0, 0)
+    assert len(up.data) == safetensors_size(numel, up.data)
+    stats = method.run_round(0, [0, 1])
+    assert stats.up_bytes == [len(up.data)] * 2 and stats.down_bytes == [len(up.data)] * 2
+
+
+def test_fedavg_lora_sends_only_adapters(opt_env):
+    method = build("fedavg-lora", opt_env, {"lora_r": 4})
+    lora = {n: p for n, p in method.model.named_parameters() if p.requires_grad}
+    assert lora and all("lora_" in n for n in lora)
+    # OPT layer: q,k,v,out (32x32) and fc1 (32->64), fc2 (64->32); LoRA adds r * (in + out) each.
+    expected = 2 * 4 * (4 * (32 + 32) + (32 + 64) + (64 + 32))
+    assert sum(p.numel() for p in lora.values()) == expected
+    up = method.client_update(0, 0)
+    assert len(up.data) == safetensors_size(expected, up.data)
+
+
+def test_fedzo_uplink_is_a_dense_delta(opt_env):
+    method = build("fedzo", opt_env)
+    numel = sum(p.numel() for p in method.setup.lm.model.parameters())
+    before = [p.detach().clone() for p in method.setup.lm.model.parameters()]
+    up = method.client_update(0, 0)
+    assert len(up.data) == safetensors_size(numel, up.data)
+    assert all(torch.equal(a, p) for a, p in zip(before, method.setup.lm.model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("k", [16, 200])
+def test_fedkseed_uplink_is_k_scalars_whatever_the_steps(opt_env, k):
+    for steps in (1, 3):
+        method = build("fedkseed", opt_env, {"k_seeds": k}, local_steps=steps)
+        stats = method.run_round(0, [0, 1])
+        assert stats.up_bytes == [SCALAR_HEADER + 4 * k] * 2
+        assert stats.down_bytes == [CATCH_UP_HEADER] * 2  # nothing to replay before round 0
+        stats = method.run_round(1, [0, 1])
+        assert stats.down_bytes == [CATCH_UP_HEADER + CATCH_UP_ENTRY_HEADER + 4 * k] * 2
+
+
+def test_decomfl_uplink_is_one_scalar_per_step_and_perturbation(opt_env):
+    method = build("decomfl", opt_env, local_steps=3, q=2)
+    assert method.run_round(0, [0, 1]).up_bytes == [SCALAR_HEADER + 4 * 3 * 2] * 2
+    # a client absent for two rounds replays both
+    method.run_round(1, [0])
+    assert method.run_round(2, [1]).down_bytes == [CATCH_UP_HEADER + 2 * (CATCH_UP_ENTRY_HEADER + 4 * 6)]
+
+
+def test_zorba_uplink_is_the_codec_report(opt_env):
+    method = build("zorba-all", opt_env, local_steps=3)
+    stats = method.run_round(0, [0, 1])
+    # codec.encode_report: magic 3 + header 18 + step count 4 + K x (seed 8 + q x 4) + metric count 1
+    assert stats.up_bytes == [3 + 18 + 4 + 3 * (8 + 4) + 1] * 2
+
+
+@pytest.mark.parametrize("name", ["decomfl", "fedkseed"])
+def test_scalar_replay_reproduces_a_single_clients_local_training(name, opt_env):
+    """One client: the global weights after the server's replay equal that client's local weights."""
+    method = build(name, opt_env, clients=1)
+    captured = {}
+    restore = method.replica.restore
+
+    def capture_then_restore(snap):
+        captured["local"] = [t.detach().clone() for ts in method.replica.tensors for t in ts]
+        restore(snap)
+
+    method.replica.restore = capture_then_restore
+    initial = [t.detach().clone() for ts in method.replica.tensors for t in ts]
+    method.run_round(0, [0])
+    after = [t for ts in method.replica.tensors for t in ts]
+    assert any(not torch.equal(a, b) for a, b in zip(after, initial, strict=True))
+    for a, b in zip(after, captured["local"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["opt", "bert"])
+def test_first_order_loss_equals_the_scorers(family, tiny_models, data_dir):
+    cfg = tiny_cfg(tiny_models[family], data_dir)
+    setup = make_setup(cfg, subsample_dev(read_inputs(cfg), 16))
+    seqs, labels = setup.batch(0, 0, 0)
+    with torch.no_grad():
+        mine = float(loss_with_grad(setup.scorer, setup.lm.model, seqs, labels))
+    assert mine == pytest.approx(setup.scorer.loss(seqs, labels), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fedavg-adam", "fedavg-lora"])
+def test_first_order_training_lowers_the_loss(name, opt_env):
+    method = build(name, opt_env, None, lr=1e-2 if "lora" in name else 1e-3, local_steps=4)
+    train = method.setup.train
+    before = method.setup.scorer.loss(train.ids, train.labels)
+    for t in range(3):
+        method.run_round(t, [0, 1])
+    after = method.setup.scorer.loss(train.ids, train.labels)
+    assert after < before - 0.01, (before, after)
+
+
+def test_pdss_prefers_seeds_with_large_scalars():
+    assert np.allclose(pdss_probabilities(np.zeros(4), 2.0), 0.25)
+    p = pdss_probabilities(np.array([0.0, 1.0, 3.0, 0.0]), 2.0)
+    assert p[2] > p[1] and p[0] == pytest.approx(p[3]) and p.sum() == pytest.approx(1.0)
+
+
+def test_scalar_message_roundtrip_and_size():
+    data = encode_scalars(3, 7, [0.5, -1.25])
+    assert len(data) == SCALAR_HEADER + 8 and decode_scalars(data) == (3, 7, (0.5, -1.25))
+    with pytest.raises(ValueError):
+        decode_scalars(data[:-1])

@@ -1,0 +1,45 @@
+"""The affine client memory model and its JSON round trip."""
+
+import json
+
+import numpy as np
+import pytest
+
+from zorba.planner import MemoryModel
+
+
+def test_memory_is_affine_in_the_plan():
+    mem = MemoryModel(base=np.array([100.0, 200.0]), delta=np.array([10.0, 20.0, 30.0]), activation=5.0)
+    A = np.array([[1, 0, 1], [0, 1, 0]], bool)
+    np.testing.assert_allclose(mem.client_memory(A), [100 + 10 + 30 + 5, 200 + 20 + 5])
+    assert mem.total_memory(A) == pytest.approx(145 + 225)
+
+
+def test_first_principles_default_counts_bytes_per_parameter():
+    mem = MemoryModel.from_block_sizes([1000, 3000], activation_bytes=7.0, z_buffer_params=10)
+    # everything frozen in bf16 (2 B) + fp32 z buffer; an active block adds fp32 weights + snapshot - bf16
+    assert mem.base == pytest.approx(2 * 4000 + 4 * 10)
+    np.testing.assert_allclose(mem.delta, [6 * 1000, 6 * 3000])
+    all_active = mem.client_memory(np.ones((1, 2), bool))[0]
+    assert all_active == pytest.approx(8 * 4000 + 40 + 7.0)
+
+
+def test_round_trips_through_json():
+    mem = MemoryModel(base=np.array([1.5, 2.5]), delta=np.array([3.0, 4.0]), activation=np.array([0.5, 0.25]))
+    back = MemoryModel.from_dict(json.loads(json.dumps(mem.to_dict())))
+    A = np.array([[1, 0], [1, 1]], bool)
+    np.testing.assert_allclose(back.client_memory(A), mem.client_memory(A))
+    scalar = MemoryModel(base=3.0, delta=np.array([1.0]))
+    assert MemoryModel.from_dict(json.loads(json.dumps(scalar.to_dict()))).base == 3.0
+
+
+def test_subset_keeps_per_client_parts():
+    mem = MemoryModel(
+        base=np.array([1.0, 2.0, 3.0]), delta=np.array([1.0]), activation=np.array([10.0, 20.0, 30.0])
+    )
+    np.testing.assert_allclose(mem.subset([2, 0]).fixed(2), [33.0, 11.0])
+
+
+def test_rejects_negative_block_costs():
+    with pytest.raises(ValueError):
+        MemoryModel(base=0.0, delta=np.array([1.0, -1.0]))

@@ -1,0 +1,115 @@
+"""Mixed precision clients: bf16 frozen blocks, fp32 active blocks, exact fp32 state offloaded."""
+
+import copy
+
+import pytest
+import torch
+
+from zorba.memprobe import load_probe_model
+from zorba.precision import MasterStore, TieredReplica, make_client_replica
+from zorba.protocol import ClientUpdate, LogEntry, StepReport
+from zorba.replica import Replica
+from zorba.scoring import Scorer
+from zorba.tasks import get_task
+from zorba.zo import spsa_step
+
+FAMILIES = ("bert", "opt", "llama", "gpt2")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def tiny(request):
+    return load_probe_model(f"random:{request.param}-tiny")
+
+
+def _entries(n_blocks: int, rounds: int = 3) -> list[LogEntry]:
+    out = []
+    for r in range(rounds):
+        updates = (
+            ClientUpdate(0, (0, n_blocks - 1), (StepReport(10 * r + 1, (0.7, -0.2)), StepReport(10 * r + 2, (1.5, 0.1)))),
+            ClientUpdate(1, tuple(range(1, n_blocks)), (StepReport(10 * r + 3, (-2.0, 0.4)),), weight=2.0),
+        )
+        out.append(LogEntry(r, 1e-2, 2, "rademacher", updates))
+    return out
+
+
+def _batch(lm, n=4):
+    scorer = Scorer(lm, get_task("sst2"), 32)
+    ids = scorer.encode([type("E", (), {"text_a": f"a fine film number {i} .", "text_b": None})() for i in range(n)])
+    return scorer, ids, [i % 2 for i in range(n)]
+
+
+@pytest.mark.parametrize(("precision", "store"), [("bf16", "file"), ("fp32", "memory")])
+def test_tiered_replay_is_bit_exact_and_working_copy_follows(tiny, store, precision):
+    plain, tiered_lm = copy.deepcopy(tiny), copy.deepcopy(tiny)
+    ref, rep = Replica(plain), make_client_replica(tiered_lm, precision, store)
+    entries = _entries(ref.num_blocks)
+    ref.sync(entries)
+    assert rep.sync(entries) == len(entries) and rep.cursor == len(entries)
+    assert rep.digest() == ref.digest()  # exact fp32 state, though the working copy is low precision
+    want = torch.bfloat16 if precision == "bf16" else torch.float32
+    for ref_block, block in zip(ref.tensors, rep.tensors, strict=True):
+        for r, t in zip(ref_block, block, strict=True):
+            assert t.dtype == want
+            assert torch.equal(t, r.to(want))  # re-derived from the replayed fp32 state
+
+
+def test_round_promotes_active_blocks_and_restores_exactly(tiny):
+    rep = make_client_replica(copy.deepcopy(tiny), "bf16", "file")
+    before = rep.digest()
+    scorer, ids, labels = _batch(rep.lm)
+    active = [1]
+    snap = rep.snapshot(active)
+    dtypes = [{t.dtype for t in block} for block in rep.tensors]
+    assert dtypes[1] == {torch.float32} and all(d == {torch.bfloat16} for b, d in enumerate(dtypes) if b != 1)
+    frozen_before = [t.clone() for t in rep.tensors[0]]
+    for k in range(3):
+        _, loss = spsa_step(lambda: scorer.loss(ids, labels), rep.tensors, active, sseed=k, mu=1e-3, lr=1e-2)
+        assert torch.isfinite(torch.tensor(loss))
+    assert all(torch.equal(a, b) for a, b in zip(frozen_before, rep.tensors[0], strict=True))
+    rep.restore(snap)
+    assert rep.digest() == before
+    assert all(t.dtype == torch.bfloat16 for block in rep.tensors for t in block)
+
+
+def test_mixed_forward_keeps_fp32_activations_and_matches_rounded_weights(tiny):
+    """A mixed model computes exactly what an fp32 model with bf16-rounded frozen weights computes."""
+    rep = make_client_replica(copy.deepcopy(tiny), "bf16", "memory")
+    rounded = copy.deepcopy(tiny)
+    active = [rep.num_blocks - 2]
+    with torch.no_grad():
+        for b, block in enumerate(Replica(rounded).tensors):
+            if b not in active:
+                for t in block:
+                    t.copy_(t.to(torch.bfloat16).float())
+    rep.snapshot(active)
+    scorer, ids, labels = _batch(rep.lm)
+    ref_scorer, _, _ = _batch(rounded)
+    assert torch.allclose(scorer.logits(ids), ref_scorer.logits(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_perturbation_signal_survives_frozen_blocks(tiny):
+    """The +mu / -mu loss difference on the first layer (upstream of frozen ones) is close to fp32's."""
+    rep = make_client_replica(copy.deepcopy(tiny), "bf16", "memory")
+    ref = Replica(copy.deepcopy(tiny))
+    scorer, ids, labels = _batch(rep.lm, 8)
+    ref_scorer, _, _ = _batch(ref.lm, 8)
+    rep.snapshot([1])
+    g_mixed, _ = spsa_step(lambda: scorer.loss(ids, labels), rep.tensors, [1], sseed=3, mu=1e-3, lr=0.0)
+    g_ref, _ = spsa_step(lambda: ref_scorer.loss(ids, labels), ref.tensors, [1], sseed=3, mu=1e-3, lr=0.0)
+    a, b = g_mixed.scalars[0], g_ref.scalars[0]
+    assert abs(a - b) <= 0.05 * abs(b) + 1e-3, (a, b)
+
+
+def test_master_store_file_round_trip_is_not_resident():
+    t = torch.randn(3_000_001)
+    store = MasterStore([[t]], "file")
+    back = torch.cat([store.read(0, 0, s, n) for s, n in store.chunks(0, 0)])
+    assert torch.equal(back, t)
+    assert store.nbytes() == 4 * t.numel()
+
+
+def test_unknown_precision_is_a_user_error(tiny):
+    from zorba.errors import UserError
+
+    with pytest.raises(UserError, match="unknown precision"):
+        TieredReplica(copy.deepcopy(tiny), "int3")

@@ -1,0 +1,110 @@
+"""Accuracy under 30% dropouts and under 10% hostile clients, against the clean run on the same seeds.
+
+Setup with a clear training signal that a tiny random model learns in seconds: SST-2-format sentences
+whose label is carried by class words (synthetic, seeded), tiny BERT, 10 clients. About 30 s in all."""
+
+import math
+import random
+
+import pytest
+import torch
+
+import zorba.runner as runner_mod
+from zorba.config import make_config
+from zorba.profiles import ClientProfile
+from zorba.protocol import Report, StepReport
+from zorba.reliability import Reliability
+from zorba.runner import Runner, check_inputs
+
+torch.set_num_threads(1)
+
+ROUNDS = 15
+LR = 1e-2
+POS, NEG = ["sunny", "happy"], ["rainy", "angry"]
+NEUTRAL = "the a table house river paper chair window street door car book".split()
+
+
+def synthetic_tsv(n: int, seed: int) -> str:
+    rng, rows = random.Random(seed), ["label\tsentence"]
+    for _ in range(n):
+        y = rng.randint(0, 1)
+        words = rng.sample(POS if y else NEG, 2) + rng.sample(NEUTRAL, 3)
+        rng.shuffle(words)
+        rows.append(f"{y}\t{' '.join(words)}")
+    return "\n".join(rows) + "\n"
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    (root / "sst2").mkdir()
+    (root / "sst2" / "train.tsv").write_text(synthetic_tsv(400, 1))
+    (root / "sst2" / "dev.tsv").write_text(synthetic_tsv(200, 2))
+    return make_config(model=str(tiny_models["bert"]), clients=10, rounds=ROUNDS, local_steps=2, planner="all",
+                       data_dir=str(root), lr=LR, mu=1e-3, batch_size=16, max_len=16, measure_memory=False,
+                       eval_every=ROUNDS, seed=1, alpha=1.0)
+
+
+
+def train(cfg, reliability=None, setup=None):
+    runner = Runner(cfg, check_inputs(cfg), reliability=reliability)
+    if setup:
+        setup(runner)
+    state = runner.run()
+    return state
+
+
+@pytest.fixture(scope="module")
+def clean(cfg):
+    state = train(cfg)
+    assert state.accuracy["final"] >= state.accuracy["initial"] + 0.2, state.accuracy  # a clear signal to lose
+    return state
+
+
+def test_dropouts(cfg, clean):
+    state = train(cfg, Reliability(dropout=0.3))
+    planned = [h["clients"] for h in state.history]
+    assert len(state.history) == ROUNDS and min(planned) < cfg.clients and sum(planned) < 0.8 * ROUNDS * cfg.clients
+    assert state.device.digest() == state.server.replica.digest()
+    print(f"dropouts: clean {clean.accuracy} dropout 0.3 {state.accuracy}")
+    assert abs(state.accuracy["final"] - clean.accuracy["final"]) <= 0.01 + 1e-9
+
+
+def hostile_clients(bad=(0,)):
+    """Client 0 of 10 (10%) sends NaN, inf or 1e30 scalars, changing kind every round."""
+    honest = runner_mod.run_round
+
+    def run_round(plan, state, replica, scorer, data):
+        report = honest(plan, state, replica, scorer, data)
+        if state.cid not in bad:
+            return report
+        value = (math.nan, math.inf, 1e30)[plan.round % 3]
+        steps = tuple(StepReport(s.seed, (value,) * len(s.scalars)) for s in report.steps)
+        return Report(report.round, report.client, steps, report.loss, report.num_examples)
+
+    return run_round
+
+
+def test_hostile_clients(cfg, clean, monkeypatch):
+    monkeypatch.setattr(runner_mod, "run_round", hostile_clients())
+    defended = train(cfg)
+    assert all(h["answered"] == cfg.clients - 1 for h in defended.history if h["round"] % 3 != 2)  # NaN/inf rejected
+    print(f"hostile: clean {clean.accuracy} defended {defended.accuracy}")
+    assert abs(defended.accuracy["final"] - clean.accuracy["final"]) <= 0.01 + 1e-9
+    short = cfg.model_copy(update={"rounds": 3})
+    undefended = train(short, Reliability(clip=0))  # the same attack with clipping off: 1e30 lands in round 2
+    weights = torch.cat([p.detach().flatten() for p in undefended.lm.model.parameters()])
+    assert not torch.isfinite(weights).all() or weights.abs().max() > 1e20
+
+
+def test_deadline_leaves_out_stragglers(cfg):
+    short = cfg.model_copy(update={"rounds": 3})
+
+    def slow_client_0(runner):
+        p = runner.profiles[0]
+        runner.profiles[0] = ClientProfile(p.name, p.memory_bytes, speed=1e-12)
+
+    state = train(short, Reliability(deadline=3600.0), setup=slow_client_0)
+    assert all(h["answered"] == cfg.clients - 1 for h in state.history)
+    assert all(0 not in {u.client for u in e.updates} for e in state.server.log)
+    assert state.device.digest() == state.server.replica.digest()

@@ -75,22 +75,7 @@ def in_fresh_process(kind: str, spec: dict, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _place_batches_on_model_device() -> None:
-    """Scorer pads on the CPU; on a GPU the ids must follow the model (workaround kept here)."""
-    from zorba.scoring import Scorer
-
-    pad = Scorer._pad
-
-    def pad_on_device(self, seqs):
-        device = next(self.lm.model.parameters()).device
-        return tuple(t.to(device) for t in pad(self, seqs))
-
-    Scorer._pad = pad_on_device
-
-
 def run_one(spec: dict) -> dict:
-    if spec["device"].startswith("cuda"):
-        _place_batches_on_model_device()
     if spec["kind"] == "zorba":
         from zorba.memprobe import MemoryProbe, _probe
 

@@ -99,6 +99,10 @@ from zorba.flower.command import flower_sim  # noqa: E402
 
 app.command("flower-sim")(flower_sim)
 
+from zorba.cli_plan import plan  # noqa: E402
+
+app.command("plan")(plan)
+
 
 def main() -> None:
     """Entry point: usage errors and UserErrors become one line and exit code 2."""

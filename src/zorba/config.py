@@ -25,14 +25,14 @@ class RunConfig(BaseModel):
     participation: float = Field(1.0, gt=0.0, le=1.0)
     rounds: int = Field(30, ge=1, le=1_000_000)
     local_steps: int = Field(5, ge=1, le=10_000)
-    lr: float = Field(2e-5, gt=0.0, le=1.0)
+    lr: float = Field(5e-5, gt=0.0, le=1.0)
     mu: float = Field(1e-3, gt=0.0, le=1.0)
     q: int = Field(1, ge=1, le=64)
     batch_size: int = Field(16, ge=1, le=4096)
     max_len: int = Field(64, ge=8, le=4096)
     alpha: float = Field(0.5, gt=0.0, le=1e6)
     dist: Literal["rademacher", "gaussian"] = "rademacher"
-    planner: Literal["zorba", "all", "random", "round-robin"] = "round-robin"
+    planner: Literal["zorba", "all", "random", "round-robin"] = "zorba"
     block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (profiles.py)
     profiles: str | None = None  # TOML file of client memory budgets and speeds
     memory_model: str | None = None  # calibration JSON from `zorba profile-memory`

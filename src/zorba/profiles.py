@@ -39,7 +39,7 @@ def default_profiles(num_clients: int, mem: MemoryModel, fractions: Sequence[flo
     """Device classes whose budgets let them train a fraction of the model's trainable memory:
     budget = fixed + f * sum(delta), f in (1, 3/4, 1/2, 1/4) by default, cycling over clients."""
     classes = DEFAULT_CLASSES
-    if fractions is not None:
+    if fractions is not None and tuple(fractions) != tuple(c[1] for c in DEFAULT_CLASSES):
         classes = tuple((f"class{i}", f, DEFAULT_CLASSES[i % 4][2]) for i, f in enumerate(fractions))
     fixed, full = float(mem.fixed(1)[0]), float(mem.delta.sum())
     # A hair above the exact sum so float rounding never makes the class's own plan infeasible.

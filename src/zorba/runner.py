@@ -100,9 +100,12 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
         return RandomBlocks(L, counts, cfg.seed)
     if cfg.planner == "round-robin":
         return RoundRobin(L, counts)
-    from zorba.planner import make_zorba_planner  # the optimised planner (docs/theory.md)
+    from zorba.planner import PlanInfeasible, make_zorba_planner  # the optimised planner (docs/theory.md)
 
-    return make_zorba_planner(cfg, lm, profiles, mem)
+    try:
+        return make_zorba_planner(cfg, lm, profiles, mem)
+    except PlanInfeasible as exc:
+        raise UserError(str(exc)) from None
 
 
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:

@@ -52,6 +52,10 @@ class Server:
     def round(self) -> int:
         return len(self.log)
 
+    def undeliver(self, client: int, cursor: int) -> None:
+        """A client never confirmed its plan (crash, timeout): resend the log from `cursor` next time."""
+        self.cursors[client] = min(self.cursors.get(client, 0), cursor)
+
     def make_plans(self, clients: Sequence[int]) -> dict[int, RoundPlan]:
         """Plans for the next round for the clients present; each carries the entries it lacks."""
         t = self.round

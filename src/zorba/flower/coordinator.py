@@ -142,7 +142,7 @@ def run_round(grid: Grid, run: FlowerRun) -> dict:
             failed[c] = f"no reply within {run.opts.round_timeout:g} s"
     entry = server.close_round()
     for c in failed:  # never confirmed: resend those entries with its next plan
-        server.cursors[c] = delivered_before[c]
+        server.undeliver(c, delivered_before[c])
     down = {c: _sum_bytes(wire.message_bytes(m) for m in ms) for c, ms in sent.items()}
     return _round_record(entry.round, plans, up, down, losses, failed, time.perf_counter() - started)
 

@@ -97,6 +97,12 @@ class ZorbaPlanner(BlockPlanner):
             self.tol,
             client_ids=ids,
         )
+        coverable = problem.fits.any(axis=0)
+        if not coverable.all():
+            # The clients present this round (dropouts) cannot hold some block: plan the rest; that
+            # block waits for a round in which a client that can hold it is back.
+            problem = Problem(problem.consts, problem.mem, problem.budgets, self.eps, self.tol,
+                              required=coverable, client_ids=ids)
         solve_round = solver_for(
             problem,
             self.exact_max_vars,

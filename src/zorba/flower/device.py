@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from flwr.app import ConfigRecord, Context
 
 from zorba import codec
@@ -23,6 +22,7 @@ from zorba.config import RunConfig
 from zorba.data import dirichlet_partition
 from zorba.flower.wire import WireError
 from zorba.models import LoadedModel, load_model, state_digest
+from zorba.precision import make_client_replica
 from zorba.protocol import LogEntry
 from zorba.replica import Replica
 from zorba.runner import check_inputs
@@ -75,7 +75,8 @@ def _load_device(key: str, cfg: RunConfig) -> Device:
     scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
     data = TokenizedData(scorer.encode(inputs.train), [e.label for e in inputs.train])
     parts = dirichlet_partition(data.labels, cfg.clients, cfg.alpha, cfg.seed)
-    return Device(key, cfg, lm, Replica(lm), scorer, data, parts, state_digest(lm.model))
+    digest = state_digest(lm.model)  # of the base fp32 weights, before frozen blocks go low precision
+    return Device(key, cfg, lm, make_client_replica(lm, cfg.precision), scorer, data, parts, digest)
 
 
 def stored_log(context: Context) -> list[bytes]:
@@ -116,8 +117,7 @@ def sync_device(device: Device, log: list[bytes]) -> None:
 
 
 def _reload_weights(device: Device) -> None:
-    fresh = load_model(device.cfg.model)
-    with torch.no_grad():
-        for dst, src in zip(device.lm.model.parameters(), fresh.model.parameters(), strict=True):
-            dst.copy_(src)
-    device.replica = Replica(device.lm)
+    """Back to the base weights: a fresh model, replica and scorer (same as the runner's clients)."""
+    device.lm = load_model(device.cfg.model)
+    device.scorer = Scorer(device.lm, get_task(device.cfg.task), device.cfg.max_len)
+    device.replica = make_client_replica(device.lm, device.cfg.precision)

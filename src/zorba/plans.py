@@ -4,6 +4,7 @@ The optimised ZorBA planner (zorba.planner) implements the same interface."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -11,14 +12,15 @@ import numpy as np
 from zorba.rng import derive_key
 
 
-class BlockPlanner:
+class BlockPlanner(ABC):
     """Interface: `plan` returns client id -> sorted active block ids; `observe` gets the scalars each
     client reported that round (for planners that re-estimate their constants)."""
 
     name = "base"
 
+    @abstractmethod
     def plan(self, round_idx: int, clients: Sequence[int]) -> dict[int, tuple[int, ...]]:
-        raise NotImplementedError
+        """Client id -> sorted ids of the blocks it activates this round."""
 
     def observe(self, round_idx: int, reports: Mapping[int, Sequence[float]]) -> None:
         return None

@@ -11,6 +11,7 @@ peak memory (methods/probe.py); server-side state lives outside it."""
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -84,7 +85,7 @@ class RoundStats:
     extra: dict | None = None
 
 
-class Method:
+class Method(ABC):
     """Interface. Subclasses set `family` and `Options`, and implement `client_update` and `run_round`."""
 
     family: ClassVar[str] = "base"
@@ -95,13 +96,14 @@ class Method:
     def __init__(self, setup: Setup, options: BaseModel) -> None:
         self.setup, self.cfg, self.options = setup, setup.cfg, options
 
+    @abstractmethod
     def client_update(self, cid: int, round_idx: int) -> Upload:
         """Train the working model in place as client `cid`; return its upload. ZO clients restore the
         global weights before returning; first-order clients leave their local weights behind."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
-        raise NotImplementedError
+        """One federated round over `clients`: their updates, aggregated into the global model."""
 
     def accuracy(self) -> float:
         return self.setup.scorer.accuracy(*self.setup.dev)

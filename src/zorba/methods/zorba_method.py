@@ -41,7 +41,7 @@ class Zorba(Method):
         self.cfg = self.runner.cfg
 
     def client_update(self, cid: int, round_idx: int) -> Upload:
-        raise NotImplementedError("ZorBA clients run inside zorba.runner; memory comes from zorba.memprobe")
+        raise TypeError("ZorBA clients run inside zorba.runner (run_round); there is no separate client update")
 
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
         # The runner draws the same participants (zorba.runner.participants) as the other methods.

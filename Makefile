@@ -13,7 +13,7 @@ install:
 	$(PY) -m pip install -q -e ".[dev]"
 
 run: install
-	zorba run --out runs/default
+	zorba run --out runs/default --overwrite
 
 test: install
 	$(PY) -m pytest -q

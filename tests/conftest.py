@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -68,3 +70,19 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
+
+
+@pytest.fixture
+def zorba(capsys, monkeypatch):
+    """The real `zorba` entry point, in-process (a subprocess per case would cost seconds of imports):
+    returns exit code, stdout and stderr."""
+    from zorba import cli
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["zorba", *args])
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=exc.value.code, stdout=out.out, stderr=out.err)
+
+    return call

@@ -2,25 +2,8 @@
 
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
-
-from zorba import cli
-
-
-@pytest.fixture
-def zorba(capsys, monkeypatch):
-    """The real entry point, in-process (a subprocess per case would cost seconds of imports)."""
-
-    def call(*args):
-        monkeypatch.setattr(sys, "argv", ["zorba", *args])
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=exc.value.code, stdout=out.out, stderr=out.err)
-
-    return call
 
 
 def test_entry_point_in_a_real_process():

@@ -5,30 +5,15 @@ import json
 import os
 import shutil
 import signal
-import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from zorba import cli
 from zorba.config import make_config
 from zorba.durable import frame
 from zorba.job import run_job
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def zorba(capsys, monkeypatch):
-    def call(*args):
-        monkeypatch.setattr(sys, "argv", ["zorba", *args])
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=exc.value.code, stdout=out.out, stderr=out.err)
-
-    return call
 
 
 def assert_clean_error(res, *fragments):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from zorba.methods.base import Method, RoundStats, Setup, Upload
-from zorba.methods.wire import decode_scalars, encode_catch_up, encode_scalars
-from zorba.methods.zo_common import all_blocks, apply_scalars, local_zo_steps
+from zorba.methods.wire import encode_catch_up, encode_scalars
+from zorba.methods.zo_common import all_blocks, apply_scalars, local_zo_steps, mean_uploaded_scalars
 from zorba.protocol import StepReport, round_seed
 from zorba.replica import Replica
 from zorba.rng import derive_key
@@ -39,15 +39,7 @@ class DeComFL(Method):
 
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
         downs = [len(encode_catch_up(round_idx, self.history[self.seen.get(c, 0) : round_idx])) for c in clients]
-        total = np.zeros(self.cfg.local_steps * self.cfg.q, dtype=np.float64)
-        ups, losses = [], []
-        for cid in clients:
-            up = self.client_update(cid, round_idx)
-            total += np.asarray(decode_scalars(up.data)[2], dtype=np.float64)
-            ups.append(len(up.data))
-            losses.append(up.loss)
-            self.seen[cid] = round_idx
-        mean = (total / len(clients)).astype(np.float32)
+        mean, ups, losses = mean_uploaded_scalars(self, clients, round_idx, self.cfg.local_steps * self.cfg.q)
         self.history.append((round_idx, tuple(float(g) for g in mean)))
         q = self.cfg.q
         steps = [StepReport(s, tuple(float(g) for g in mean[k * q : (k + 1) * q])) for k, s in enumerate(self.round_seeds(round_idx))]

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from zorba.errors import UserError
 from zorba.methods.base import Method, RoundStats, Setup, Upload
-from zorba.methods.wire import decode_scalars, encode_catch_up, encode_scalars
-from zorba.methods.zo_common import all_blocks, apply_scalars
+from zorba.methods.wire import encode_catch_up, encode_scalars
+from zorba.methods.zo_common import all_blocks, apply_scalars, mean_uploaded_scalars
 from zorba.protocol import StepReport
 from zorba.replica import Replica
 from zorba.rng import derive_key
@@ -90,15 +90,7 @@ class FedKSeed(Method):
 
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
         downs = [len(self._catch_up(cid, round_idx)) for cid in clients]
-        total = np.zeros(self.options.k_seeds, dtype=np.float64)
-        ups, losses = [], []
-        for cid in clients:
-            up = self.client_update(cid, round_idx)
-            total += np.asarray(decode_scalars(up.data)[2], dtype=np.float64)
-            ups.append(len(up.data))
-            losses.append(up.loss)
-            self.seen[cid] = round_idx
-        mean = (total / len(clients)).astype(np.float32)
+        mean, ups, losses = mean_uploaded_scalars(self, clients, round_idx, self.options.k_seeds)
         self._apply(round_idx, mean)
         n = len(clients)
         return RoundStats(float(np.mean(losses)), ups, downs, forward=2 * self.cfg.local_steps * n, backward=0)

@@ -38,3 +38,19 @@ def apply_scalars(replica: Replica, round_idx: int, lr: float, q: int, dist: str
     """w -= lr / q * sum over steps and perturbations of g * z(seed), on all blocks."""
     update = ClientUpdate(0, all_blocks(replica), tuple(steps), 1.0)
     replica.apply(LogEntry(round_idx, lr, q, dist, (update,)))
+
+
+def mean_uploaded_scalars(method, clients: Sequence[int], round_idx: int, size: int) -> tuple[np.ndarray, list[int], list[float]]:
+    """Run each client's update, average the `size` scalars they upload (float32, as on the wire);
+    returns (mean, upload sizes, losses). Shared by the seed-and-scalar baselines (DeComFL, FedKSeed)."""
+    from zorba.methods.wire import decode_scalars
+
+    total = np.zeros(size, dtype=np.float64)
+    ups, losses = [], []
+    for cid in clients:
+        up = method.client_update(cid, round_idx)
+        total += np.asarray(decode_scalars(up.data)[2], dtype=np.float64)
+        ups.append(len(up.data))
+        losses.append(up.loss)
+        method.seen[cid] = round_idx
+    return (total / len(clients)).astype(np.float32), ups, losses

@@ -31,9 +31,9 @@ from torch import nn
 
 from zorba.errors import UserError
 from zorba.models import LoadedModel
-from zorba.protocol import LogEntry, stream_key
-from zorba.replica import Replica
-from zorba.rng import add_noise_, add_noise_many_, reserve_workspace
+from zorba.protocol import LogEntry
+from zorba.replica import Op, Replica, block_keys, replay_ops
+from zorba.rng import add_noise_sequences_, reserve_workspace
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _CHUNK = 1 << 20  # elements streamed between the store and the device at a time
@@ -229,31 +229,25 @@ class TieredReplica(Replica):
         self.cursor += 1
 
     def _replay_on_store(self, entry: LogEntry) -> list[int]:
-        coef = entry.coefficients()
-        ops: dict[int, list[tuple[int, int, float]]] = {}  # block -> (step seed, perturbation, scale) in log order
-        for u in entry.updates:
-            for step in u.steps:
-                for j, g in enumerate(step.scalars):
-                    for b in sorted(u.blocks):
-                        ops.setdefault(b, []).append((step.seed, j, -entry.lr * coef[(u.client, b)] * g / entry.q))
-        for b in sorted(ops):
-            self._replay_block(b, ops[b], entry.dist)
-        return sorted(ops)
+        ops = replay_ops(entry)
+        for b, block_ops in ops.items():
+            self._replay_block(b, block_ops, entry.dist)
+        return list(ops)
 
-    def _replay_block(self, b: int, ops: list[tuple[int, int, float]], dist: str) -> None:
+    def _replay_block(self, b: int, ops: list[Op], dist: str) -> None:
         sizes = [self.store.numel(b, i) for i in range(len(self.tensors[b]))]
+        scales = [s for *_, s in ops]
         small = [i for i, n in enumerate(sizes) if n < _SMALL]
         if small:
             bufs = [self.store.read(b, i, 0, sizes[i]) for i in small]
-            for seed, j, scale in ops:
-                add_noise_many_(bufs, [stream_key(seed, j, b, i) for i in small], [scale] * len(small), dist)
+            add_noise_sequences_(bufs, block_keys(b, small, ops), [scales] * len(small), dist)
             for i, buf in zip(small, bufs, strict=True):
                 self.store.write(b, i, 0, buf)
         for i in (i for i, n in enumerate(sizes) if n >= _SMALL):
+            keys = block_keys(b, [i], ops)
             for start, n in self.store.chunks(b, i):
                 buf = self.store.read(b, i, start, n)
-                for seed, j, scale in ops:
-                    add_noise_(buf, stream_key(seed, j, b, i), scale, dist, offset=start)
+                add_noise_sequences_([buf], keys, [scales], dist, word_offsets=[start // 32])
                 self.store.write(b, i, start, buf)
 
     def snapshot(self, blocks: Sequence[int]) -> tuple[int, ...]:

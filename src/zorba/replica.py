@@ -11,8 +11,29 @@ import torch
 
 from zorba.blocks import block_tensors
 from zorba.models import LoadedModel, state_digest
-from zorba.protocol import LogEntry
-from zorba.zo import add_scaled_noise_
+from zorba.protocol import LogEntry, stream_key
+from zorba.rng import add_noise_sequences_
+
+Op = tuple[int, int, float]  # (step seed, perturbation index, scale) applied to one block
+
+
+def replay_ops(entry: LogEntry) -> dict[int, list[Op]]:
+    """Per block, the adds a log entry makes to it, in log order (only a tensor's own order matters
+    for bit-exact replay; different blocks are independent)."""
+    coef = entry.coefficients()
+    ops: dict[int, list[Op]] = {}
+    for u in entry.updates:
+        for step in u.steps:
+            for j, g in enumerate(step.scalars):
+                for b in sorted(u.blocks):
+                    ops.setdefault(b, []).append((step.seed, j, -entry.lr * coef[(u.client, b)] * g / entry.q))
+    return dict(sorted(ops.items()))
+
+
+def block_keys(b: int, tensor_ids: int | Sequence[int], ops: Sequence[Op]) -> list[list[int]]:
+    """The stream keys of each listed tensor of block b (an int n: tensors 0..n-1) for each op."""
+    ids = range(tensor_ids) if isinstance(tensor_ids, int) else tensor_ids
+    return [[stream_key(seed, j, b, i) for seed, j, _ in ops] for i in ids]
 
 
 class Replica:
@@ -26,14 +47,11 @@ class Replica:
         return len(self.tensors)
 
     def apply(self, entry: LogEntry) -> None:
-        """w_l -= lr * coef(n, l) * g / q * z for every client, step, perturbation and block, in log order."""
-        coef = entry.coefficients()
-        for u in entry.updates:
-            blocks = sorted(u.blocks)
-            for step in u.steps:
-                for j, g in enumerate(step.scalars):
-                    scales = {b: -entry.lr * coef[(u.client, b)] * g / entry.q for b in blocks}
-                    add_scaled_noise_(self.tensors, blocks, step.seed, j, scales, entry.dist)
+        """w_l -= lr * coef(n, l) * g / q * z for every client, step, perturbation and block, in log
+        order; each block's whole sequence goes to the generator at once (one launch on a GPU)."""
+        for b, ops in replay_ops(entry).items():
+            n = len(self.tensors[b])
+            add_noise_sequences_(self.tensors[b], block_keys(b, n, ops), [[s for *_, s in ops]] * n, entry.dist)
         self.cursor += 1
 
     def sync(self, entries: Iterable[LogEntry], first_index: int | None = None) -> int:

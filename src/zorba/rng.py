@@ -21,6 +21,7 @@ together in one packed call so that a block costs a few dozen torch calls, not a
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import threading
 from collections.abc import Iterable, Sequence
@@ -218,9 +219,15 @@ def add_noise_many_(
 ) -> None:
     """tensors[i] += scales[i] * z(keys[i]) for all i; identical to add_noise_ one by one, faster.
 
-    Tensors with a zero scale are skipped. Small tensors on the same device are packed into one call.
+    Tensors with a zero scale are skipped. Small tensors on the same device are packed into one call;
+    on a GPU all of them go through one fused kernel launch (rng_triton.py).
     """
     _check_dist(dist)
+    if dist == "rademacher" and tensors and _fused(tensors):
+        live = [(t, k, s) for t, k, s in zip(tensors, keys, scales, strict=True) if s != 0.0]
+        if live:
+            _rng_triton().add_rademacher_(*zip(*live, strict=True))
+        return
     small: dict[torch.device, list[tuple[torch.Tensor, int, float]]] = {}
     for t, k, s in zip(tensors, keys, scales, strict=True):
         if s == 0.0 or t.numel() == 0:
@@ -236,6 +243,46 @@ def add_noise_many_(
                 add_noise_(t, k, s, dist)
             continue
         _add_packed_(*zip(*group, strict=True))
+
+
+@torch.no_grad()
+def add_noise_sequences_(
+    tensors: Sequence[torch.Tensor],
+    keys: Sequence[Sequence[int]],
+    scales: Sequence[Sequence[float]],
+    dist: str = "rademacher",
+    word_offsets: Sequence[int] | None = None,
+) -> None:
+    """For each tensor t, in order: t += scales[t][p] * z(keys[t][p]), starting at element
+    32 * word_offsets[t] of each stream. Replay of a round: on a GPU one fused launch applies every
+    pair while reading the weights once; elsewhere the adds run pair by pair (same bits)."""
+    _check_dist(dist)
+    if dist == "rademacher" and tensors and _fused(tensors):
+        _rng_triton().add_rademacher_sequences_(tensors, keys, scales, word_offsets)
+        return
+    for p in range(max((len(k) for k in keys), default=0)):
+        todo = [t for t in range(len(tensors)) if p < len(keys[t])]
+        if word_offsets is None:
+            add_noise_many_([tensors[t] for t in todo], [keys[t][p] for t in todo], [scales[t][p] for t in todo], dist)
+            continue
+        for t in todo:
+            if scales[t][p] != 0.0:
+                add_noise_(tensors[t], keys[t][p], scales[t][p], dist, offset=32 * word_offsets[t])
+
+
+def _fused(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether the fused Triton path serves these tensors (imported only when a GPU tensor shows up)."""
+    device = tensors[0].device
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    fused = _rng_triton()
+    return fused.usable(device) and fused.supports(tensors)
+
+
+def _rng_triton():
+    from zorba import rng_triton
+
+    return rng_triton
 
 
 def golden_digest(key: int = 20260427, numel: int = 1000, dist: str = "rademacher", device: str = "cpu") -> str:

@@ -1,0 +1,184 @@
+"""Fused Rademacher perturbation for GPUs: one Triton kernel applies w += s * z to many tensors.
+
+rng.py builds z from torch ops: a dozen small kernels per chunk plus one add per tensor. On a CPU
+that is fast; on a GPU every op is a kernel launch of a few microseconds, so a ZO step over ~100
+tensors spent most of its time launching (docs/performance.md: step / 2 forwards was 5.7-6.0 on an
+H200). This kernel computes the very same z (element i of stream (k0, k1) is bit i % 32 of
+lowbias32(lowbias32((i // 32) * G + k0) ^ k1), +1 for a clear bit, -1 for a set one) inside one
+launch for all tensors of a pass, reading and writing each weight once.
+
+It also takes a *sequence* of (key, scale) pairs per tensor and applies them in order in registers,
+rounding to the tensor's dtype after every add exactly as separate `add_` calls would: replaying a
+whole round on a block is one launch and one pass over memory, still bit-identical to the torch path
+(tests/test_rng_fused.py checks this with Triton's CPU interpreter; benchmarks/gpu/perf.py on a GPU).
+
+Used automatically for CUDA tensors when Triton is importable; `ZORBA_FUSED_RNG=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+try:  # Triton ships with CUDA builds of torch; CPU-only installs run rng.py's torch path instead
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+_WORDS = 64  # 32-bit words per program: 2048 elements, a [64, 32] tile
+launches = 0  # kernel launches so far (tests check that the fused path really ran)
+
+
+def enabled() -> bool:
+    return triton is not None and os.environ.get("ZORBA_FUSED_RNG", "1") != "0"
+
+
+def usable(device: torch.device) -> bool:
+    """The fused path runs on CUDA devices; the interpreter (TRITON_INTERPRET=1) also runs it on CPU."""
+    if not enabled():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _lowbias32(x):
+        # x is uint32: right shifts are logical and products wrap modulo 2^32, as in rng._lowbias32
+        x ^= x >> 16
+        x *= 0x7FEB352D
+        x ^= x >> 15
+        x *= 0x846CA68B
+        x ^= x >> 16
+        return x
+
+    @triton.jit
+    def _round_to_bf16(x):
+        # Round to nearest even on the bits: the interpreter's own fp32 -> bf16 cast truncates, so the
+        # CPU test and the GPU would otherwise round differently (NaN and inf stay NaN and inf).
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _rademacher_kernel(table, prog_tensor, prog_word, params, n_pairs, DTYPE: tl.constexpr,
+                           ROUND: tl.constexpr, WORDS: tl.constexpr):
+        # table: int64 (ptr, numel, first stream word) per tensor; params: int32 (k0, k1, scale bits)
+        # per tensor and pair; each program owns WORDS words (WORDS * 32 elements) of one tensor.
+        pid = tl.program_id(0)
+        t = tl.load(prog_tensor + pid).to(tl.int64)
+        ptr = tl.load(table + 3 * t).to(tl.pointer_type(DTYPE))
+        numel = tl.load(table + 3 * t + 1)
+        local = tl.load(prog_word + pid) + tl.arange(0, WORDS).to(tl.int64)
+        counter = (tl.load(table + 3 * t + 2) + local).to(tl.uint32)  # word index mod 2^32
+        lanes = tl.arange(0, 32)
+        offs = local[:, None] * 32 + lanes[None, :]
+        mask = offs < numel
+        w = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        p = 0
+        while p < n_pairs:  # a while loop: Triton's CPU interpreter cannot range() over an argument
+            base = (t * n_pairs + p) * 3
+            k0 = tl.load(params + base).to(tl.uint32, bitcast=True)
+            k1 = tl.load(params + base + 1).to(tl.uint32, bitcast=True)
+            s = tl.load(params + base + 2).to(tl.float32, bitcast=True)
+            x = _lowbias32(_lowbias32(counter * 0x9E3779B9 + k0) ^ k1)
+            bit = (x[:, None] >> lanes[None, :].to(tl.uint32)) & 1
+            new = w + s * (1.0 - 2.0 * bit.to(tl.float32))  # s * (+-1) is exact: one rounding
+            if ROUND:  # bf16 weights round after every add, like separate add_ calls
+                new = _round_to_bf16(new)
+            w = tl.where(s != 0.0, new, w)  # a zero scale is skipped, as rng.add_noise_many_ does
+            p += 1
+        tl.store(ptr + offs, w.to(DTYPE), mask=mask)  # exact: w already holds bf16 values if ROUND
+
+    _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
+
+
+def supports(tensors: Sequence[torch.Tensor]) -> bool:
+    """fp32 and bf16 weights, contiguous (others take rng.py's torch path)."""
+    return all(t.dtype in (torch.float32, torch.bfloat16) and t.is_contiguous() for t in tensors)
+
+
+@lru_cache(maxsize=512)
+def _layout(
+    tensors: tuple[tuple[int, int, int], ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-tensor table and per-program (tensor, first word) maps for (ptr, numel, word offset) triples.
+
+    Cached on pointers and sizes: a step's passes and a replica's replays reuse the same tensors.
+    """
+    table = np.array(tensors, dtype=np.int64).reshape(-1)
+    progs = [(i, w) for i, (_, n, _) in enumerate(tensors) for w in range(0, (n + 31) // 32, _WORDS)]
+    prog = np.array(progs, dtype=np.int64).reshape(-1, 2)
+    as_device = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    return as_device(table), as_device(prog[:, 0].astype(np.int32)), as_device(prog[:, 1])
+
+
+def _params(keys: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """(k0, k1, float32 scale bits) per tensor and pair as int32, from (T, P) uint64 keys and scales."""
+    out = np.empty(keys.shape + (3,), dtype=np.uint32)
+    out[..., 0] = keys & 0xFFFFFFFF
+    out[..., 1] = keys >> 32
+    out[..., 2] = scales.astype(np.float32).view(np.uint32)
+    return out.view(np.int32).reshape(-1)
+
+
+def _ragged(rows: Sequence[Sequence], n_pairs: int, dtype) -> np.ndarray:
+    out = np.zeros((len(rows), n_pairs), dtype=dtype)  # padding: scale 0, which the kernel skips
+    for t, row in enumerate(rows):
+        out[t, : len(row)] = row
+    return out
+
+
+@torch.no_grad()
+def add_rademacher_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float]) -> None:
+    """tensors[t] += scales[t] * z(keys[t]) for every t: one pass of a ZO step, one launch per dtype."""
+    _launch(tensors, np.array(keys, dtype=np.uint64)[:, None], np.array(scales, dtype=np.float64)[:, None])
+
+
+@torch.no_grad()
+def add_rademacher_sequences_(
+    tensors: Sequence[torch.Tensor],
+    keys: Sequence[Sequence[int]],
+    scales: Sequence[Sequence[float]],
+    word_offsets: Sequence[int] | None = None,
+) -> None:
+    """For each tensor t, in order: t += scales[t][p] * z(keys[t][p])[32 * word_offsets[t]:] for every p."""
+    if any(len(k) != len(s) for k, s in zip(keys, scales, strict=True)):
+        raise ValueError("each tensor needs as many scales as keys")
+    n_pairs = max((len(k) for k in keys), default=0)
+    if n_pairs:
+        _launch(tensors, _ragged(keys, n_pairs, np.uint64), _ragged(scales, n_pairs, np.float64), word_offsets)
+
+
+def _launch(
+    tensors: Sequence[torch.Tensor], keys: np.ndarray, scales: np.ndarray, word_offsets: Sequence[int] | None = None
+) -> None:
+    """One kernel launch per dtype; tensors must be contiguous float32/bfloat16 on one device.
+
+    bf16 tensors round like torch's CUDA add_ (alpha kept in fp32; torch's CPU kernel rounds alpha to
+    bf16 first, so bf16 perturbations are not bit-exact across device kinds; zorba only perturbs
+    fp32 weights)."""
+    global launches
+    offsets = [0] * len(tensors) if word_offsets is None else list(word_offsets)
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if not supports([t]):
+            raise ValueError(f"fused perturbation needs contiguous fp32/bf16 tensors, got {t.dtype}")
+        if t.numel():
+            groups.setdefault(t.dtype, []).append(i)
+    for dtype, idx in groups.items():
+        device = tensors[idx[0]].device
+        table, prog_tensor, prog_word = _layout(
+            tuple((tensors[i].data_ptr(), tensors[i].numel(), offsets[i]) for i in idx), device
+        )
+        params = torch.from_numpy(_params(keys[idx], scales[idx])).to(device)
+        _rademacher_kernel[(prog_tensor.numel(),)](
+            table, prog_tensor, prog_word, params, keys.shape[1],
+            DTYPE=_TL_DTYPES[dtype], ROUND=dtype != torch.float32, WORDS=_WORDS,
+        )
+        launches += 1

@@ -3,17 +3,21 @@
   python benchmarks/gpu/perf.py --device cuda
 
 - golden hash of z computed on the GPU vs the CPU value (bit-exact replay across device kinds);
-- ZO step time / (2 x forward time), all blocks active, MiniLM and an OPT-125m-sized random model;
+- the fused Triton generator (rng_triton.py) on the GPU against the CPU torch path, bit for bit;
+- ZO step time / (2 x forward time), all blocks active, MiniLM and an OPT-125m-sized random model,
+  with the fused generator and with the torch-op generator side by side (ZORBA_FUSED_RNG);
 - peak accelerator memory (max_memory_allocated, fresh process each, run concurrently) of the ZO
   client with all blocks (fp32) and with a quarter of the blocks (bf16-frozen), first-order Adam
   FedAvg and fp32 inference, on the same batch;
-- replay of one (seed, scalar) on a block / torch normal_ and uniform_ fills of the same size.
+- replay of one (seed, scalar) on a block / torch normal_ and uniform_ fills of the same size, and
+  per pair when a round's 40 pairs are replayed together (fused: one launch, one pass over memory).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +44,53 @@ def golden(device: str) -> dict:
             "match": rng.golden_digest(device=device) == GOLDEN_RADEMACHER, "16M_elements_equal": bool(torch.equal(on_dev, on_cpu))}
 
 
+def generator(fused: bool, fn):
+    """fn with the fused Triton generator on or off (rng.py reads ZORBA_FUSED_RNG on every call)."""
+
+    def run():
+        os.environ["ZORBA_FUSED_RNG"] = "1" if fused else "0"
+        try:
+            return fn()
+        finally:
+            os.environ.pop("ZORBA_FUSED_RNG", None)
+
+    return run
+
+
+def fused_checks(device: str) -> dict:
+    """Fused kernel on the GPU vs the torch path on the CPU: one pass, and 40-pair sequences with
+    stream offsets (a chunked replay); bf16 vs torch's own CUDA add_."""
+    from zorba import rng_triton
+
+    g = torch.Generator().manual_seed(0)
+    sizes = (1, 33, 70_001, 3_000_017)
+    cpu = [torch.randn(n, generator=g) for n in sizes]
+    keys = [rng.derive_key(9, i) for i in range(len(sizes))]
+    scales = [1e-3, -2e-3, 5e-4, 3e-3]
+    ref = [t.clone() for t in cpu]
+    rng.add_noise_many_(ref, keys, scales)
+    dev = [t.to(device) for t in cpu]
+    launches = rng_triton.launches
+    rng.add_noise_many_(dev, keys, scales)
+    out = {"fused_used": rng_triton.launches > launches,
+           "one_pass_equal": all(torch.equal(a, b.cpu()) for a, b in zip(ref, dev, strict=True))}
+    seq_keys = [[rng.derive_key(p, t) for p in range(40)] for t in range(len(sizes))]
+    seq_scales = [[1e-4 * (p - 20) for p in range(40)] for _ in sizes]
+    offsets = [0, 0, 32, 1 << 15]
+    for t, ks, ss, off in zip(ref, seq_keys, seq_scales, offsets, strict=True):
+        for k, s in zip(ks, ss, strict=True):
+            if s:
+                rng.add_noise_(t, k, s, offset=32 * off)
+    rng.add_noise_sequences_(dev, seq_keys, seq_scales, word_offsets=offsets)
+    out["sequences_equal"] = all(torch.equal(a, b.cpu()) for a, b in zip(ref, dev, strict=True))
+    w = torch.randn(70_001, generator=g).to(device, torch.bfloat16)
+    mine, theirs = w.clone(), w.clone()
+    rng.add_noise_many_([mine], [5], [1e-2])
+    generator(False, lambda: rng.add_noise_many_([theirs], [5], [1e-2]))()
+    out["bf16_equal_to_torch_cuda"] = bool(torch.equal(mine, theirs))
+    return out
+
+
 def step_and_replay(name: str, device: str, reps: int) -> dict:
     lm = C.load(name, device)
     scorer, ids, labels = C.batch(lm)
@@ -49,16 +100,31 @@ def step_and_replay(name: str, device: str, reps: int) -> dict:
     def loss() -> float:
         return scorer.loss(ids, labels)
 
-    t = C.best_of({"forward": loss, "step": lambda: spsa_step(loss, rep.tensors, blocks, 1, 1e-3, 0.0),
-                   "step_cache_z": lambda: spsa_step(loss, rep.tensors, blocks, 1, 1e-3, 0.0, cache_z=True)},
-                  reps, device)
+    def step() -> None:
+        spsa_step(loss, rep.tensors, blocks, 1, 1e-3, 0.0)
+
+    t = C.best_of({"forward": loss, "step_fused": generator(True, step), "step_torch": generator(False, step),
+                   "step_cache_z": generator(False, lambda: spsa_step(loss, rep.tensors, blocks, 1, 1e-3, 0.0,
+                                                                      cache_z=True))}, reps, device)
     b = 1
-    entry = LogEntry(0, 1e-6, 1, "rademacher", (ClientUpdate(0, (b,), (StepReport(7, (0.5,)),)),))
+    one = LogEntry(0, 1e-6, 1, "rademacher", (ClientUpdate(0, (b,), (StepReport(7, (0.5,)),)),))
+    steps = tuple(StepReport(s, (0.5,)) for s in range(5))
+    round_ = LogEntry(0, 1e-6, 1, "rademacher", tuple(ClientUpdate(c, (b,), steps) for c in range(8)))
     fill = torch.empty(lm.blocks[b].numel, device=device)
-    r = C.best_of({"replay": lambda: rep.apply(entry), "normal_": fill.normal_, "uniform_": fill.uniform_}, reps, device)
-    return {"forward_s": t["forward"], "step_ratio": t["step"] / (2 * t["forward"]),
-            "step_ratio_cache_z": t["step_cache_z"] / (2 * t["forward"]), "replay_block": lm.blocks[b].name,
-            "replay_over_normal": r["replay"] / r["normal_"], "replay_over_uniform": r["replay"] / r["uniform_"]}
+    r = C.best_of({"replay_fused": generator(True, lambda: rep.apply(one)),
+                   "replay_torch": generator(False, lambda: rep.apply(one)),
+                   "round_fused": generator(True, lambda: rep.apply(round_)),
+                   "round_torch": generator(False, lambda: rep.apply(round_)),
+                   "normal_": fill.normal_, "uniform_": fill.uniform_}, reps, device)
+    two_fwd = 2 * t["forward"]
+    return {"forward_s": t["forward"], "step_ratio": t["step_fused"] / two_fwd,
+            "step_ratio_torch_ops": t["step_torch"] / two_fwd, "step_ratio_cache_z": t["step_cache_z"] / two_fwd,
+            "replay_block": lm.blocks[b].name, "replay_block_numel": lm.blocks[b].numel,
+            "normal_s": r["normal_"], "replay_over_normal": r["replay_fused"] / r["normal_"],
+            "replay_over_normal_torch_ops": r["replay_torch"] / r["normal_"],
+            "replay_over_uniform": r["replay_fused"] / r["uniform_"],
+            "round40_per_pair_over_normal": r["round_fused"] / 40 / r["normal_"],
+            "round40_per_pair_over_normal_torch_ops": r["round_torch"] / 40 / r["normal_"]}
 
 
 def memory(name: str, device: str) -> dict:
@@ -88,13 +154,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--models", default="minilm,opt125m")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--skip-memory", action="store_true", help="speed and bit-equality only")
     args = ap.parse_args()
     start = time.perf_counter()
     out = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
-           "golden": golden(args.device), "models": {}}
+           "golden": golden(args.device), "fused": _guarded(fused_checks, args.device), "models": {}}
     for name in args.models.split(","):
         out["models"][name] = _guarded(step_and_replay, name, args.device, args.reps)
-        out["models"][name]["memory"] = _guarded(memory, name, args.device)
+        if not args.skip_memory:
+            out["models"][name]["memory"] = _guarded(memory, name, args.device)
         print(json.dumps(out), flush=True)  # partial results survive a later failure or timeout
     out["seconds"] = time.perf_counter() - start
     print(json.dumps(out))

@@ -225,9 +225,8 @@ def add_noise_many_(
     _check_dist(dist)
     if dist == "rademacher" and tensors and _fused(tensors):
         live = [(t, k, s) for t, k, s in zip(tensors, keys, scales, strict=True) if s != 0.0]
-        if live:
-            _rng_triton().add_rademacher_(*zip(*live, strict=True))
-        return
+        if not live or _run_fused(_rng_triton().add_rademacher_, *zip(*live, strict=True)):
+            return
     small: dict[torch.device, list[tuple[torch.Tensor, int, float]]] = {}
     for t, k, s in zip(tensors, keys, scales, strict=True):
         if s == 0.0 or t.numel() == 0:
@@ -258,8 +257,8 @@ def add_noise_sequences_(
     pair while reading the weights once; elsewhere the adds run pair by pair (same bits)."""
     _check_dist(dist)
     if dist == "rademacher" and tensors and _fused(tensors):
-        _rng_triton().add_rademacher_sequences_(tensors, keys, scales, word_offsets)
-        return
+        if _run_fused(_rng_triton().add_rademacher_sequences_, tensors, keys, scales, word_offsets):
+            return
     for p in range(max((len(k) for k in keys), default=0)):
         todo = [t for t in range(len(tensors)) if p < len(keys[t])]
         if word_offsets is None:
@@ -277,6 +276,22 @@ def _fused(tensors: Sequence[torch.Tensor]) -> bool:
         return False
     fused = _rng_triton()
     return fused.usable(device) and fused.supports(tensors)
+
+
+def _run_fused(fn, *args) -> bool:
+    """Run the fused path; if its kernel cannot be built here (it fails before touching any weight),
+    warn once, turn the fused path off and let the caller take the torch path, which gives the
+    same bits. A failure after a launch is re-raised: the weights may be half-updated."""
+    fused = _rng_triton()
+    before = fused.launches
+    try:
+        fn(*args)
+        return True
+    except Exception as exc:
+        if fused.launches != before:
+            raise
+        fused.disable(f"{type(exc).__name__}: {exc}")
+        return False
 
 
 def _rng_triton():

@@ -18,6 +18,7 @@ Used automatically for CUDA tensors when Triton is importable; `ZORBA_FUSED_RNG=
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -34,8 +35,18 @@ _WORDS = 64  # 32-bit words per program: 2048 elements, a [64, 32] tile
 launches = 0  # kernel launches so far (tests check that the fused path really ran)
 
 
+_disabled: str | None = None  # why the fused path was turned off in this process, if it was
+
+
 def enabled() -> bool:
-    return triton is not None and os.environ.get("ZORBA_FUSED_RNG", "1") != "0"
+    return triton is not None and _disabled is None and os.environ.get("ZORBA_FUSED_RNG", "1") != "0"
+
+
+def disable(reason: str) -> None:
+    """Turn the fused path off for this process (its kernel failed to build on this machine)."""
+    global _disabled
+    _disabled = reason
+    warnings.warn(f"fused Triton perturbation disabled, using torch ops: {reason[:300]}", stacklevel=3)
 
 
 def usable(device: torch.device) -> bool:

@@ -1,6 +1,8 @@
 """Targets A1 and A2 (docs/performance.md), measured side by side in one run on this machine.
 
-A1: ZO step time / (2 x forward time) on the same batch, all blocks active; target <= 1.10.
+A1: ZO step time / (2 x forward time) on the same batch, all blocks active; target <= 1.10. Two step
+    times: one isolated step (every table perturbed eagerly), and a step inside a client round of
+    K = 5 local steps as client.run_round runs it (large embedding tables deferred, deferred.py).
 A2: perturbation cost on a fraction f of the parameters / (f x the all-blocks cost); target <= 1.2.
 
 Usage: python benchmarks/bench_zo_step.py [--models tiny,minilm,opt125m] [--reps 5] [--threads N]
@@ -16,8 +18,11 @@ import _common as C
 import _legacy_rng as legacy
 import torch
 
+from zorba.deferred import DeferredTables
 from zorba.replica import Replica
 from zorba.zo import add_scaled_noise_, spsa_step
+
+ROUND_STEPS = 5  # the default local steps per round
 
 
 def step_ratios(name: str, reps: int, device: str) -> dict:
@@ -29,9 +34,22 @@ def step_ratios(name: str, reps: int, device: str) -> dict:
     def loss() -> float:
         return scorer.loss(ids, labels)
 
+    active = [t for block in tensors for t in block]
+
+    def client_round(defer: bool):
+        def run():
+            with DeferredTables(lm.model, active if defer else []) as d:
+                for k in range(ROUND_STEPS):
+                    spsa_step(loss, tensors, blocks, k, 1e-3, 0.0, deferred=d)
+                d.discard()  # as run_round: the round's local weights are dropped
+
+        return run
+
     times = C.best_of({
         "forward": loss,
         "step": lambda: spsa_step(loss, tensors, blocks, 1, 1e-3, 0.0),
+        "round_eager": client_round(False),
+        "round_deferred": client_round(True),
         "step_cache_z": lambda: spsa_step(loss, tensors, blocks, 1, 1e-3, 0.0, cache_z=True),
         "step_legacy": lambda: legacy.spsa_step(loss, tensors, blocks, 1, 1e-3, 0.0),
     }, reps, device)
@@ -39,6 +57,8 @@ def step_ratios(name: str, reps: int, device: str) -> dict:
     return {
         "model": name, "params": sum(b.numel for b in lm.blocks), "forward_s": times["forward"],
         "ratio": times["step"] / two, "ratio_cache_z": times["step_cache_z"] / two,
+        "ratio_round_eager": times["round_eager"] / ROUND_STEPS / two,
+        "ratio_round_deferred": times["round_deferred"] / ROUND_STEPS / two,
         "ratio_legacy": times["step_legacy"] / two, "tensors": tensors,
     }
 
@@ -75,10 +95,10 @@ def main() -> None:
         fr = fraction_ratios(r.pop("tensors"), args.reps, args.device)
         print(json.dumps(r))
         print(json.dumps({"model": name, "fraction_scaling": fr}))
-        worst = max(worst, r["ratio"])
+        worst = max(worst, r["ratio_round_deferred"])
         worst_f = max(worst_f, *(x["ratio"] for x in fr if x["subset"] != "one layer"))
     print(f"A2 worst perturbation-cost scaling ratio (target <= 1.2): {worst_f:.3f}")
-    print(f"A1 worst ZO-step / 2-forward ratio (target <= 1.10): {worst:.3f}")
+    print(f"A1 worst ZO-step (in a client round) / 2-forward ratio (target <= 1.10): {worst:.3f}")
 
 
 if __name__ == "__main__":

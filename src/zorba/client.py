@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from zorba.data import sample_batch
+from zorba.deferred import DeferredTables
 from zorba.protocol import Report, RoundPlan, step_seed
 from zorba.replica import Replica
 from zorba.scoring import Scorer
@@ -32,16 +33,19 @@ def run_round(plan: RoundPlan, state: ClientState, replica: Replica, scorer: Sco
     h = plan.hyper
     snap = replica.snapshot(plan.blocks)
     steps, losses = [], []
-    for k in range(h.local_steps):
-        batch = sample_batch(state.indices, h.batch_size, plan.round_seed, state.cid, k)
-        ids = [data.ids[i] for i in batch]
-        labels = [data.labels[i] for i in batch]
-        sseed = step_seed(plan.round_seed, state.cid, k)
-        step, loss = spsa_step(
-            lambda ids=ids, labels=labels: scorer.loss(ids, labels),
-            replica.tensors, plan.blocks, sseed, h.mu, h.lr, h.q, h.dist,
-        )
-        steps.append(step)
-        losses.append(loss)
+    active = [t for b in plan.blocks for t in replica.tensors[b]]
+    with DeferredTables(replica.lm.model, active, h.dist) as deferred:
+        for k in range(h.local_steps):
+            batch = sample_batch(state.indices, h.batch_size, plan.round_seed, state.cid, k)
+            ids = [data.ids[i] for i in batch]
+            labels = [data.labels[i] for i in batch]
+            sseed = step_seed(plan.round_seed, state.cid, k)
+            step, loss = spsa_step(
+                lambda ids=ids, labels=labels: scorer.loss(ids, labels),
+                replica.tensors, plan.blocks, sseed, h.mu, h.lr, h.q, h.dist, deferred=deferred,
+            )
+            steps.append(step)
+            losses.append(loss)
+        deferred.discard()  # the local weights end here: restore brings back the round-start ones
     replica.restore(snap)
     return Report(plan.round, state.cid, tuple(steps), float(np.mean(losses)), len(state.indices))

@@ -244,6 +244,33 @@ def add_noise_many_(
         _add_packed_(*zip(*group, strict=True))
 
 
+def _hash_words(words: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
+    """hash(w) under each key for int64 word indices (< 2^32): int32 (len(keys), len(words)), the
+    same words rng streams use; one set of torch ops for all keys."""
+    halves = torch.tensor([_key_halves(k) for k in keys], dtype=torch.int64, device=words.device)
+    k0, k1 = halves[:, :1] & 0xFFFFFFFF, halves[:, 1:].to(torch.int32)
+    x = ((words[None, :] * 0x9E3779B9 + k0) & 0xFFFFFFFF).to(torch.int32)  # keeps the low 32 bits
+    _lowbias32(x)
+    x ^= k1
+    return _lowbias32(x)
+
+
+def rademacher_rows(keys: Sequence[int], rows: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows `rows` of each z(key) viewed as a (n x width) table, float32 (len(keys), len(rows), width):
+    the perturbations of just the embedding rows a batch looks up (deferred.py)."""
+    rows = rows.to(torch.int64).view(-1, 1)
+    if width % 32 == 0:  # whole words per row: hash each word once and expand its 32 bits
+        per_row = width // 32
+        x = _hash_words((rows * per_row + torch.arange(per_row, device=rows.device)).view(-1), keys)
+        shifts = 31 - torch.arange(32, dtype=torch.int32, device=rows.device)
+        bits = ((x[..., None] << shifts) & _SIGN) | _ONE
+        return bits.view(torch.float32).view(len(keys), len(rows), width)
+    elements = (rows * width + torch.arange(width, device=rows.device)).view(-1)
+    x = _hash_words(elements >> 5, keys)
+    bit = ((x >> (elements & 31).to(torch.int32)) & 1).to(torch.float32)  # bit j of the word, j < 32
+    return (1.0 - 2.0 * bit).view(len(keys), len(rows), width)
+
+
 @torch.no_grad()
 def add_noise_sequences_(
     tensors: Sequence[torch.Tensor],

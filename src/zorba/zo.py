@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from zorba.deferred import DeferredTables
 from zorba.protocol import StepReport, stream_key
 from zorba.rng import add_noise_many_
 
@@ -33,16 +34,26 @@ class _Streams:
     three passes with the same keys, and on a GPU hashing ~100 keys per pass is host time that the
     one fused launch would otherwise wait for."""
 
-    def __init__(self, tensors: BlockTensors, blocks: Sequence[int], sseed: int, j: int, dist: str) -> None:
+    def __init__(
+        self, tensors: BlockTensors, blocks: Sequence[int], sseed: int, j: int, dist: str,
+        deferred: DeferredTables | None = None,
+    ) -> None:
         owned = [(b, i, t) for b in blocks for i, t in enumerate(tensors[b])]
         self.blocks = [b for b, _, _ in owned]
         self.tensors = [t for _, _, t in owned]
         self.keys = [stream_key(sseed, j, b, i) for b, i, _ in owned]
         self.dist = dist
+        self.deferred = deferred
+        self.eager = [deferred is None or not deferred.owns(t) for t in self.tensors]
 
     def add_(self, scales: dict[int, float] | float) -> None:
         per = [scales[b] for b in self.blocks] if isinstance(scales, dict) else [scales] * len(self.tensors)
-        add_noise_many_(self.tensors, self.keys, per, self.dist)
+        now = [(t, k, s) for t, k, s, e in zip(self.tensors, self.keys, per, self.eager, strict=True) if e]
+        if now:
+            add_noise_many_(*zip(*now, strict=True), self.dist)
+        for t, k, s, e in zip(self.tensors, self.keys, per, self.eager, strict=True):
+            if not e:
+                self.deferred.push(t, k, s)
 
 
 def to_f32(x: float) -> float:
@@ -77,6 +88,7 @@ def spsa_step(
     q: int = 1,
     dist: str = "rademacher",
     cache_z: bool = False,
+    deferred: DeferredTables | None = None,
 ) -> tuple[StepReport, float]:
     """One local ZO-SGD step; returns the step's report and the mean of its perturbed losses.
 
@@ -88,7 +100,7 @@ def spsa_step(
     scalars, losses = [], []
 
     def regenerate(j: int) -> Callable[[float], None]:
-        return _Streams(tensors, blocks, sseed, j, dist).add_
+        return _Streams(tensors, blocks, sseed, j, dist, None if cache_z else deferred).add_
 
     for j in range(q):
         shift = _CachedNoise(tensors, blocks, sseed, j, dist).add_ if cache_z else regenerate(j)

@@ -176,13 +176,16 @@ def _own_weights(lm) -> None:
 
 
 def _run(p: MemoryProbe, lm, scorer, batches, replica) -> None:
-    if p.mode == "zo":
+    if p.mode == "zo":  # as client.run_round: deferred embedding tables, queue dropped at the end
+        from zorba.deferred import DeferredTables
         from zorba.zo import spsa_step
 
         snap = replica.snapshot(p.blocks)
-        for k, (ids, labels) in enumerate(batches):
-            spsa_step(lambda ids=ids, labels=labels: scorer.loss(ids, labels), replica.tensors, p.blocks,
-                      sseed=k, mu=1e-3, lr=1e-6)
+        with DeferredTables(lm.model, [t for b in p.blocks for t in replica.tensors[b]]) as deferred:
+            for k, (ids, labels) in enumerate(batches):
+                spsa_step(lambda ids=ids, labels=labels: scorer.loss(ids, labels), replica.tensors, p.blocks,
+                          sseed=k, mu=1e-3, lr=1e-6, deferred=deferred)
+            deferred.discard()
         replica.restore(snap)
     elif p.mode == "inference":
         for ids, labels in batches:

@@ -14,8 +14,10 @@ If the queue grows until replaying it on the looked-up rows would cost more than
 table, it is applied to the table (flushed) first. Leaving the context flushes unless `discard()` was
 called, so the weights are always what eager passes would give.
 
-Only large untied nn.Embedding tables in fp32 qualify: a table shared with an LM head is read whole,
-and position / token-type tables are small and looked up nearly whole by every batch.
+Only large untied nn.Embedding tables in fp32 on a CPU qualify: a table shared with an LM head is read
+whole; position / token-type tables are small and looked up nearly whole by every batch; on a GPU the
+fused kernel (rng_triton.py) passes over a table in one launch, cheaper than the row bookkeeping here
+(a unique, a hash and one add per queued pair, each a launch).
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ class DeferredTables:
 
 
 def _untied_embeddings(model: nn.Module) -> Sequence[nn.Embedding]:
-    """Large fp32 nn.Embedding modules whose weight no other module uses and that never renormalise rows."""
+    """Large fp32 CPU nn.Embedding modules whose weight no other module uses and that never renormalise rows."""
     uses: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         uses[id(p)] = uses.get(id(p), 0) + 1
@@ -133,5 +135,5 @@ def _untied_embeddings(model: nn.Module) -> Sequence[nn.Embedding]:
         m for m in model.modules()
         if type(m) is nn.Embedding and m.num_embeddings >= _MIN_ROWS and m.max_norm is None
         and uses.get(id(m.weight), 0) == 1
-        and m.weight.dtype == torch.float32 and m.weight.is_contiguous()
+        and m.weight.dtype == torch.float32 and m.weight.is_contiguous() and m.weight.device.type == "cpu"
     ]

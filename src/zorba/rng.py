@@ -32,7 +32,7 @@ import torch
 DISTRIBUTIONS = ("rademacher", "gaussian")
 _CHUNK = 1 << 20  # elements per generation call on CPU: the z chunk (4 MiB) stays in cache
 _CUDA_CHUNK = 1 << 22  # larger on GPUs, where each call's launch overhead dominates small chunks
-_PACK_LIMIT = 1 << 14  # tensors below this many elements are hashed together in one call
+PACK_LIMIT = 1 << 14  # tensors below this many elements are hashed together in one call
 _MASK16 = 0xFFFF
 _MASK17 = 0x1FFFF
 
@@ -231,7 +231,7 @@ def add_noise_many_(
     for t, k, s in zip(tensors, keys, scales, strict=True):
         if s == 0.0 or t.numel() == 0:
             continue
-        if dist == "rademacher" and t.numel() < _PACK_LIMIT:
+        if dist == "rademacher" and t.numel() < PACK_LIMIT:
             small.setdefault(t.device, []).append((t, k, s))
         else:
             add_noise_(t, k, s, dist)
@@ -294,6 +294,11 @@ def add_noise_sequences_(
         for t in todo:
             if scales[t][p] != 0.0:
                 add_noise_(tensors[t], keys[t][p], scales[t][p], dist, offset=32 * word_offsets[t])
+
+
+def uses_fused(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether Rademacher adds to these tensors go through the fused Triton kernel."""
+    return bool(tensors) and _fused(tensors)
 
 
 def _fused(tensors: Sequence[torch.Tensor]) -> bool:

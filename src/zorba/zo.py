@@ -16,7 +16,7 @@ import torch
 
 from zorba.deferred import DeferredTables
 from zorba.protocol import StepReport, stream_key
-from zorba.rng import add_noise_many_
+from zorba.rng import PACK_LIMIT, add_noise_many_, uses_fused
 
 BlockTensors = Sequence[Sequence[torch.Tensor]]
 
@@ -32,7 +32,9 @@ def add_scaled_noise_(
 class _Streams:
     """The active tensors of one perturbation with their stream keys, derived once: a step makes
     three passes with the same keys, and on a GPU hashing ~100 keys per pass is host time that the
-    one fused launch would otherwise wait for."""
+    one fused launch would otherwise wait for. Off the fused path, z of the small tensors (biases,
+    norms: a few KiB) is generated on the first pass and kept for the other two, since for them the
+    per-call cost of hashing dominates, not memory."""
 
     def __init__(
         self, tensors: BlockTensors, blocks: Sequence[int], sseed: int, j: int, dist: str,
@@ -44,16 +46,41 @@ class _Streams:
         self.keys = [stream_key(sseed, j, b, i) for b, i, _ in owned]
         self.dist = dist
         self.deferred = deferred
-        self.eager = [deferred is None or not deferred.owns(t) for t in self.tensors]
+        eager = [i for i, t in enumerate(self.tensors) if deferred is None or not deferred.owns(t)]
+        self.deferred_ids = sorted(set(range(len(self.tensors))) - set(eager))
+        keep = bool(self.tensors) and not uses_fused(self.tensors)
+        self.small_ids = [i for i in eager if keep and self.tensors[i].numel() < PACK_LIMIT]
+        self.large_ids = [i for i in eager if i not in set(self.small_ids)]
+        self.small_z: list[torch.Tensor] | None = None
 
     def add_(self, scales: dict[int, float] | float) -> None:
         per = [scales[b] for b in self.blocks] if isinstance(scales, dict) else [scales] * len(self.tensors)
-        now = [(t, k, s) for t, k, s, e in zip(self.tensors, self.keys, per, self.eager, strict=True) if e]
-        if now:
-            add_noise_many_(*zip(*now, strict=True), self.dist)
-        for t, k, s, e in zip(self.tensors, self.keys, per, self.eager, strict=True):
-            if not e:
-                self.deferred.push(t, k, s)
+        if self.large_ids:
+            pick = self.large_ids
+            add_noise_many_([self.tensors[i] for i in pick], [self.keys[i] for i in pick], [per[i] for i in pick],
+                            self.dist)
+        if self.small_ids:
+            self._add_small_(per)
+        for i in self.deferred_ids:
+            self.deferred.push(self.tensors[i], self.keys[i], per[i])
+
+    @torch.no_grad()
+    def _add_small_(self, per: Sequence[float]) -> None:
+        if self.small_z is None:  # one packed generation: z = 0 + 1 * z exactly
+            ts = [self.tensors[i] for i in self.small_ids]
+            self.small_z = [torch.zeros(t.numel(), dtype=torch.float32, device=t.device) for t in ts]
+            add_noise_many_(self.small_z, [self.keys[i] for i in self.small_ids], [1.0] * len(ts), self.dist)
+        groups: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for i, z in zip(self.small_ids, self.small_z, strict=True):
+            t = self.tensors[i]
+            if per[i] != 0.0 and t.dtype == torch.float32:
+                ts, zs = groups.setdefault(per[i], ([], []))
+                ts.append(t.view(-1))
+                zs.append(z)
+            elif per[i] != 0.0:
+                t.view(-1).add_(z.to(t.dtype), alpha=per[i])
+        for scale, (ts, zs) in groups.items():  # one call per scale: elementwise t + scale * z, as add_
+            torch._foreach_add_(ts, zs, alpha=scale)
 
 
 def to_f32(x: float) -> float:

@@ -158,6 +158,9 @@ def _prepare(p: MemoryProbe, lm):
     if p.mode not in MODES:
         raise ValueError(f"unknown probe mode {p.mode!r}")
     _own_weights(lm)
+    from zorba.precision import return_freed_memory_promptly
+
+    return_freed_memory_promptly()  # as the ZO client does when it builds its replica: a fair comparison
     return None
 
 

@@ -19,6 +19,7 @@ A client's memory then depends on which blocks it trains (docs/memory.md). Three
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import tempfile
@@ -192,6 +193,21 @@ def _restore_weights(module: nn.Module, args, output) -> None:
     module._zorba_stash = []
 
 
+_MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc malloc.h)
+
+
+def return_freed_memory_promptly() -> None:
+    """Fix glibc's mmap threshold at 1 MiB: allocations above it are mmapped and go back to the OS
+    when freed. By default glibc raises the threshold after large frees (up to 32 MiB), so a round's
+    activations then come from the heap, which keeps its pages: OPT-125m client peak 901 -> 860 MiB
+    (docs/memory.md). No effect where glibc is absent."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass
+
+
 class TieredReplica(Replica):
     """A client's replica: exact fp32 state in a MasterStore, a mixed-precision working copy on the device."""
 
@@ -206,6 +222,7 @@ class TieredReplica(Replica):
         for b in range(self.num_blocks):
             self._set_working(b, self.frozen)
         reserve_workspace(self.store.device)
+        return_freed_memory_promptly()
 
     def _set_working(self, b: int, dtype: torch.dtype) -> None:
         """Re-derive block b's working tensors in `dtype` from the store, chunk by chunk."""

@@ -1,17 +1,35 @@
 """Does the planner's bound J(A) predict what training actually does? (issue 3, item 6)
 
-(a) Fixed activation plans, all feasible under the same (generous) budgets, each used for every round
-    of a short fixed budget on SST-2 with `minilm`: rank them by J(A) (docs/theory.md; constants from
-    block sizes at the run's lr/K/q/T, then re-estimated from the scalars of a short warm-up, as
-    ZorbaPlanner does) and by the measured training loss on held-out training examples after the
-    budget; print the Spearman rank correlation.
+(a) Fixed activation plans (>= 8, all feasible under the same generous budgets), each used for every
+    round of a fixed budget on SST-2 with `minilm`: rank them by J and by the measured cross-entropy on
+    held-out *training* examples after the budget (mean over run seeds); Spearman rank correlation.
+    J is Theorem 2 of docs/theory.md (`plan_bound`: finite, an uncovered block adds G_l^2), with the
+    constants the planner uses (prior from block sizes at the run's lr/K/q/T, then re-estimated from
+    the scalars of a short warm-up with random 3-block plans), in two variants: the noise dimension
+    d_l (raw block sizes) and r_l (effective sizes: embedding rows looked up by the public dev split).
+    Theorem 1 (`bound`, +inf when a block is uncovered) is kept for comparison.
 (b) At equal (heterogeneous, default) memory budgets: planners zorba / all / random / round-robin,
-    final dev accuracy on a dev subset, held-out loss, forward passes, model-predicted peak memory.
+    final dev accuracy on a dev subset, held-out loss, forward passes, model-predicted peak memory,
+    and J of the plans each run actually used (`sequence_bound`).
 
-Writes docs/planner_evidence/{fixed_plans.csv, planners.csv, evidence.png}; prints the correlation
-and the ratios last. Single-threaded on purpose (shared machine): about 10 minutes.
+Writes OUT/{fixed_plans.csv, planners.csv, evidence.png, summary.json} (OUT = --out, default
+docs/planner_evidence); the CSV and summary are rewritten after every run, so a run cut short still
+leaves its partial results. On a GPU the server's copy of the model is put on the device too (only
+to make replay fast; Rademacher replay is bit-exact across devices, zorba.rng).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_plan_evidence.py
+CPU, tiny (a couple of minutes):
+    OMP_NUM_THREADS=1 python benchmarks/bench_plan_evidence.py --rounds 2 --local-steps 1 --seeds 1 \
+        --warmup 1 --heldout 64 --dev 64 --train-size 400 --skip-b --out /tmp/evidence_tiny
+CPU, the longer single-threaded run of docs/results.md (about 20 minutes, part (a) only):
+    OMP_NUM_THREADS=1 python benchmarks/bench_plan_evidence.py --rounds 12 --local-steps 5 --seeds 1 \
+        --lr 1e-4 --warmup 2 --skip-b --out docs/planner_evidence/cpu_long
+GPU (one H200, target <= 200 s; 25 runs of 24 rounds x 5 steps x 4 clients, about 12,000 client steps
+at an estimated 10-15 ms each; results are written as it goes, so the timeout still leaves them):
+    timeout 280 python benchmarks/bench_plan_evidence.py --device cuda --threads 8 --rounds 24 \
+        --local-steps 5 --seeds 2 --lr 1e-4 --warmup 3 --out docs/planner_evidence/gpu
+lr 1e-4 was picked on the CPU with the all-blocks plan on held-out *training* examples (6 rounds x 5
+steps): 5e-5 lowers the loss by 0.002, 3e-4 raises it (0.535 -> 0.548, ZO noise on 22.7 M
+parameters), 1e-4 lowers it by 0.0125 in 12 x 5 steps.
 """
 
 from __future__ import annotations
@@ -19,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import json
 import os
 import time
 from pathlib import Path
@@ -31,15 +50,19 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from zorba import runner as runner_mod  # noqa: E402
-from zorba.config import find_data_dir, make_config  # noqa: E402
+from zorba.config import find_data_dir, make_config, resolve_device  # noqa: E402
 from zorba.models import load_model  # noqa: E402
-from zorba.planner import BoundConstants, ScalarReport, bound  # noqa: E402
+from zorba.planner.bound import BoundConstants, bound, plan_bound, sequence_bound  # noqa: E402
+from zorba.planner.estimate import ScalarReport, effective_block_sizes  # noqa: E402
 from zorba.plans import BlockPlanner, RandomBlocks  # noqa: E402
 from zorba.rng import derive_key  # noqa: E402
+from zorba.scoring import Scorer  # noqa: E402
 from zorba.tasks import get_task, read_examples  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "planner_evidence"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "planner_evidence"
 MIB = float(1 << 20)
+# The J variants ranked against the loss: (column, theorem, noise dimension, constants)
+J_COLUMNS = ("J2_eff_est", "J2_eff_prior", "J2_raw_est", "J2_raw_prior", "J1_raw_est")
 
 
 class FixedPlan(BlockPlanner):
@@ -82,6 +105,12 @@ def split_data(cfg, train_size: int, heldout_size: int, dev_size: int) -> tuple[
     return runner_mod.Inputs(sub, dev, None), heldout
 
 
+def public_sample(cfg) -> list:
+    """The whole public dev split: the text whose token rows define the embeddings' effective size
+    (no client data is read for it; the held-out loss is measured on training examples instead)."""
+    return read_examples(find_data_dir(cfg) / cfg.task / "dev.tsv", get_task(cfg.task))
+
+
 # --- one run ----------------------------------------------------------------------------------------
 def run_once(cfg, inputs, heldout, base_lm, planner: BlockPlanner | None) -> dict:
     """Train for cfg.rounds with the given planner (None: the one cfg.planner names)."""
@@ -106,6 +135,7 @@ def run_once(cfg, inputs, heldout, base_lm, planner: BlockPlanner | None) -> dic
         "seconds": time.perf_counter() - started,
         "peak_model_mib": predicted_peak(r, blocks),
         "over_budget": over_budget(r, blocks),
+        "plans": rounds_as_matrices(r, blocks),
         "planner": r.state.server.planner,
     }
 
@@ -158,6 +188,40 @@ def over_budget(r, blocks: list[dict]) -> int:
     )
 
 
+# --- the bound's constants --------------------------------------------------------------------------
+def effective_sizes(cfg, base_lm) -> np.ndarray:
+    """r_l: block sizes less the embedding rows the public sample never looks up."""
+    scorer = Scorer(base_lm, get_task(cfg.task), cfg.max_len)
+    ids = scorer.encode(public_sample(cfg))
+    forward = lambda: [scorer.logits(ids[i : i + 64]) for i in range(0, len(ids), 64)]  # noqa: E731
+    return effective_block_sizes(base_lm.model, base_lm.blocks, forward)
+
+
+def priors(cfg, block_sizes: np.ndarray, eff: np.ndarray) -> dict[str, BoundConstants]:
+    run = dict(lr=cfg.lr, local_steps=cfg.local_steps, perturbations=cfg.q, rounds=cfg.rounds, estimator=cfg.dist)
+    return {
+        "raw": BoundConstants.from_block_sizes(block_sizes, **run),
+        "eff": BoundConstants.from_block_sizes(block_sizes, effective_sizes=eff, **run),
+    }
+
+
+def warmup_reports(cfg, inputs, heldout, base_lm, n_blocks: int, rounds: int) -> list[ScalarReport]:
+    """Short warm-up with random 3-block plans (varied block sets identify G_l^2)."""
+    rec = FixedPlan(np.ones((cfg.clients, n_blocks)), inner=RandomBlocks(n_blocks, [3] * cfg.clients, seed=cfg.seed + 99))
+    run_once(cfg.model_copy(update={"rounds": rounds, "eval_every": rounds}), inputs, heldout, base_lm, rec)
+    return rec.reports
+
+
+def all_bounds(A: np.ndarray, consts: dict[str, BoundConstants]) -> dict[str, float]:
+    return {
+        "J2_eff_est": plan_bound(A, consts["eff_est"]),
+        "J2_eff_prior": plan_bound(A, consts["eff"]),
+        "J2_raw_est": plan_bound(A, consts["raw_est"]),
+        "J2_raw_prior": plan_bound(A, consts["raw"]),
+        "J1_raw_est": bound(A, consts["raw_est"]),
+    }
+
+
 # --- part (a) ---------------------------------------------------------------------------------------
 def candidate_plans(N: int, L: int, seed: int) -> dict[str, np.ndarray]:
     """Diverse fixed plans (clients x blocks); block 0 is the embeddings."""
@@ -195,16 +259,7 @@ def candidate_plans(N: int, L: int, seed: int) -> dict[str, np.ndarray]:
     return plans
 
 
-def warmup_constants(cfg, inputs, heldout, base_lm, prior: BoundConstants, rounds: int) -> BoundConstants:
-    """Short warm-up with random 3-block plans (varied block sets identify G_l^2), then the planner's
-    own estimator on the reported scalars."""
-    L = prior.n_blocks
-    rec = FixedPlan(np.ones((cfg.clients, L)), inner=RandomBlocks(L, [3] * cfg.clients, seed=cfg.seed + 99))
-    run_once(cfg.model_copy(update={"rounds": rounds, "eval_every": rounds}), inputs, heldout, base_lm, rec)
-    return prior.estimate_from_scalars(rec.reports)
-
-
-def zorba_plan(cfg, inputs, heldout, base_lm) -> np.ndarray:
+def zorba_plan(cfg, inputs, base_lm) -> np.ndarray:
     """The optimised planner's own plan under the part-(a) budgets (first round, prior constants)."""
     r = runner_mod.Runner(cfg, inputs, lm=copy.deepcopy(base_lm))
     given = r.state.server.planner.plan(0, list(range(cfg.clients)))
@@ -214,49 +269,57 @@ def zorba_plan(cfg, inputs, heldout, base_lm) -> np.ndarray:
     return A
 
 
-def part_a(args, base_lm, block_sizes) -> tuple[list[dict], dict]:
+def distinct_plans(args, cfg, inputs, base_lm) -> dict[str, np.ndarray]:
+    """The candidate plans plus the planner's own, unless it repeats one (a repeat would count the
+    same point twice in the correlation)."""
+    plans = candidate_plans(cfg.clients, len(base_lm.blocks), cfg.seed)
+    mine = zorba_plan(cfg, inputs, base_lm)
+    same = [name for name, A in plans.items() if np.array_equal(A, mine)]
+    if same:
+        print(f"  zorba planner's plan = '{same[0]}' (not run twice)", flush=True)
+    else:
+        plans["zorba planner's plan"] = mine
+    return plans
+
+
+def part_a(args, base_lm, block_sizes, eff, progress) -> tuple[list[dict], dict]:
     cfg = make_config(**common(args), block_fractions=(1.0,), planner="zorba")
     inputs, heldout = split_data(cfg, args.train_size, args.heldout, args.dev)
-    prior = BoundConstants.from_block_sizes(
-        block_sizes,
-        lr=cfg.lr,
-        local_steps=cfg.local_steps,
-        perturbations=cfg.q,
-        rounds=cfg.rounds,
-        estimator=cfg.dist,
-    )
-    est = warmup_constants(cfg, inputs, heldout, base_lm, prior, args.warmup)
-    plans = candidate_plans(cfg.clients, len(block_sizes), cfg.seed)
-    plans["zorba planner's plan"] = zorba_plan(cfg, inputs, heldout, base_lm)
+    consts = priors(cfg, block_sizes, eff)
+    reports = warmup_reports(cfg, inputs, heldout, base_lm, len(block_sizes), args.warmup)
+    consts["raw_est"] = consts["raw"].estimate_from_scalars(reports)
+    consts["eff_est"] = consts["eff"].estimate_from_scalars(reports)
     initial = heldout_loss_of(cfg, inputs, heldout, base_lm)
+    info = {"initial_loss": initial, "G2": consts["eff_est"].G2.tolist(), "zeta2": consts["eff_est"].zeta2.tolist(),
+            "G2_raw_prior_fit": consts["raw_est"].G2.tolist()}
     rows = []
-    for name, A in plans.items():
+    for name, A in distinct_plans(args, cfg, inputs, base_lm).items():
         # Same data split and held-out set; the run seed (partition, z, batches) varies: the mean over
-        # seeds is what J speaks about (an expectation), one run is mostly ZO noise at this budget.
+        # seeds is what J speaks about (an expectation).
         runs = [
             run_once(cfg.model_copy(update={"seed": args.seed + i}), inputs, heldout, base_lm, FixedPlan(A))
-            for i in range(args.repeats)
+            for i in range(args.seeds)
         ]
-        loss = float(np.mean([r["heldout_loss"] for r in runs]))
+        losses = [r["heldout_loss"] for r in runs]
         rows.append(
             {
                 "plan": name,
                 "A": "|".join("".join(str(int(x)) for x in row) for row in A),
-                "J_prior": bound(A, prior),
-                "J_estimated": bound(A, est),
-                "heldout_loss": loss,
-                "loss_drop": initial - loss,
-                "loss_sd": float(np.std([r["heldout_loss"] for r in runs])),
+                **all_bounds(A, consts),
+                "heldout_loss": float(np.mean(losses)),
+                "loss_drop": initial - float(np.mean(losses)),
+                "loss_sd": float(np.std(losses)),
+                "losses": " ".join(f"{x:.6f}" for x in losses),
                 "train_loss": float(np.mean([r["train_loss"] for r in runs])),
                 "dev_accuracy": float(np.mean([r["dev_accuracy"] for r in runs])),
                 "seconds": sum(r["seconds"] for r in runs),
             }
         )
-        print(
-            f"  {name:32s} J_est={rows[-1]['J_estimated']:.6g} loss={loss:.5f} ({rows[-1]['seconds']:.0f} s)",
-            flush=True,
-        )
-    return rows, {"initial_loss": initial, "G2": est.G2, "zeta2": est.zeta2}
+        r = rows[-1]
+        print(f"  {name:30s} J2_eff_est={r['J2_eff_est']:.6g} loss={r['heldout_loss']:.5f} "
+              f"sd={r['loss_sd']:.5f} ({r['seconds']:.0f} s)", flush=True)
+        progress(rows, [], info)
+    return rows, {**info, "consts": consts}
 
 
 def heldout_loss_of(cfg, inputs, heldout, base_lm) -> float:
@@ -264,42 +327,76 @@ def heldout_loss_of(cfg, inputs, heldout, base_lm) -> float:
     return heldout_loss(r, r.eval_scorer.encode(heldout), [e.label for e in heldout])
 
 
-def correlations(rows: list[dict]) -> dict[str, tuple[float, int]]:
-    """Spearman(J, held-out loss): all plans (J = inf ranks last) and the plans with finite J."""
+def correlations(rows: list[dict]) -> dict[str, dict]:
+    """Spearman(J, mean held-out loss) per J variant over all plans (J = inf ranks last), and per run
+    seed (how much of the ranking one seed's noise moves)."""
     out = {}
-    for key in ("J_prior", "J_estimated"):
+    loss = np.array([r["heldout_loss"] for r in rows])
+    per_seed = np.array([[float(x) for x in r["losses"].split()] for r in rows])
+    for key in J_COLUMNS:
         J = np.array([r[key] for r in rows])
-        loss = np.array([r["heldout_loss"] for r in rows])
         finite = np.isfinite(J)
-        big = np.where(finite, J, np.nanmax(J[finite]) * 10 if finite.any() else 1.0)
-        out[f"{key}, all plans"] = (float(spearmanr(big, loss).statistic), len(J))
-        if finite.sum() >= 3:
-            out[f"{key}, finite J"] = (float(spearmanr(J[finite], loss[finite]).statistic), int(finite.sum()))
+        ranked = np.where(finite, J, np.nanmax(J[finite]) * 10 if finite.any() else 1.0)
+        out[key] = {
+            "spearman": _rho(ranked, loss),
+            "per_seed": [_rho(ranked, per_seed[:, i]) for i in range(per_seed.shape[1])],
+            "n_plans": len(J),
+            "n_finite": int(finite.sum()),
+        }
     return out
 
 
+def _rho(x: np.ndarray, y: np.ndarray) -> float:
+    return float(spearmanr(x, y).statistic) if len(x) >= 3 else float("nan")
+
+
 # --- part (b) ---------------------------------------------------------------------------------------
-def part_b(args, base_lm) -> list[dict]:
+def part_b(args, base_lm, consts: dict[str, BoundConstants], progress, rows_a, info) -> list[dict]:
     rows = []
     for planner in ("zorba", "all", "random", "round-robin"):
         cfg = make_config(**common(args), planner=planner)
         inputs, heldout = split_data(cfg, args.train_size, args.heldout, args.dev)
         res = run_once(cfg, inputs, heldout, base_lm, None)
-        rows.append({"planner": planner, **{k: v for k, v in res.items() if k != "planner"}})
+        J = sequence_bound(res["plans"], consts["eff_est"])
+        rows.append({"planner": planner, "J2_eff_est_of_run": J,
+                     **{k: v for k, v in res.items() if k not in ("planner", "plans")}})
         print(
-            f"  {planner:12s} acc={res['dev_accuracy']:.3f} loss={res['heldout_loss']:.5f} "
+            f"  {planner:12s} acc={res['dev_accuracy']:.3f} loss={res['heldout_loss']:.5f} J={J:.6g} "
             f"({res['seconds']:.0f} s)",
             flush=True,
         )
+        progress(rows_a, rows, info)
     return rows
 
 
 # --- outputs ----------------------------------------------------------------------------------------
 def write_csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+
+
+def write_outputs(out: Path, args, rows_a, rows_b, info, seconds: float, done: bool) -> dict:
+    write_csv(out / "fixed_plans.csv", rows_a)
+    write_csv(out / "planners.csv", rows_b)
+    summary = {
+        "complete": done,
+        "seconds": seconds,
+        "device": args.resolved_device,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "resolved_device"},
+        "initial_heldout_loss": info.get("initial_loss"),
+        "effective_sizes": info.get("effective_sizes"),
+        "block_sizes": info.get("block_sizes"),
+        "G2_estimated": info.get("G2"),
+        "zeta2_estimated": info.get("zeta2"),
+        "spearman_J_vs_heldout_loss": correlations(rows_a) if len(rows_a) >= 3 else {},
+        "planners": [{k: r[k] for k in ("planner", "dev_accuracy", "heldout_loss", "J2_eff_est_of_run")} for r in rows_b],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def plot(path: Path, rows_a: list[dict], rows_b: list[dict]) -> None:
@@ -308,24 +405,25 @@ def plot(path: Path, rows_a: list[dict], rows_b: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    finite = [r for r in rows_a if np.isfinite(r["J_estimated"])]
-    inf = [r for r in rows_a if not np.isfinite(r["J_estimated"])]
-    ax1.scatter([r["J_estimated"] for r in finite], [r["heldout_loss"] for r in finite])
-    for r in finite:
-        ax1.annotate(r["plan"], (r["J_estimated"], r["heldout_loss"]), fontsize=6)
-    for r in inf:
-        ax1.axhline(r["heldout_loss"], ls=":", lw=0.8, color="grey")
-        ax1.annotate(f"{r['plan']} (J=inf)", (ax1.get_xlim()[0], r["heldout_loss"]), fontsize=6, color="grey")
-    ax1.set_xlabel("J(A), estimated constants")
-    ax1.set_ylabel("held-out training loss after budget")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    x = [r["J2_eff_est"] for r in rows_a]
+    y = [r["heldout_loss"] for r in rows_a]
+    ax1.errorbar(x, y, yerr=[r["loss_sd"] for r in rows_a], fmt="o", ms=4, capsize=2)
+    for r in rows_a:
+        ax1.annotate(r["plan"], (r["J2_eff_est"], r["heldout_loss"]), fontsize=6)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("J(A), Theorem 2, effective sizes, estimated constants")
+    ax1.set_ylabel("held-out training loss after budget (mean, sd over seeds)")
     ax1.set_title("(a) fixed plans")
-    ax2.bar([r["planner"] for r in rows_b], [r["dev_accuracy"] for r in rows_b])
-    ax2.set_ylim(min(r["dev_accuracy"] for r in rows_b) - 0.05, max(r["dev_accuracy"] for r in rows_b) + 0.05)
-    ax2.set_ylabel("final dev accuracy (subset)")
-    ax2.set_title("(b) planners at equal budgets")
+    if rows_b:
+        ax2.bar([r["planner"] for r in rows_b], [r["heldout_loss"] for r in rows_b])
+        lo, hi = min(r["heldout_loss"] for r in rows_b), max(r["heldout_loss"] for r in rows_b)
+        ax2.set_ylim(lo - 0.2 * (hi - lo + 1e-3), hi + 0.2 * (hi - lo + 1e-3))
+        ax2.set_ylabel("held-out training loss")
+        ax2.set_title("(b) planners at equal budgets")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def common(args) -> dict:
@@ -334,74 +432,87 @@ def common(args) -> dict:
         model="minilm",
         clients=args.clients,
         rounds=args.rounds,
-        local_steps=args.steps,
+        local_steps=args.local_steps,
         batch_size=16,
         max_len=48,
-        lr=5e-5,
+        lr=args.lr,
         mu=1e-3,
         eval_every=args.rounds,
         seed=args.seed,
         measure_memory=False,
+        device=args.device,
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the shared machine)")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--local-steps", type=int, default=3)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--seeds", type=int, default=2, help="run seeds averaged per fixed plan in (a)")
     ap.add_argument("--train-size", type=int, default=2000)
     ap.add_argument("--heldout", type=int, default=256)
     ap.add_argument("--dev", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=2, help="run seeds averaged per fixed plan in (a)")
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    OUT.mkdir(parents=True, exist_ok=True)
-    base_lm = load_model("minilm")
-    block_sizes = np.array([b.numel for b in base_lm.blocks], float)
+    ap.add_argument("--skip-b", action="store_true", help="only part (a)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    args.resolved_device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    print("(a) fixed plans", flush=True)
-    rows_a, info = part_a(args, base_lm, block_sizes)
-    print("(b) planners at equal budgets", flush=True)
-    rows_b = part_b(args, base_lm)
-    write_csv(OUT / "fixed_plans.csv", rows_a)
-    write_csv(OUT / "planners.csv", rows_b)
-    plot(OUT / "evidence.png", rows_a, rows_b)
-    report(rows_a, rows_b, info, time.perf_counter() - started)
+    base_lm = load_model("minilm")
+    base_lm.model.to(args.resolved_device)  # the server's copy too (replay speed); see the docstring
+    block_sizes = np.array([b.numel for b in base_lm.blocks], float)
+    eff = effective_sizes(make_config(**common(args)), base_lm)
+    info: dict = {"effective_sizes": eff.tolist(), "block_sizes": block_sizes.tolist()}
+
+    def progress(rows_a, rows_b, extra) -> None:
+        info.update({k: v for k, v in extra.items() if k != "consts"})
+        write_outputs(args.out, args, rows_a, rows_b, info, time.perf_counter() - started, done=False)
+
+    print(f"(a) fixed plans; effective sizes {eff.astype(int).tolist()}", flush=True)
+    rows_a, info_a = part_a(args, base_lm, block_sizes, eff, progress)
+    rows_b = []
+    if not args.skip_b:
+        print("(b) planners at equal budgets", flush=True)
+        rows_b = part_b(args, base_lm, info_a["consts"], progress, rows_a, info_a)
+    info.update({k: v for k, v in info_a.items() if k != "consts"})
+    summary = write_outputs(args.out, args, rows_a, rows_b, info, time.perf_counter() - started, done=True)
+    plot(args.out / "evidence.png", rows_a, rows_b)
+    report(rows_a, rows_b, summary)
 
 
-def report(rows_a: list[dict], rows_b: list[dict], info: dict, seconds: float) -> None:
-    print(
-        f"\ninitial held-out loss {info['initial_loss']:.5f}; warm-up G2 {np.round(info['G2'], 4).tolist()}, "
-        f"zeta2 {np.round(info['zeta2'], 4).tolist()}"
-    )
-    print(
-        f"{'plan':32s} {'J_prior':>12s} {'J_estimated':>12s} {'held-out loss':>14s} {'drop':>9s} {'sd':>8s}"
-    )
+def report(rows_a: list[dict], rows_b: list[dict], summary: dict) -> None:
+    print(f"\ninitial held-out loss {summary['initial_heldout_loss']:.5f}; warm-up G2 "
+          f"{np.round(summary['G2_estimated'], 4).tolist()}, zeta2 {np.round(summary['zeta2_estimated'], 4).tolist()}")
+    print(f"{'plan':30s} {'J2_eff_est':>11s} {'J2_raw_est':>11s} {'J1_raw_est':>11s} {'held-out':>9s} {'drop':>8s} {'sd':>8s}")
     for r in sorted(rows_a, key=lambda r: r["heldout_loss"]):
-        print(
-            f"{r['plan']:32s} {r['J_prior']:12.6g} {r['J_estimated']:12.6g} {r['heldout_loss']:14.5f} {r['loss_drop']:9.5f} {r['loss_sd']:8.5f}"
-        )
-    print(
-        f"\n{'planner':12s} {'dev acc':>8s} {'held-out loss':>14s} {'forwards':>9s} {'peak MiB (model)':>17s} {'over budget':>12s}"
-    )
-    for r in rows_b:
-        print(
-            f"{r['planner']:12s} {r['dev_accuracy']:8.3f} {r['heldout_loss']:14.5f} {r['forwards']:9d} "
-            f"{r['peak_model_mib']:17.1f} {r['over_budget']:12d}"
-        )
-    z = next(r for r in rows_b if r["planner"] == "zorba")
-    for r in rows_b:
-        if r is not z:
-            print(
-                f"ratio zorba/{r['planner']}: dev acc {z['dev_accuracy'] / r['dev_accuracy']:.3f}, "
-                f"held-out loss {z['heldout_loss'] / r['heldout_loss']:.4f}"
-            )
-    for name, (rho, n) in correlations(rows_a).items():
-        print(f"Spearman(J, held-out loss) [{name}, n={n}]: {rho:+.3f}")
-    print(f"total {seconds:.0f} s")
+        print(f"{r['plan']:30s} {r['J2_eff_est']:11.5g} {r['J2_raw_est']:11.5g} {r['J1_raw_est']:11.5g} "
+              f"{r['heldout_loss']:9.5f} {r['loss_drop']:8.5f} {r['loss_sd']:8.5f}")
+    if rows_b:
+        print(f"\n{'planner':12s} {'dev acc':>8s} {'held-out loss':>14s} {'J of run':>10s} {'forwards':>9s} "
+              f"{'peak MiB (model)':>17s} {'over budget':>12s}")
+        for r in rows_b:
+            print(f"{r['planner']:12s} {r['dev_accuracy']:8.3f} {r['heldout_loss']:14.5f} {r['J2_eff_est_of_run']:10.5g} "
+                  f"{r['forwards']:9d} {r['peak_model_mib']:17.1f} {r['over_budget']:12d}")
+        z = next(r for r in rows_b if r["planner"] == "zorba")
+        for r in rows_b:
+            if r is not z:
+                print(f"ratio zorba/{r['planner']}: dev acc {z['dev_accuracy'] / r['dev_accuracy']:.3f}, "
+                      f"held-out loss {z['heldout_loss'] / r['heldout_loss']:.4f}")
+    for key, c in summary["spearman_J_vs_heldout_loss"].items():
+        seeds = ", ".join(f"{x:+.2f}" for x in c["per_seed"])
+        print(f"Spearman({key}, held-out loss) over {c['n_plans']} plans: {c['spearman']:+.3f} (per seed: {seeds})")
+    print(f"total {summary['seconds']:.0f} s on {summary['device']}")
 
 
 if __name__ == "__main__":

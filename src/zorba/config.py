@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zorba.errors import UserError
 
 PLANNERS = ("zorba", "all", "random", "round-robin")
+_DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 
 class RunConfig(BaseModel):
@@ -41,6 +43,16 @@ class RunConfig(BaseModel):
     eval_every: int = Field(3, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
     measure_memory: bool = True
+    device: str = "cpu"  # where clients train: cpu, cuda, cuda:N, or auto (cuda if available)
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        # Only the spelling here: a saved config must stay loadable on a machine without that GPU
+        # (verify, resume checks); whether the device exists is checked when a run starts.
+        if not _DEVICE.fullmatch(value):
+            raise ValueError("device must be cpu, cuda, cuda:N or auto")
+        return value
 
     @model_validator(mode="after")
     def _check_fractions(self) -> RunConfig:
@@ -72,3 +84,19 @@ def find_data_dir(cfg: RunConfig) -> Path:
         if (c / cfg.task / "train.tsv").is_file():
             return c
     raise UserError(f"no {cfg.task}/train.tsv found (looked in {candidates[0]}); pass --data-dir")
+
+
+def resolve_device(name: str) -> str:
+    """The torch device a run trains on: 'auto' picks cuda when one is visible; a GPU that is not
+    there is a UserError."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {name!r}: no CUDA GPU is available here (use --device cpu)")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return name

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from zorba.config import RunConfig
+from zorba.config import RunConfig, resolve_device
 from zorba.memprobe import MemoryProbe, measure
 from zorba.models import load_model, state_digest
 from zorba.reliability import Reliability
@@ -21,6 +21,7 @@ def run_job(
 ) -> dict:
     """Rounds are logged durably in out/state/ as they finish (zorba.resume); `resume` continues them."""
     reliability = reliability or Reliability()
+    resolve_device(cfg.device)  # a missing GPU fails before the output folder is touched
     if not resume:
         prepare_out_dir(out, overwrite)
     inputs = check_inputs(cfg)
@@ -78,6 +79,7 @@ def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:
         "task": cfg.task,
         "model": cfg.model,
         "config": cfg.model_dump(mode="json"),
+        "device": state.torch_device,  # cfg.device resolved ("auto" -> cuda or cpu)
         "versions": versions(),
         "seeds": {"run": cfg.seed, "partition": cfg.seed, "note": "every stream derives from the run seed"},
         "base_model_sha256": base_digest,

@@ -77,9 +77,9 @@ if triton is not None:
         return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _rademacher_kernel(table, prog_tensor, prog_word, params, n_pairs, DTYPE: tl.constexpr,
+    def _rademacher_kernel(table, prog_tensor, prog_word, pairs, n_pairs, DTYPE: tl.constexpr,
                            ROUND: tl.constexpr, WORDS: tl.constexpr):
-        # table: int64 (ptr, numel, first stream word) per tensor; params: int32 (k0, k1, scale bits)
+        # table: int64 (ptr, numel, first stream word) per tensor; pairs: int32 (k0, k1, scale bits)
         # per tensor and pair; each program owns WORDS words (WORDS * 32 elements) of one tensor.
         pid = tl.program_id(0)
         t = tl.load(prog_tensor + pid).to(tl.int64)
@@ -94,9 +94,9 @@ if triton is not None:
         p = 0
         while p < n_pairs:  # a while loop: Triton's CPU interpreter cannot range() over an argument
             base = (t * n_pairs + p) * 3
-            k0 = tl.load(params + base).to(tl.uint32, bitcast=True)
-            k1 = tl.load(params + base + 1).to(tl.uint32, bitcast=True)
-            s = tl.load(params + base + 2).to(tl.float32, bitcast=True)
+            k0 = tl.load(pairs + base).to(tl.uint32, bitcast=True)
+            k1 = tl.load(pairs + base + 1).to(tl.uint32, bitcast=True)
+            s = tl.load(pairs + base + 2).to(tl.float32, bitcast=True)
             x = _lowbias32(_lowbias32(counter * 0x9E3779B9 + k0) ^ k1)
             bit = (x[:, None] >> lanes[None, :].to(tl.uint32)) & 1
             new = w + s * (1.0 - 2.0 * bit.to(tl.float32))  # s * (+-1) is exact: one rounding

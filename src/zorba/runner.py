@@ -2,7 +2,10 @@
 
 All simulated clients share one device replica (they run one after another, as on a single
 machine), so memory does not grow with the number of clients: a client is its id, its data indices
-and its sync cursor. Messages still go through the binary codec, so byte counts are the real ones."""
+and its sync cursor. Messages still go through the binary codec, so byte counts are the real ones.
+
+`cfg.device` is where the clients train (their replica and scorer). The server's replica and the
+evaluation scorer stay on the CPU: they hold the exact global weights, as a server would."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 
 from zorba import codec
 from zorba.client import ClientState, TokenizedData, run_round
-from zorba.config import RunConfig, find_data_dir
+from zorba.config import RunConfig, find_data_dir, resolve_device
 from zorba.data import dirichlet_partition
 from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
@@ -57,6 +60,7 @@ class RunState:
     bytes_down: list[int] = field(default_factory=list)
     block_counts: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    torch_device: str = "cpu"  # where the clients trained (cfg.device resolved)
 
 
 def read_inputs(cfg: RunConfig) -> Inputs:
@@ -124,7 +128,9 @@ class Runner:
         self.reliability = reliability or Reliability()
         lm = lm or load_model(cfg.model)
         task = get_task(cfg.task)
+        torch_device = resolve_device(cfg.device)
         device_lm = copy.deepcopy(lm)
+        device_lm.model.to(torch_device)
         self.eval_scorer = Scorer(lm, task, cfg.max_len)
         self.train_scorer = Scorer(device_lm, task, cfg.max_len)
         self.train = TokenizedData(self.eval_scorer.encode(inputs.train), [e.label for e in inputs.train])
@@ -138,7 +144,8 @@ class Runner:
         planner = make_planner(cfg, lm, self.profiles, self.memory_model)
         server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy())
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
-        self.state = RunState(cfg, lm, server, make_client_replica(device_lm, cfg.precision), clients, block_counts=counts)
+        replica = make_client_replica(device_lm, cfg.precision)
+        self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device)
 
     def evaluate(self, round_idx: int) -> dict:
         acc = self.eval_scorer.accuracy(*self.dev)

@@ -8,12 +8,18 @@ P_l = sum_n p_n A[n, l] (the weight mass covering block l), one round at step si
     B  = sum_l zeta_l^2 (1 - P_l) / P_l                      coverage bias (0 at full coverage)
     V  = sum_l sum_{n in C_l} (p_n / P_l)^2 sigma2[n, l]       ZO + minibatch noise of the block means
     Dr = sum_l sum_{n in C_l} (p_n / P_l) sigma2[n]            client drift over K local steps
-    sigma2[n, l] = G_l^2 (1 + kappa/q) + d_l D_n / q,  sigma2[n] = D_n (1 + (d_n + kappa)/q)
-    D_n = sum_{l in S_n} G_l^2 (active gradient mass), d_n = sum_{l in S_n} d_l (active dimension)
+    sigma2[n, l] = G_l^2 (1 + kappa/q) + r_l D_n / q,  sigma2[n] = D_n (1 + (r_n + kappa)/q)
+    D_n = sum_{l in S_n} G_l^2 (active gradient mass), r_n = sum_{l in S_n} r_l (active effective size)
 
-and J = (2 Delta / (eta K T) + mean over the window's plans of the above) / pi_min, where pi_min is the
-least fraction of the window's plans that cover a block. A single plan is a window of one: J is +inf
-as soon as a required block is uncovered.
+r_l is block l's effective size (the coordinates the loss depends on; d_l unless estimated, see
+estimate.effective_block_sizes). Two bounds on the same quantity, min_t E|grad f(w_t)|^2:
+
+- `bound` / `schedule_bound` (Theorem 1): (2 Delta / (eta K T) + mean over the window's plans of the
+  above) / pi_min, pi_min the least fraction of the window's plans covering a block. A block the
+  planner requires and a single plan leaves uncovered makes it +inf: the planner's feasibility.
+- `plan_bound` / `sequence_bound` (Theorem 2): 2 Delta / (eta K T) + mean over the rounds' plans of
+  (the above + U), U = sum of G_l^2 over the blocks the round leaves uncovered. Finite for every plan;
+  equal to `bound` for a plan covering every block.
 """
 
 from __future__ import annotations
@@ -43,17 +49,23 @@ class BoundConstants:
     lr: float | None = None  # eta; None: the step size that is optimal for the all-blocks plan
     estimator: str = "rademacher"
     weights: np.ndarray | None = None  # p_n, one per client id; None: equal weights
+    # r_l <= d_l, the block's coordinates the loss depends on (docs/theory.md, section 2); None: d_l
+    effective_sizes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        for name in ("block_sizes", "G2", "zeta2"):
+        if self.effective_sizes is None:
+            object.__setattr__(self, "effective_sizes", self.block_sizes)
+        for name in ("block_sizes", "G2", "zeta2", "effective_sizes"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=float))
         if self.weights is not None:
             object.__setattr__(self, "weights", np.asarray(self.weights, dtype=float))
         L = len(self.block_sizes)
-        if self.G2.shape != (L,) or self.zeta2.shape != (L,):
-            raise ValueError("block_sizes, G2 and zeta2 must all have one entry per block")
+        if self.G2.shape != (L,) or self.zeta2.shape != (L,) or self.effective_sizes.shape != (L,):
+            raise ValueError("block_sizes, effective_sizes, G2 and zeta2 must all have one entry per block")
         if np.any(self.G2 < 0) or np.any(self.zeta2 < 0) or np.any(self.block_sizes <= 0):
             raise ValueError("G2, zeta2 must be >= 0 and block sizes > 0")
+        if np.any(self.effective_sizes <= 0) or np.any(self.effective_sizes > self.block_sizes):
+            raise ValueError("effective sizes must be in (0, block size]")
         if self.estimator not in KAPPA:
             raise ValueError(f"estimator must be one of {sorted(KAPPA)}")
         if self.local_steps < 1 or self.perturbations < 1 or self.rounds < 1:
@@ -108,12 +120,14 @@ class BoundConstants:
         gradient_mass: float = 1.0,
         **kwargs,
     ) -> BoundConstants:
-        """Defaults before anything is measured: G_l^2 proportional to d_l with total `gradient_mass`,
-        and zeta_l^2 = heterogeneity * G_l^2 (zeta_l^2 <= G_l^2 always, see docs/theory.md)."""
+        """Defaults before anything is measured: G_l^2 proportional to the effective size r_l (d_l
+        unless `effective_sizes` is given: a coordinate the loss ignores has no gradient) with total
+        `gradient_mass`, and zeta_l^2 = heterogeneity * G_l^2 (zeta_l^2 <= G_l^2 always)."""
         if not 0.0 <= heterogeneity <= 1.0:
             raise ValueError("heterogeneity is a fraction of G_l^2 in [0, 1]")
         d = np.asarray(block_sizes, dtype=float)
-        G2 = gradient_mass * d / d.sum()
+        r = d if kwargs.get("effective_sizes") is None else np.asarray(kwargs["effective_sizes"], float)
+        G2 = gradient_mass * r / r.sum()
         return cls(d, G2, heterogeneity * G2, **kwargs)
 
     def estimate_from_scalars(self, reports: Sequence[ScalarReport], ridge: float = 1.0) -> BoundConstants:
@@ -137,6 +151,7 @@ class RoundTerms:
     variance_per_block: np.ndarray
     drift_per_block: np.ndarray
     coverage: np.ndarray  # P_l, the weight mass covering block l
+    uncovered_per_block: np.ndarray  # G_l^2 where P_l = 0: the gradient no update reaches (Theorem 2)
 
     @property
     def bias(self) -> np.ndarray:
@@ -150,8 +165,13 @@ class RoundTerms:
     def drift(self) -> np.ndarray:
         return self.drift_per_block.sum(-1)
 
+    @property
+    def uncovered(self) -> np.ndarray:
+        return self.uncovered_per_block.sum(-1)
+
     def combined(self, consts: BoundConstants, eta: float) -> np.ndarray:
-        """2B + 2 L eta V + 2 L^2 eta^2 kappa_K Dr: what a plan adds per round."""
+        """2B + 2 L eta V + 2 L^2 eta^2 kappa_K Dr: what a plan adds per round to the covered blocks'
+        part (the planners' objective; `uncovered` is added by Theorem 2 only)."""
         L = consts.smooth
         return (
             2 * self.bias + 2 * L * eta * self.variance + 2 * L**2 * eta**2 * consts.drift_factor * self.drift
@@ -159,14 +179,15 @@ class RoundTerms:
 
 
 def per_round_terms(A: np.ndarray, consts: BoundConstants) -> RoundTerms:
-    """B, V, Dr of docs/theory.md for a batch of plans A (P, N, L); uncovered blocks contribute 0."""
+    """B, V, Dr of docs/theory.md for a batch of plans A (P, N, L); uncovered blocks contribute 0 to
+    them and G_l^2 to `uncovered`. The dimension in the noise is the effective size r_l."""
     A = np.asarray(A, dtype=float)
     p = consts.client_weights(A.shape[-2])
-    d, G2, q, kappa = consts.block_sizes, consts.G2, consts.perturbations, consts.kappa
+    r, G2, q, kappa = consts.effective_sizes, consts.G2, consts.perturbations, consts.kappa
     D = A @ G2  # (P, N) active gradient mass
-    dn = A @ d  # (P, N) active dimension
-    sigma_nl = G2 * (1 + kappa / q) + d * D[..., None] / q  # (P, N, L)
-    sigma_n = D * (1 + (dn + kappa) / q)  # (P, N)
+    rn = A @ r  # (P, N) active effective size
+    sigma_nl = G2 * (1 + kappa / q) + r * D[..., None] / q  # (P, N, L)
+    sigma_n = D * (1 + (rn + kappa) / q)  # (P, N)
     cover = np.einsum("pnl,n->pl", A, p)
     uncovered_mass = np.einsum("pnl,n->pl", 1.0 - A, p)  # exactly 0 at full coverage
     covered = cover > 0
@@ -176,7 +197,7 @@ def per_round_terms(A: np.ndarray, consts: BoundConstants) -> RoundTerms:
     bias = np.where(covered, consts.zeta2 * uncovered_mass / safe, 0.0)
     variance = np.where(covered, W / safe**2, 0.0)
     drift = np.where(covered, X / safe, 0.0)
-    return RoundTerms(bias, variance, drift, cover)
+    return RoundTerms(bias, variance, drift, cover, np.where(covered, 0.0, G2))
 
 
 def constant_term(consts: BoundConstants, eta: float) -> float:
@@ -226,3 +247,23 @@ def schedule_bound(
     if pi_min == 0.0:
         return float("inf")
     return (constant_term(consts, eta) + float(terms.combined(consts, eta).mean())) / pi_min
+
+
+def plan_bound_batch(A: np.ndarray, consts: BoundConstants) -> np.ndarray:
+    """Theorem 2 for a batch of single plans (P, N, L), each used every round: finite, uncovered
+    blocks add G_l^2 (their gradient is never reduced, and |grad_l f|^2 <= G_l^2)."""
+    A = np.asarray(A, dtype=float)
+    eta = consts.step_size(A.shape[-2])
+    terms = per_round_terms(A, consts)
+    return constant_term(consts, eta) + terms.combined(consts, eta) + terms.uncovered
+
+
+def plan_bound(A: np.ndarray, consts: BoundConstants) -> float:
+    """J(A) of Theorem 2 for one plan used every round; equals `bound(A, consts)` when A covers every block."""
+    return float(plan_bound_batch(np.asarray(A)[None], consts)[0])
+
+
+def sequence_bound(plans: Sequence[np.ndarray], consts: BoundConstants) -> float:
+    """Theorem 2 for the plans a run actually used, one per round, all over the same clients (any
+    plans chosen from the past: re-planning, random or round-robin): the mean of their single-plan values."""
+    return float(plan_bound_batch(np.asarray(plans, dtype=float), consts).mean())

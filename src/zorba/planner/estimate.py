@@ -6,11 +6,14 @@ E[g^2] = E|grad_{S_n} F_n(w; xi)|^2 + O(mu), for Gaussian and Rademacher u alike
 over a report estimates D_n = sum_{l in S_n} G_l^2. Reports with different block sets identify the
 per-block G_l^2 (non-negative least squares); the spread of per-client gradient norms bounds the
 heterogeneity zeta_l^2 from below.
+
+The effective sizes r_l (the dimension in the ZO noise, docs/theory.md section 3) come from the model
+and a sample of public text instead: an embedding row that no input looks up does not enter the loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,3 +121,46 @@ def _positive(prior: np.ndarray) -> np.ndarray:
     if prior.max() <= 0:
         return np.ones_like(prior)
     return np.maximum(prior, 1e-12 * prior.max())
+
+
+def effective_block_sizes(model, blocks: Sequence, run_forward: Callable[[], object]) -> np.ndarray:
+    """r_l per block: its parameter count, less the rows of every embedding table that the forward
+    passes in `run_forward` never look up (the loss does not depend on them at all, so their curvature
+    is exactly 0). Rows are recorded by hooks on each nn.Embedding, so word, position and token-type
+    tables are all handled; a table whose weight another module also uses (a tied output layer reads
+    every row) counts in full. `blocks` are zorba.blocks.Block (param_names, numel)."""
+    from torch import nn
+
+    seen: dict[int, set[int]] = {}
+
+    def record(module, args, output) -> None:
+        seen.setdefault(id(module.weight), set()).update(int(i) for i in args[0].unique().tolist())
+
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    hooks = [m.register_forward_hook(record) for m in tables]
+    try:
+        run_forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    unused = _unused_embedding_entries(model, tables, seen)
+    names = {id(p): n for n, p in model.named_parameters()}
+    unused_by_name = {names[pid]: count for pid, count in unused.items() if pid in names}
+    return np.array(
+        [b.numel - sum(unused_by_name.get(n, 0) for n in b.param_names) for b in blocks], dtype=float
+    )
+
+
+def _unused_embedding_entries(model, tables, seen: dict[int, set[int]]) -> dict[int, int]:
+    """Parameter id -> entries in rows no lookup touched, for tables used only as lookups."""
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    out = {}
+    for m in tables:
+        w = m.weight
+        if owners.get(id(w), 0) > 1 or id(w) not in seen:
+            continue  # tied to another module, or never called: every row may matter
+        out[id(w)] = (w.shape[0] - len(seen[id(w)])) * int(np.prod(w.shape[1:]))
+    return out

@@ -14,6 +14,7 @@ from zorba.planner import (
     MemoryModel,
     PlanInfeasible,
     Problem,
+    bound,
     brute_force,
     pareto_front,
     plan_schedule,
@@ -156,3 +157,22 @@ def test_a_window_covers_every_block_when_one_round_cannot():
     assert covered.all()
     assert schedule.bound == pytest.approx(schedule_bound([p.A for p in schedule.plans], consts))
     assert all(problem.feasible(p.A) for p in schedule.plans)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_solvers_use_the_effective_sizes_of_the_bound(seed):
+    """With effective sizes below the block sizes (embeddings: rows nobody reads), the MILP, the
+    heuristic and brute force (which evaluates `bound`) agree on the optimum and on its value."""
+    import dataclasses
+
+    consts, mem, budgets = transformer_instance(3, 4, seed=seed)
+    r = consts.block_sizes.copy()
+    r[0] *= 0.15
+    consts = dataclasses.replace(consts, effective_sizes=r)
+    oracle = brute_force(consts, mem, budgets)
+    exact = solve_exact(consts, mem, budgets)
+    heur = solve_heuristic(consts, mem, budgets)
+    assert exact.best_bound == pytest.approx(oracle.best_bound, rel=1e-9)
+    assert exact.bound == pytest.approx(bound(exact.A, consts), rel=1e-9)
+    assert heur.bound == pytest.approx(bound(heur.A, consts), rel=1e-9)
+    assert heur.bound <= oracle.best_bound * (1 + 1e-2)

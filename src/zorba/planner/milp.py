@@ -204,8 +204,8 @@ class MilpModel:
         """Per feasible set of client n: sigma2_l(S) for every l (S_n, L) and sigma2(S) (S_n,)."""
         c = self.problem.consts
         sets = self.sets[n].astype(float)
-        D, dn = sets @ c.G2, sets @ c.block_sizes
-        per_block = (1 + c.kappa / c.perturbations) * c.G2[None, :] + c.block_sizes[None, :] * D[
+        D, dn = sets @ c.G2, sets @ c.effective_sizes  # the noise dimension is the effective size
+        per_block = (1 + c.kappa / c.perturbations) * c.G2[None, :] + c.effective_sizes[None, :] * D[
             :, None
         ] / c.perturbations
         return per_block, D * (1 + (dn + c.kappa) / c.perturbations)

@@ -52,7 +52,7 @@ class SearchState:
         c = problem.consts
         self.problem = problem
         self.p = problem.weights
-        self.G2, self.d, self.q, self.kappa = c.G2, c.block_sizes, c.perturbations, c.kappa
+        self.G2, self.d, self.q, self.kappa = c.G2, c.effective_sizes, c.perturbations, c.kappa
         self.kq = 1 + c.kappa / c.perturbations
         self.zeta2, self.alpha, self.beta = c.zeta2, problem.alpha, problem.beta
         self.delta, self.cap, self.fits = problem.mem.delta, problem.capacity, problem.fits

@@ -310,6 +310,23 @@ def _fused(tensors: Sequence[torch.Tensor]) -> bool:
     return fused.usable(device) and fused.supports(tensors)
 
 
+def fused_pass(tensors: Sequence[torch.Tensor], keys: Sequence[int]):
+    """For repeated passes over the same tensors and keys (a ZO step): a callable `add_(scales)` that
+    runs the fused kernel, or None where the fused path does not serve these tensors. If the kernel
+    cannot be built, `add_` returns False having changed nothing (the caller takes the torch path)."""
+    if not tensors or not _fused(tensors):
+        return None
+    import numpy as np
+
+    layout = _rng_triton().FusedPass(tensors)
+    key_column = np.array(keys, dtype=np.uint64)[:, None]
+
+    def add_(scales: Sequence[float]) -> bool:
+        return _run_fused(layout.apply, key_column, np.array(scales, dtype=np.float64)[:, None])
+
+    return add_
+
+
 def _run_fused(fn, *args) -> bool:
     """Run the fused path; if its kernel cannot be built here (it fails before touching any weight),
     warn once, turn the fused path off and let the caller take the torch path, which gives the

@@ -169,27 +169,40 @@ def add_rademacher_sequences_(
 def _launch(
     tensors: Sequence[torch.Tensor], keys: np.ndarray, scales: np.ndarray, word_offsets: Sequence[int] | None = None
 ) -> None:
-    """One kernel launch per dtype; tensors must be contiguous float32/bfloat16 on one device.
+    FusedPass(tensors, word_offsets).apply(keys, scales)
 
-    bf16 tensors round like torch's CUDA add_ (alpha kept in fp32; torch's CPU kernel rounds alpha to
-    bf16 first, so bf16 perturbations are not bit-exact across device kinds; zorba only perturbs
-    fp32 weights)."""
-    global launches
-    offsets = [0] * len(tensors) if word_offsets is None else list(word_offsets)
-    groups: dict[torch.dtype, list[int]] = {}
-    for i, t in enumerate(tensors):
-        if not supports([t]):
-            raise ValueError(f"fused perturbation needs contiguous fp32/bf16 tensors, got {t.dtype}")
-        if t.numel():
-            groups.setdefault(t.dtype, []).append(i)
-    for dtype, idx in groups.items():
-        device = tensors[idx[0]].device
-        table, prog_tensor, prog_word = _layout(
-            tuple((tensors[i].data_ptr(), tensors[i].numel(), offsets[i]) for i in idx), device
-        )
-        params = torch.from_numpy(_params(keys[idx], scales[idx])).to(device)
-        _rademacher_kernel[(prog_tensor.numel(),)](
-            table, prog_tensor, prog_word, params, keys.shape[1],
-            DTYPE=_TL_DTYPES[dtype], ROUND=dtype != torch.float32, WORDS=_WORDS,
-        )
-        launches += 1
+
+class FusedPass:
+    """Tensors laid out for the kernel once (grouped by dtype, device tables built or fetched from the
+    cache): each `apply` is then one small upload of (key, scale) pairs and one launch per dtype. A
+    ZO step keeps one per perturbation for its three passes, so the host work per pass stays small.
+
+    Tensors must be contiguous float32/bfloat16 on one device. bf16 tensors round like torch's CUDA
+    add_ (alpha kept in fp32; torch's CPU kernel rounds alpha to bf16 first, so bf16 perturbations are
+    not bit-exact across device kinds; zorba only perturbs fp32 weights)."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], word_offsets: Sequence[int] | None = None) -> None:
+        offsets = [0] * len(tensors) if word_offsets is None else list(word_offsets)
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, t in enumerate(tensors):
+            if not supports([t]):
+                raise ValueError(f"fused perturbation needs contiguous fp32/bf16 tensors, got {t.dtype}")
+            if t.numel():
+                by_dtype.setdefault(t.dtype, []).append(i)
+        self.groups = []
+        for dtype, idx in by_dtype.items():
+            device = tensors[idx[0]].device
+            layout = _layout(tuple((tensors[i].data_ptr(), tensors[i].numel(), offsets[i]) for i in idx), device)
+            self.groups.append((dtype, np.array(idx), device, layout))
+
+    @torch.no_grad()
+    def apply(self, keys: np.ndarray, scales: np.ndarray) -> None:
+        """keys (T, P) uint64 and scales (T, P), one row per tensor given at construction."""
+        global launches
+        for dtype, idx, device, (table, prog_tensor, prog_word) in self.groups:
+            params = torch.from_numpy(_params(keys[idx], scales[idx])).to(device)
+            _rademacher_kernel[(prog_tensor.numel(),)](
+                table, prog_tensor, prog_word, params, keys.shape[1],
+                DTYPE=_TL_DTYPES[dtype], ROUND=dtype != torch.float32, WORDS=_WORDS,
+            )
+            launches += 1

@@ -16,7 +16,7 @@ import torch
 
 from zorba.deferred import DeferredTables
 from zorba.protocol import StepReport, stream_key
-from zorba.rng import PACK_LIMIT, add_noise_many_, uses_fused
+from zorba.rng import PACK_LIMIT, add_noise_many_, fused_pass
 
 BlockTensors = Sequence[Sequence[torch.Tensor]]
 
@@ -48,14 +48,18 @@ class _Streams:
         self.deferred = deferred
         eager = [i for i, t in enumerate(self.tensors) if deferred is None or not deferred.owns(t)]
         self.deferred_ids = sorted(set(range(len(self.tensors))) - set(eager))
-        keep = bool(self.tensors) and not uses_fused(self.tensors)
+        self.eager_ids = eager
+        rademacher = dist == "rademacher" and bool(eager)  # the fused kernel draws Rademacher z only
+        self.fused = fused_pass([self.tensors[i] for i in eager], [self.keys[i] for i in eager]) if rademacher else None
+        keep = self.fused is None
         self.small_ids = [i for i in eager if keep and self.tensors[i].numel() < PACK_LIMIT]
         self.large_ids = [i for i in eager if i not in set(self.small_ids)]
         self.small_z: list[torch.Tensor] | None = None
 
     def add_(self, scales: dict[int, float] | float) -> None:
         per = [scales[b] for b in self.blocks] if isinstance(scales, dict) else [scales] * len(self.tensors)
-        if self.large_ids:
+        fused = self.fused is not None and self.fused([per[i] for i in self.eager_ids])  # one launch for all
+        if not fused and self.large_ids:
             pick = self.large_ids
             add_noise_many_([self.tensors[i] for i in pick], [self.keys[i] for i in pick], [per[i] for i in pick],
                             self.dist)

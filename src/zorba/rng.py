@@ -32,7 +32,8 @@ import torch
 DISTRIBUTIONS = ("rademacher", "gaussian")
 _CHUNK = 1 << 20  # elements per generation call on CPU: the z chunk (4 MiB) stays in cache
 _CUDA_CHUNK = 1 << 22  # larger on GPUs, where each call's launch overhead dominates small chunks
-PACK_LIMIT = 1 << 14  # tensors below this many elements are hashed together in one call
+PACK_LIMIT = 1 << 16  # tensors below this many elements are hashed together in one call (and, in a
+# ZO step off the GPU, keep their z across the three passes: at most 256 KiB each)
 _MASK16 = 0xFFFF
 _MASK17 = 0x1FFFF
 

@@ -43,6 +43,9 @@ def run(
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
     measure_memory: bool = typer.Option(True, help="measure each client's peak memory in a fresh process"),
     device: str = typer.Option(None, help="where clients train: cpu | cuda | cuda:N | auto [cpu]"),
+    curvature_sizes: bool = typer.Option(
+        False, "--curvature-sizes", help="zorba planner: weigh each block's ZO noise by its Hessian trace"
+    ),
     resume: Path = typer.Option(None, help="continue the killed run whose --out was this folder"),
     dropout: float = typer.Option(None, help="chance each client is offline in a round (seeded) [0]"),
     deadline: float = typer.Option(None, help="seconds per round; later reports are left out [none]"),
@@ -59,7 +62,7 @@ def run(
         batch_size=batch_size, max_len=max_len, alpha=alpha, planner=planner, dist=dist,
         participation=participation, train_size=train_size, eval_every=eval_every, seed=seed,
         data_dir=str(data_dir) if data_dir else None, test_file=str(test_file) if test_file else None,
-        measure_memory=measure_memory, device=device,
+        measure_memory=measure_memory, device=device, curvature_sizes=curvature_sizes or None,
     )
     reliability = dict(dropout=dropout, deadline=deadline, clip=clip, aggregate=aggregate, trim=trim)
     if resume is not None:

@@ -44,6 +44,9 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     measure_memory: bool = True
     device: str = "cpu"  # where clients train: cpu, cuda, cuda:N, or auto (cuda if available)
+    # zorba planner: noise dimension of each block = its Hessian trace / L, estimated by the server on
+    # public (dev) examples, instead of its size (planner/curvature.py; docs/theory.md, section 12)
+    curvature_sizes: bool = False
 
     @field_validator("device")
     @classmethod

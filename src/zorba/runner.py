@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from zorba import codec
+from zorba.blocks import block_tensors
 from zorba.client import ClientState, TokenizedData, run_round
 from zorba.config import RunConfig, find_data_dir, resolve_device
 from zorba.data import dirichlet_partition
@@ -95,7 +96,10 @@ def client_profiles(cfg: RunConfig, mem: MemoryModel) -> list[ClientProfile]:
     return default_profiles(cfg.clients, mem, cfg.block_fractions)
 
 
-def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile], mem: MemoryModel) -> BlockPlanner:
+def make_planner(
+    cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile], mem: MemoryModel, public: Sequence = ()
+) -> BlockPlanner:
+    """`public`: examples the server may read (the dev split), for --curvature-sizes."""
     L = len(lm.blocks)
     counts = blocks_within_budget(profiles, mem)
     if cfg.planner == "all":
@@ -106,10 +110,26 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
         return RoundRobin(L, counts)
     from zorba.planner import PlanInfeasible, make_zorba_planner  # the optimised planner (docs/theory.md)
 
+    sizes = server_curvature_sizes(cfg, lm, public) if cfg.curvature_sizes else None
     try:
-        return make_zorba_planner(cfg, lm, profiles, mem)
+        return make_zorba_planner(cfg, lm, profiles, mem, effective_sizes=sizes)
     except PlanInfeasible as exc:
         raise UserError(str(exc)) from None
+
+
+def server_curvature_sizes(cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples: int = 32) -> np.ndarray:
+    """Curvature-weighted block sizes from the server's copy of the global model and public examples
+    (seeded probes; the weights are restored exactly)."""
+    from zorba.planner.curvature import block_curvature_traces, curvature_sizes
+
+    examples = list(public)[:n_examples]
+    if not examples:
+        raise UserError("--curvature-sizes needs public examples (the dev split) to probe the model")
+    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
+    ids, labels = scorer.encode(examples), [e.label for e in examples]
+    traces = block_curvature_traces(lambda: scorer.loss(ids, labels), block_tensors(lm.model, lm.blocks),
+                                    seed=derive_key(cfg.seed, 0xC0A7))
+    return curvature_sizes(traces, np.array([b.numel for b in lm.blocks], float))
 
 
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:
@@ -141,7 +161,7 @@ class Runner:
         self.profiles = client_profiles(cfg, self.memory_model)
         counts = blocks_within_budget(self.profiles, self.memory_model)
         hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
-        planner = make_planner(cfg, lm, self.profiles, self.memory_model)
+        planner = make_planner(cfg, lm, self.profiles, self.memory_model, public=inputs.dev)
         server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy())
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)

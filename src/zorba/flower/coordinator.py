@@ -49,12 +49,12 @@ class FlowerRun:
 
 def build_run(cfg: RunConfig, opts: FlowerOptions) -> FlowerRun:
     """The same Server the in-process runner builds: planner, hyper-parameters, seed, replica."""
-    check_inputs(cfg)
+    inputs = check_inputs(cfg)
     lm = load_model(cfg.model)
     mem = client_memory_model(cfg, lm)
     profiles = client_profiles(cfg, mem)
     hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
-    server = Server(make_planner(cfg, lm, profiles, mem), hyper, cfg.seed, Replica(lm))
+    server = Server(make_planner(cfg, lm, profiles, mem, public=inputs.dev), hyper, cfg.seed, Replica(lm))
     return FlowerRun(cfg, opts, lm, server, state_digest(lm.model), blocks_within_budget(profiles, mem))
 
 

@@ -139,9 +139,10 @@ class ZorbaPlanner(BlockPlanner):
         return rows
 
 
-def make_zorba_planner(cfg, lm, profiles, mem: MemoryModel) -> ZorbaPlanner:
+def make_zorba_planner(cfg, lm, profiles, mem: MemoryModel, effective_sizes=None) -> ZorbaPlanner:
     """The runner's hook (zorba.runner.make_planner): the clients' budgets and speeds from their
-    profiles, the run's memory model, default constants at the run's lr, K, q, T and estimator."""
+    profiles, the run's memory model, default constants at the run's lr, K, q, T and estimator;
+    `effective_sizes` (planner/curvature.py) replace the block sizes in the noise terms."""
     block_sizes = np.array([b.numel for b in lm.blocks], float)
     consts = BoundConstants.from_block_sizes(
         block_sizes,
@@ -150,6 +151,7 @@ def make_zorba_planner(cfg, lm, profiles, mem: MemoryModel) -> ZorbaPlanner:
         perturbations=cfg.q,
         rounds=cfg.rounds,
         estimator=cfg.dist,
+        effective_sizes=effective_sizes,
     )
     budgets = [p.memory_bytes for p in profiles]
     speed = [p.speed for p in profiles]

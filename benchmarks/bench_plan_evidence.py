@@ -62,7 +62,7 @@ from zorba.tasks import get_task, read_examples  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "planner_evidence"
 MIB = float(1 << 20)
 # The J variants ranked against the loss: (column, theorem, noise dimension, constants)
-J_COLUMNS = ("J2_eff_est", "J2_eff_prior", "J2_raw_est", "J2_raw_prior", "J1_raw_est")
+J_COLUMNS = ("J2_eff_est", "J2_eff_prior", "J2_raw_est", "J2_raw_prior", "J1_raw_est", "J2_curv_est", "J2_curv_prior")
 
 
 class FixedPlan(BlockPlanner):
@@ -197,11 +197,13 @@ def effective_sizes(cfg, base_lm) -> np.ndarray:
     return effective_block_sizes(base_lm.model, base_lm.blocks, forward)
 
 
-def priors(cfg, block_sizes: np.ndarray, eff: np.ndarray) -> dict[str, BoundConstants]:
+def priors(cfg, block_sizes: np.ndarray, eff: np.ndarray, base_lm) -> dict[str, BoundConstants]:
     run = dict(lr=cfg.lr, local_steps=cfg.local_steps, perturbations=cfg.q, rounds=cfg.rounds, estimator=cfg.dist)
+    curv = runner_mod.server_curvature_sizes(cfg, base_lm, public_sample(cfg))  # as `zorba run --curvature-sizes`
     return {
         "raw": BoundConstants.from_block_sizes(block_sizes, **run),
         "eff": BoundConstants.from_block_sizes(block_sizes, effective_sizes=eff, **run),
+        "curv": BoundConstants.from_block_sizes(block_sizes, effective_sizes=curv, **run),
     }
 
 
@@ -219,6 +221,8 @@ def all_bounds(A: np.ndarray, consts: dict[str, BoundConstants]) -> dict[str, fl
         "J2_raw_est": plan_bound(A, consts["raw_est"]),
         "J2_raw_prior": plan_bound(A, consts["raw"]),
         "J1_raw_est": bound(A, consts["raw_est"]),
+        "J2_curv_est": plan_bound(A, consts["curv_est"]),
+        "J2_curv_prior": plan_bound(A, consts["curv"]),
     }
 
 
@@ -285,10 +289,10 @@ def distinct_plans(args, cfg, inputs, base_lm) -> dict[str, np.ndarray]:
 def part_a(args, base_lm, block_sizes, eff, progress) -> tuple[list[dict], dict]:
     cfg = make_config(**common(args), block_fractions=(1.0,), planner="zorba")
     inputs, heldout = split_data(cfg, args.train_size, args.heldout, args.dev)
-    consts = priors(cfg, block_sizes, eff)
+    consts = priors(cfg, block_sizes, eff, base_lm)
     reports = warmup_reports(cfg, inputs, heldout, base_lm, len(block_sizes), args.warmup)
-    consts["raw_est"] = consts["raw"].estimate_from_scalars(reports)
-    consts["eff_est"] = consts["eff"].estimate_from_scalars(reports)
+    for name in ("raw", "eff", "curv"):
+        consts[f"{name}_est"] = consts[name].estimate_from_scalars(reports)
     initial = heldout_loss_of(cfg, inputs, heldout, base_lm)
     info = {"initial_loss": initial, "G2": consts["eff_est"].G2.tolist(), "zeta2": consts["eff_est"].zeta2.tolist(),
             "G2_raw_prior_fit": consts["raw_est"].G2.tolist()}

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zorba.config import RunConfig, resolve_device
-from zorba.memprobe import MemoryProbe, measure
+from zorba.memprobe import planned_client_peaks
 from zorba.models import load_model, state_digest
 from zorba.reliability import Reliability
 from zorba.results import prepare_out_dir, versions, write_outputs
@@ -55,20 +55,7 @@ def _run_with_progress(runner: Runner | DurableRun, cfg: RunConfig) -> RunState:
 
 def client_peak_memory(cfg: RunConfig, state: RunState) -> list[int]:
     """Per client: measured peak of a fresh process running its largest planned block set."""
-    sizes = [b.numel for b in state.lm.blocks]
-    largest: dict[int, tuple[int, ...]] = {}
-    for rec in state.history:
-        for c, blocks in rec["blocks"].items():
-            cur = largest.get(int(c), ())
-            if sum(sizes[b] for b in blocks) > sum(sizes[b] for b in cur) or not cur:
-                largest[int(c)] = tuple(blocks)
-    cache: dict[tuple[int, ...], int] = {}
-    for blocks in set(largest.values()):
-        probe = MemoryProbe(
-            cfg.model, cfg.task, blocks, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir, precision=cfg.precision
-        )
-        cache[blocks] = measure(probe)["peak_rss_bytes"]
-    return [cache[largest[c]] if c in largest else 0 for c in range(cfg.clients)]
+    return planned_client_peaks(cfg, state.lm.blocks, state.history)
 
 
 def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:

@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 MODES = ("zo", "inference", "adam")
@@ -224,6 +225,25 @@ def measure(p: MemoryProbe, timeout: float = 600) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe failed: {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def planned_client_peaks(cfg, blocks: Sequence, history: Sequence[dict]) -> list[int]:
+    """Per client, the peak RSS of a fresh process running its largest block set planned in `history`
+    (round records with a "blocks" map, as the in-process runner and the Flower engines write them);
+    one probe per distinct set. 0 for a client never planned."""
+    sizes = [b.numel for b in blocks]
+    largest: dict[int, tuple[int, ...]] = {}
+    for rec in history:
+        for c, planned in rec["blocks"].items():
+            cur = largest.get(int(c), ())
+            if sum(sizes[b] for b in planned) > sum(sizes[b] for b in cur) or not cur:
+                largest[int(c)] = tuple(planned)
+    cache: dict[tuple[int, ...], int] = {}
+    for planned in set(largest.values()):
+        probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir,
+                            precision=cfg.precision)
+        cache[planned] = measure(probe)["peak_rss_bytes"]
+    return [cache[largest[c]] if c in largest else 0 for c in range(cfg.clients)]
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def flower_sim(
     data_dir: Path = typer.Option(None, help="folder with <task>/train.tsv and dev.tsv"),
     out: Path = typer.Option(Path("runs/flower"), help="output folder"),
     overwrite: bool = typer.Option(False, help="replace an existing output folder"),
+    measure_memory: bool = typer.Option(True, help="measure each client's peak memory in a fresh process"),
     round_timeout: float = typer.Option(600.0, help="seconds to wait for a round's reports"),
     actors: int = typer.Option(None, help="Ray workers running ClientApps [one per core, at most one per client]"),
     faults: str = typer.Option("", help="chaos testing: 'crash:CLIENT@ROUND,hang:CLIENT@ROUND:SECONDS'"),
@@ -43,7 +44,7 @@ def flower_sim(
         task=task, model=model, clients=clients, rounds=rounds, local_steps=local_steps, lr=lr, mu=mu, q=q,
         batch_size=batch_size, max_len=max_len, alpha=alpha, planner=planner, dist=dist,
         participation=participation, train_size=train_size, eval_every=eval_every, seed=seed,
-        data_dir=str(data_dir) if data_dir else None, measure_memory=False,
+        data_dir=str(data_dir) if data_dir else None, measure_memory=measure_memory,
     )
     parse_faults(faults)  # fail on a bad spec before Ray starts
     if round_timeout <= 0 or (actors is not None and actors < 1):

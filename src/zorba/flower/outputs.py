@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from zorba.flower.coordinator import FlowerRun
+from zorba.memprobe import planned_client_peaks
 from zorba.results import publish, staging_dir, versions, write_outputs
 
 
@@ -48,7 +49,10 @@ def build_result(run: FlowerRun, engine: str) -> dict:
             "fedavg_downlink_bytes_per_client_round": fedavg,
             "setup": run.setup_bytes,
         },
-        "memory": {"peak_bytes_per_client": None, "how": "not measured by the Flower engines; see `zorba run`"},
+        "memory": {
+            "peak_bytes_per_client": planned_client_peaks(cfg, run.lm.blocks, run.history) if cfg.measure_memory else None,
+            "how": "peak RSS of a fresh process running each client's largest planned block set (as `zorba run`)",
+        },
         "seconds": run.seconds,
         "history": run.history,
     }

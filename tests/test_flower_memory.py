@@ -1,0 +1,28 @@
+"""Flower runs report client memory like `zorba run`: one fresh-process probe per distinct largest
+planned block set, taken from the round history the engines record."""
+
+from types import SimpleNamespace
+
+from zorba import memprobe
+from zorba.config import make_config
+
+
+def test_planned_client_peaks_probes_each_clients_largest_set_once(monkeypatch):
+    probed = []
+
+    def fake_measure(probe, timeout=600):
+        probed.append(probe.blocks)
+        return {"peak_rss_bytes": 1000 + 10 * sum(probe.blocks)}
+
+    monkeypatch.setattr(memprobe, "measure", fake_measure)
+    cfg = make_config(clients=3, measure_memory=True)
+    blocks = [SimpleNamespace(numel=n) for n in (100, 10, 10, 10)]
+    history = [{"blocks": {"0": [1], "1": [0], "2": [2, 3]}}, {"blocks": {"0": [1, 2, 3], "1": [3]}}]
+    peaks = memprobe.planned_client_peaks(cfg, blocks, history)
+    # client 0: (1, 2, 3) beats (1,); client 1 keeps (0,) (100 elements > 10); client 2 only had (2, 3)
+    assert sorted(probed) == [(0,), (1, 2, 3), (2, 3)]
+    assert peaks == [1000 + 60, 1000, 1000 + 50]
+    history.append({"blocks": {"2": [1, 2, 3]}})
+    probed.clear()
+    assert memprobe.planned_client_peaks(cfg, blocks, history)[2] == 1060
+    assert sorted(probed) == [(0,), (1, 2, 3)]  # one probe per distinct set

@@ -26,3 +26,16 @@ def test_planned_client_peaks_probes_each_clients_largest_set_once(monkeypatch):
     probed.clear()
     assert memprobe.planned_client_peaks(cfg, blocks, history)[2] == 1060
     assert sorted(probed) == [(0,), (1, 2, 3)]  # one probe per distinct set
+
+
+def test_simulation_results_carry_measured_memory_deployment_results_do_not(monkeypatch):
+    from zorba.flower import outputs
+
+    monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: {"peak_rss_bytes": 5})
+    blocks = [SimpleNamespace(numel=1), SimpleNamespace(numel=1)]
+    run = SimpleNamespace(cfg=make_config(clients=2), lm=SimpleNamespace(blocks=blocks),
+                          history=[{"blocks": {"0": [0], "1": [1]}}])
+    assert outputs.client_memory(run, "flower-simulation")["peak_bytes_per_client"] == [5, 5]
+    assert outputs.client_memory(run, "flower-deployment")["peak_bytes_per_client"] is None
+    run.cfg = make_config(clients=2, measure_memory=False)
+    assert outputs.client_memory(run, "flower-simulation")["peak_bytes_per_client"] is None

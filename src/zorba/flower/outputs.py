@@ -49,13 +49,19 @@ def build_result(run: FlowerRun, engine: str) -> dict:
             "fedavg_downlink_bytes_per_client_round": fedavg,
             "setup": run.setup_bytes,
         },
-        "memory": {
-            "peak_bytes_per_client": planned_client_peaks(cfg, run.lm.blocks, run.history) if cfg.measure_memory else None,
-            "how": "peak RSS of a fresh process running each client's largest planned block set (as `zorba run`)",
-        },
+        "memory": client_memory(run, engine),
         "seconds": run.seconds,
         "history": run.history,
     }
+
+
+def client_memory(run: FlowerRun, engine: str) -> dict:
+    """Simulation: measured as `zorba run` does, on this machine. Deployment: not measured (the
+    clients are other machines; a probe here would measure the server's)."""
+    if engine != "flower-simulation" or not run.cfg.measure_memory:
+        return {"peak_bytes_per_client": None, "how": "not measured (deployment engine, or --no-measure-memory)"}
+    return {"peak_bytes_per_client": planned_client_peaks(run.cfg, run.lm.blocks, run.history),
+            "how": "peak RSS of a fresh process running each client's largest planned block set (as `zorba run`)"}
 
 
 def write_run(run: FlowerRun, result: dict, out: Path) -> None:

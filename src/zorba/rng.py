@@ -201,17 +201,33 @@ def _pack_layout(sizes: tuple[int, ...], device: torch.device) -> tuple[torch.Te
     return counters.to(device), owner.to(device), offsets
 
 
-def _add_packed_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float]) -> None:
-    """Small tensors: one hash over all their words (per-word keys gathered), one expansion, one add each."""
-    device = tensors[0].device
-    counters, owner, offsets = _pack_layout(tuple(t.numel() for t in tensors), device)
+def _packed_z(sizes: tuple[int, ...], keys: Sequence[int], device: torch.device) -> tuple[torch.Tensor, list[int]]:
+    """z of several small streams from one hash over all their words (per-word keys gathered) and one
+    expansion: a view of the workspace, and each stream's first word in it."""
+    counters, owner, offsets = _pack_layout(sizes, device)
     halves = torch.tensor([_key_halves(k) for k in keys], dtype=torch.int32).to(device)
     x = counters + halves[:, 0][owner]
     _lowbias32(x)
     x ^= halves[:, 1][owner]
-    z = _workspace(device).expand(_lowbias32(x))
+    return _workspace(device).expand(_lowbias32(x)), offsets
+
+
+def _add_packed_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float]) -> None:
+    """Small tensors: one packed generation, one add each."""
+    z, offsets = _packed_z(tuple(t.numel() for t in tensors), keys, tensors[0].device)
     for t, off, scale in zip(tensors, offsets, scales, strict=True):
         _add_(t.view(-1), z[32 * off : 32 * off + t.numel()], scale)
+
+
+def noise_small(sizes: Sequence[int], keys: Sequence[int], device: str | torch.device = "cpu") -> list[torch.Tensor]:
+    """z of several small streams (Rademacher), kept: views into one buffer filled by one packed
+    generation (a ZO step reuses them for its three passes, zo.py)."""
+    device = torch.device(device)
+    if sum((n + 31) // 32 for n in sizes) > _chunk_size(device) // 32:  # beyond one workspace chunk
+        return [noise(n, k, device=device) for n, k in zip(sizes, keys, strict=True)]
+    z, offsets = _packed_z(tuple(sizes), keys, device)
+    z = z.clone()
+    return [z[32 * off : 32 * off + n] for n, off in zip(sizes, offsets, strict=True)]
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import torch
 
 from zorba.deferred import DeferredTables
 from zorba.protocol import StepReport, stream_key
-from zorba.rng import PACK_LIMIT, add_noise_many_, fused_pass
+from zorba.rng import PACK_LIMIT, add_noise_many_, fused_pass, noise, noise_small
 
 BlockTensors = Sequence[Sequence[torch.Tensor]]
 
@@ -70,10 +70,13 @@ class _Streams:
 
     @torch.no_grad()
     def _add_small_(self, per: Sequence[float]) -> None:
-        if self.small_z is None:  # one packed generation: z = 0 + 1 * z exactly
-            ts = [self.tensors[i] for i in self.small_ids]
-            self.small_z = [torch.zeros(t.numel(), dtype=torch.float32, device=t.device) for t in ts]
-            add_noise_many_(self.small_z, [self.keys[i] for i in self.small_ids], [1.0] * len(ts), self.dist)
+        if self.small_z is None:
+            sizes, keys = [self.tensors[i].numel() for i in self.small_ids], [self.keys[i] for i in self.small_ids]
+            device = self.tensors[self.small_ids[0]].device
+            if self.dist == "rademacher":
+                self.small_z = noise_small(sizes, keys, device)
+            else:
+                self.small_z = [noise(n, k, self.dist, device) for n, k in zip(sizes, keys, strict=True)]
         groups: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for i, z in zip(self.small_ids, self.small_z, strict=True):
             t = self.tensors[i]

@@ -63,7 +63,8 @@ class _Table:
         if len(self.pending) * used.numel() > module.num_embeddings:  # a table pass is cheaper now
             self.flush()
             return F.embedding(ids, module.weight, module.padding_idx)
-        if self.cached is not None and torch.equal(self.cached[0], used):
+        reusable = self.cached is not None and self.cached[1].is_inference() == torch.is_inference_mode_enabled()
+        if reusable and torch.equal(self.cached[0], used):  # (inference tensors only change in inference mode)
             rows, done = self.cached[1], self.cached[2]
         else:
             rows, done = module.weight.detach()[used], 0

@@ -313,11 +313,6 @@ def add_noise_sequences_(
                 add_noise_(tensors[t], keys[t][p], scales[t][p], dist, offset=32 * word_offsets[t])
 
 
-def uses_fused(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether Rademacher adds to these tensors go through the fused Triton kernel."""
-    return bool(tensors) and _fused(tensors)
-
-
 def _fused(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether the fused Triton path serves these tensors (imported only when a GPU tensor shows up)."""
     device = tensors[0].device

@@ -33,8 +33,8 @@ class _Streams:
     """The active tensors of one perturbation with their stream keys, derived once: a step makes
     three passes with the same keys, and on a GPU hashing ~100 keys per pass is host time that the
     one fused launch would otherwise wait for. Off the fused path, z of the small tensors (biases,
-    norms: a few KiB) is generated on the first pass and kept for the other two, since for them the
-    per-call cost of hashing dominates, not memory."""
+    norms, small tables: under rng.PACK_LIMIT elements each) is generated on the first pass and kept
+    for the other two, since for them the per-call cost of hashing dominates, not memory."""
 
     def __init__(
         self, tensors: BlockTensors, blocks: Sequence[int], sseed: int, j: int, dist: str,

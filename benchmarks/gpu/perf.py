@@ -127,6 +127,30 @@ def step_and_replay(name: str, device: str, reps: int) -> dict:
             "round40_per_pair_over_normal_torch_ops": r["round_torch"] / 40 / r["normal_"]}
 
 
+def profile_step(name: str, device: str, rows: int = 25) -> dict:
+    """Where a fused ZO step's time goes (torch profiler, CPU and CUDA self time per op): the GPU step
+    is 1.2 x two forwards, and the host work between launches is the suspect (docs/performance.md)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    lm = C.load(name, device)
+    scorer, ids, labels = C.batch(lm)
+    rep = Replica(lm)
+    blocks = list(range(rep.num_blocks))
+
+    def step() -> None:
+        spsa_step(lambda: scorer.loss(ids, labels), rep.tensors, blocks, 1, 1e-3, 0.0)
+
+    for _ in range(3):
+        step()
+    C.sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            step()
+        C.sync(device)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return {"self_cpu_top": table.splitlines()}
+
+
 def memory(name: str, device: str) -> dict:
     from bench_memory import quarter_blocks
 
@@ -155,12 +179,15 @@ def main() -> None:
     ap.add_argument("--models", default="minilm,opt125m")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--skip-memory", action="store_true", help="speed and bit-equality only")
+    ap.add_argument("--profile", action="store_true", help="also profile a fused step (torch profiler)")
     args = ap.parse_args()
     start = time.perf_counter()
     out = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
            "golden": golden(args.device), "fused": _guarded(fused_checks, args.device), "models": {}}
     for name in args.models.split(","):
         out["models"][name] = _guarded(step_and_replay, name, args.device, args.reps)
+        if args.profile:
+            out["models"][name]["profile"] = _guarded(profile_step, name, args.device)
         if not args.skip_memory:
             out["models"][name]["memory"] = _guarded(memory, name, args.device)
         print(json.dumps(out), flush=True)  # partial results survive a later failure or timeout

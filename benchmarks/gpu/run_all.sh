@@ -6,7 +6,7 @@
 #   1. perf.py: fused-generator bit-equality, step / 2 forwards and replay / normal_, fused vs torch ops
 #   2. together: `zorba profile-memory` on the GPU (per-process peaks, unaffected by the other job)
 #      and, unless EVIDENCE=0, the planner-evidence run of issue 3 (EVIDENCE_ARGS: its options)
-# PROFILE=0 skips profile-memory; PERF_ARGS adds perf.py options (--skip-memory, --models ...).
+# PROFILE=0 skips profile-memory; PERF_ARGS adds perf.py options (--skip-memory, --profile, --models ...).
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 1

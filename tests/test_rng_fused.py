@@ -38,7 +38,7 @@ def test_fused_kernel_compiles_for_hopper_without_a_gpu():
     # Triton 3.6's generated launcher binds the arguments into locals with these names; a kernel
     # argument called `params` is silently replaced by a dict there (found on the first GPU run).
     assert set(rng_triton._rademacher_kernel.arg_names).isdisjoint({"params", "specialization", "options"})
-    signature = {"table": "*i64", "prog_tensor": "*i32", "prog_word": "*i64", "pairs": "*i32", "n_pairs": "i32",
+    signature = {"table": "*i64", "prog_tensor": "*i32", "prog_word": "*i32", "pairs": "*i32", "n_pairs": "i32",
                  "DTYPE": "constexpr", "ROUND": "constexpr", "WORDS": "constexpr"}
     for dtype, round_ in ((tl.float32, False), (tl.bfloat16, True)):
         src = ASTSource(fn=rng_triton._rademacher_kernel, signature=signature,

@@ -85,7 +85,7 @@ if triton is not None:
         t = tl.load(prog_tensor + pid).to(tl.int64)
         ptr = tl.load(table + 3 * t).to(tl.pointer_type(DTYPE))
         numel = tl.load(table + 3 * t + 1)
-        local = tl.load(prog_word + pid) + tl.arange(0, WORDS).to(tl.int64)
+        local = tl.load(prog_word + pid).to(tl.int64) + tl.arange(0, WORDS).to(tl.int64)
         counter = (tl.load(table + 3 * t + 2) + local).to(tl.uint32)  # word index mod 2^32
         lanes = tl.arange(0, 32)
         offs = local[:, None] * 32 + lanes[None, :]
@@ -114,7 +114,7 @@ def supports(tensors: Sequence[torch.Tensor]) -> bool:
     return all(t.dtype in (torch.float32, torch.bfloat16) and t.is_contiguous() for t in tensors)
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=16)  # bounded: a client's promoted blocks get new addresses every round
 def _layout(
     tensors: tuple[tuple[int, int, int], ...], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,7 +126,8 @@ def _layout(
     progs = [(i, w) for i, (_, n, _) in enumerate(tensors) for w in range(0, (n + 31) // 32, _WORDS)]
     prog = np.array(progs, dtype=np.int64).reshape(-1, 2)
     as_device = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
-    return as_device(table), as_device(prog[:, 0].astype(np.int32)), as_device(prog[:, 1])
+    # 8 bytes per program of 2048 elements (words within a tensor fit int32 below 2^36 elements)
+    return as_device(table), as_device(prog[:, 0].astype(np.int32)), as_device(prog[:, 1].astype(np.int32))
 
 
 def _params(keys: np.ndarray, scales: np.ndarray) -> np.ndarray:

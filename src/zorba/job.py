@@ -53,11 +53,6 @@ def _run_with_progress(runner: Runner | DurableRun, cfg: RunConfig) -> RunState:
         return runner.run(on_round)
 
 
-def client_peak_memory(cfg: RunConfig, state: RunState) -> list[int]:
-    """Per client: measured peak of a fresh process running its largest planned block set."""
-    return planned_client_peaks(cfg, state.lm.blocks, state.history)
-
-
 def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:
     n_params = sum(b.numel for b in state.lm.blocks)
     up, down = state.bytes_up, state.bytes_down
@@ -83,7 +78,9 @@ def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:
             "fedavg_bytes_per_client_round": 4 * n_params,
         },
         "memory": {
-            "peak_bytes_per_client": client_peak_memory(cfg, state) if cfg.measure_memory else None,
+            "peak_bytes_per_client": (
+                planned_client_peaks(cfg, state.lm.blocks, state.history) if cfg.measure_memory else None
+            ),
             "how": "peak RSS (VmHWM) of a fresh process running one local round on the client's largest block set",
         },
         "seconds": state.seconds,

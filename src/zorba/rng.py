@@ -79,13 +79,7 @@ def _lowbias32(x: torch.Tensor, tmp: torch.Tensor | None = None) -> torch.Tensor
 
 def _hash_counters(start: int, count: int, key: int, device: torch.device) -> torch.Tensor:
     """hash(start .. start + count - 1) as a fresh int32 tensor (Gaussian path and tests)."""
-    k0, k1 = _key_halves(key)
-    x = torch.arange(count, dtype=torch.int32, device=device)
-    x *= _GOLDEN
-    x += _i32(start * 0x9E3779B9 + k0)  # (start + i) * G + k0 = i * G + (start * G + k0) mod 2^32
-    _lowbias32(x)
-    x ^= k1
-    return _lowbias32(x)
+    return _hash_words(torch.arange(start, start + count, dtype=torch.int64, device=device), [key])[0]
 
 
 class _Workspace:
@@ -262,8 +256,8 @@ def add_noise_many_(
 
 
 def _hash_words(words: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
-    """hash(w) under each key for int64 word indices (< 2^32): int32 (len(keys), len(words)), the
-    same words rng streams use; one set of torch ops for all keys."""
+    """hash(w) under each key for int64 word indices: int32 (len(keys), len(words)), the same words
+    rng streams use; one set of torch ops for all keys (int64 products wrap, the low 32 bits stay exact)."""
     halves = torch.tensor([_key_halves(k) for k in keys], dtype=torch.int64, device=words.device)
     k0, k1 = halves[:, :1] & 0xFFFFFFFF, halves[:, 1:].to(torch.int32)
     x = ((words[None, :] * 0x9E3779B9 + k0) & 0xFFFFFFFF).to(torch.int32)  # keeps the low 32 bits

@@ -46,14 +46,14 @@ class _Streams:
         self.keys = [stream_key(sseed, j, b, i) for b, i, _ in owned]
         self.dist = dist
         self.deferred = deferred
-        eager = [i for i, t in enumerate(self.tensors) if deferred is None or not deferred.owns(t)]
-        self.deferred_ids = sorted(set(range(len(self.tensors))) - set(eager))
-        self.eager_ids = eager
+        owned_by_queue = [deferred is not None and deferred.owns(t) for t in self.tensors]
+        self.deferred_ids = [i for i, q in enumerate(owned_by_queue) if q]
+        self.eager_ids = eager = [i for i, q in enumerate(owned_by_queue) if not q]
         rademacher = dist == "rademacher" and bool(eager)  # the fused kernel draws Rademacher z only
         self.fused = fused_pass([self.tensors[i] for i in eager], [self.keys[i] for i in eager]) if rademacher else None
-        keep = self.fused is None
-        self.small_ids = [i for i in eager if keep and self.tensors[i].numel() < PACK_LIMIT]
-        self.large_ids = [i for i in eager if i not in set(self.small_ids)]
+        small = [self.fused is None and self.tensors[i].numel() < PACK_LIMIT for i in eager]
+        self.small_ids = [i for i, s in zip(eager, small, strict=True) if s]
+        self.large_ids = [i for i, s in zip(eager, small, strict=True) if not s]
         self.small_z: list[torch.Tensor] | None = None
 
     def add_(self, scales: dict[int, float] | float) -> None:

@@ -61,6 +61,7 @@ class Zorba(Method):
         return self.runner.eval_scorer.accuracy(*self.runner.dev)
 
     def client_peak_memory(self) -> list[int]:
-        from zorba.job import client_peak_memory
+        from zorba.memprobe import planned_client_peaks
 
-        return client_peak_memory(self.cfg, self.runner.state)
+        state = self.runner.state
+        return planned_client_peaks(self.cfg, state.lm.blocks, state.history)

@@ -149,7 +149,7 @@ def _ragged(rows: Sequence[Sequence], n_pairs: int, dtype) -> np.ndarray:
 @torch.no_grad()
 def add_rademacher_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float]) -> None:
     """tensors[t] += scales[t] * z(keys[t]) for every t: one pass of a ZO step, one launch per dtype."""
-    _launch(tensors, np.array(keys, dtype=np.uint64)[:, None], np.array(scales, dtype=np.float64)[:, None])
+    FusedPass(tensors).apply(np.array(keys, dtype=np.uint64)[:, None], np.array(scales, dtype=np.float64)[:, None])
 
 
 @torch.no_grad()
@@ -164,13 +164,7 @@ def add_rademacher_sequences_(
         raise ValueError("each tensor needs as many scales as keys")
     n_pairs = max((len(k) for k in keys), default=0)
     if n_pairs:
-        _launch(tensors, _ragged(keys, n_pairs, np.uint64), _ragged(scales, n_pairs, np.float64), word_offsets)
-
-
-def _launch(
-    tensors: Sequence[torch.Tensor], keys: np.ndarray, scales: np.ndarray, word_offsets: Sequence[int] | None = None
-) -> None:
-    FusedPass(tensors, word_offsets).apply(keys, scales)
+        FusedPass(tensors, word_offsets).apply(_ragged(keys, n_pairs, np.uint64), _ragged(scales, n_pairs, np.float64))
 
 
 class FusedPass:

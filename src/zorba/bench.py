@@ -12,14 +12,13 @@ import csv
 import json
 import math
 import os
-import tomllib
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zorba.config import RunConfig, make_config
-from zorba.errors import UserError
+from zorba.errors import UserError, read_toml
 from zorba.rng import derive_key
 
 _DEV_TAG = 0xDE5
@@ -71,12 +70,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
     from zorba.methods.base import parse_options
 
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such bench config") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "bench config")
     try:
         bench = BenchConfig(**data)
     except ValidationError as exc:

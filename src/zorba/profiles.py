@@ -13,14 +13,13 @@ assigned cyclically:
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from zorba.errors import UserError
+from zorba.errors import UserError, read_toml
 from zorba.planner.memory_model import MemoryModel
 
 MIB = float(1 << 20)
@@ -51,12 +50,7 @@ def default_profiles(num_clients: int, mem: MemoryModel, fractions: Sequence[flo
 
 def load_profiles(path: str | Path, num_clients: int) -> list[ClientProfile]:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such profile file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "profile file")
     entries = data.get("profile")
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: expected one or more [[profile]] tables")

@@ -154,6 +154,8 @@ def _mixed_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w, b = self.weight, self.bias
     if w.dtype == torch.float32:
         return nn.functional.linear(x, w, b)
+    if w.shape[0] <= _LINEAR_ROWS:  # one piece: no output buffer to copy into (an activation saved)
+        return nn.functional.linear(x, w.float(), None if b is None else b.float())
     out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32, device=x.device)
     for r in range(0, w.shape[0], _LINEAR_ROWS):
         rows = slice(r, r + _LINEAR_ROWS)
@@ -212,6 +214,9 @@ class TieredReplica(Replica):
     """A client's replica: exact fp32 state in a MasterStore, a mixed-precision working copy on the device."""
 
     def __init__(self, lm: LoadedModel, precision: str = "bf16", store: str = "auto") -> None:
+        # Before the working copies are allocated: made under glibc's raised threshold they would sit
+        # in the heap, and promoting a block to fp32 would leave their pages resident (+26 MiB, OPT-125m).
+        return_freed_memory_promptly()
         super().__init__(lm)
         self.precision = precision
         self.frozen = frozen_dtype(precision)
@@ -222,7 +227,6 @@ class TieredReplica(Replica):
         for b in range(self.num_blocks):
             self._set_working(b, self.frozen)
         reserve_workspace(self.store.device)
-        return_freed_memory_promptly()
 
     def _set_working(self, b: int, dtype: torch.dtype) -> None:
         """Re-derive block b's working tensors in `dtype` from the store, chunk by chunk."""

@@ -29,7 +29,7 @@ def class_logits(scorer: Scorer, model: nn.Module, seqs: Sequence[Sequence[int]]
 
 def _causal_logits(scorer: Scorer, model: nn.Module, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
     ids, mask = (t.to(_device(model)) for t in scorer._pad(seqs))
-    out = model(input_ids=ids, attention_mask=mask).logits
+    out = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # as Scorer: no cache
     last = mask.sum(dim=1) - 1
     final = out[torch.arange(len(seqs), device=ids.device), last].float()
     return F.log_softmax(final, dim=-1)[:, scorer.label_ids]

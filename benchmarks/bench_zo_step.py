@@ -2,7 +2,8 @@
 
 A1: ZO step time / (2 x forward time) on the same batch, all blocks active; target <= 1.10. Two step
     times: one isolated step (every table perturbed eagerly), and a step inside a client round of
-    K = 5 local steps as client.run_round runs it (large embedding tables deferred, deferred.py).
+    K = 5 local steps as client.run_round runs it (large embedding tables deferred, deferred.py;
+    small tensors in one buffer, packed.py).
 A2: perturbation cost on a fraction f of the parameters / (f x the all-blocks cost); target <= 1.2.
 
 Usage: python benchmarks/bench_zo_step.py [--models tiny,minilm,opt125m] [--reps 5] [--threads N]
@@ -19,6 +20,7 @@ import _legacy_rng as legacy
 import torch
 
 from zorba.deferred import DeferredTables
+from zorba.packed import PackedSmallTensors
 from zorba.replica import Replica
 from zorba.zo import add_scaled_noise_, spsa_step
 
@@ -38,9 +40,9 @@ def step_ratios(name: str, reps: int, device: str) -> dict:
 
     def client_round(defer: bool):
         def run():
-            with DeferredTables(lm.model, active if defer else []) as d:
+            with DeferredTables(lm.model, active if defer else []) as d, PackedSmallTensors(active if defer else []) as p:
                 for k in range(ROUND_STEPS):
-                    spsa_step(loss, tensors, blocks, k, 1e-3, 0.0, deferred=d)
+                    spsa_step(loss, tensors, blocks, k, 1e-3, 0.0, deferred=d, packed=p)
                 d.discard()  # as run_round: the round's local weights are dropped
 
         return run

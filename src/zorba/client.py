@@ -8,6 +8,7 @@ import numpy as np
 
 from zorba.data import sample_batch
 from zorba.deferred import DeferredTables
+from zorba.packed import PackedSmallTensors
 from zorba.protocol import Report, RoundPlan, step_seed
 from zorba.replica import Replica
 from zorba.scoring import Scorer
@@ -34,7 +35,7 @@ def run_round(plan: RoundPlan, state: ClientState, replica: Replica, scorer: Sco
     snap = replica.snapshot(plan.blocks)
     steps, losses = [], []
     active = [t for b in plan.blocks for t in replica.tensors[b]]
-    with DeferredTables(replica.lm.model, active, h.dist) as deferred:
+    with DeferredTables(replica.lm.model, active, h.dist) as deferred, PackedSmallTensors(active) as packed:
         for k in range(h.local_steps):
             batch = sample_batch(state.indices, h.batch_size, plan.round_seed, state.cid, k)
             ids = [data.ids[i] for i in batch]
@@ -42,7 +43,7 @@ def run_round(plan: RoundPlan, state: ClientState, replica: Replica, scorer: Sco
             sseed = step_seed(plan.round_seed, state.cid, k)
             step, loss = spsa_step(
                 lambda ids=ids, labels=labels: scorer.loss(ids, labels),
-                replica.tensors, plan.blocks, sseed, h.mu, h.lr, h.q, h.dist, deferred=deferred,
+                replica.tensors, plan.blocks, sseed, h.mu, h.lr, h.q, h.dist, deferred=deferred, packed=packed,
             )
             steps.append(step)
             losses.append(loss)

@@ -180,15 +180,17 @@ def _own_weights(lm) -> None:
 
 
 def _run(p: MemoryProbe, lm, scorer, batches, replica) -> None:
-    if p.mode == "zo":  # as client.run_round: deferred embedding tables, queue dropped at the end
+    if p.mode == "zo":  # as client.run_round: deferred tables (queue dropped at the end), packed small tensors
         from zorba.deferred import DeferredTables
+        from zorba.packed import PackedSmallTensors
         from zorba.zo import spsa_step
 
         snap = replica.snapshot(p.blocks)
-        with DeferredTables(lm.model, [t for b in p.blocks for t in replica.tensors[b]]) as deferred:
+        active = [t for b in p.blocks for t in replica.tensors[b]]
+        with DeferredTables(lm.model, active) as deferred, PackedSmallTensors(active) as packed:
             for k, (ids, labels) in enumerate(batches):
                 spsa_step(lambda ids=ids, labels=labels: scorer.loss(ids, labels), replica.tensors, p.blocks,
-                          sseed=k, mu=1e-3, lr=1e-6, deferred=deferred)
+                          sseed=k, mu=1e-3, lr=1e-6, deferred=deferred, packed=packed)
             deferred.discard()
         replica.restore(snap)
     elif p.mode == "inference":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from zorba.rng import derive_key
+from zorba.rng import derive_key, derive_keys
 
 _STEP_TAG = 0x5EED
 
@@ -97,6 +97,11 @@ def step_seed(rseed: int, client: int, step: int) -> int:
 def stream_key(sseed: int, perturbation: int, block: int, tensor: int) -> int:
     """One generator stream per (step, perturbation, block, tensor): no stream serves two blocks."""
     return derive_key(sseed, perturbation, block, tensor)
+
+
+def stream_keys(sseed: int, perturbation: int, tensors: Iterable[tuple[int, int]]) -> list[int]:
+    """stream_key for each (block, tensor) of one perturbation (the shared prefix hashed once)."""
+    return derive_keys((sseed, perturbation), tensors)
 
 
 def entries_after(log: Iterable[LogEntry], cursor: int) -> tuple[LogEntry, ...]:

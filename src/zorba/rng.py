@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
@@ -55,6 +56,23 @@ def derive_key(*ids: int) -> int:
     """A 64-bit stream key from a tuple of non-negative ints (seed, round, client, ...)."""
     packed = struct.pack(f"<{len(ids)}Q", *[i & 0xFFFFFFFFFFFFFFFF for i in ids])
     return int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little")
+
+
+def derive_keys(prefix: Sequence[int], suffixes: Iterable[Sequence[int]]) -> list[int]:
+    """[derive_key(*prefix, *s) for s in suffixes], hashing the shared prefix once: a ZO step derives
+    one key per active tensor, and on a tiny model that was a third of its non-forward time."""
+    head = hashlib.blake2b(struct.pack(f"<{len(prefix)}Q", *[i & 0xFFFFFFFFFFFFFFFF for i in prefix]), digest_size=8)
+    out = []
+    for s in suffixes:  # suffixes are small indices (block, tensor): no masking needed
+        h = head.copy()
+        h.update(_u64s(len(s)).pack(*s))
+        out.append(int.from_bytes(h.digest(), "little"))
+    return out
+
+
+@lru_cache(maxsize=8)
+def _u64s(n: int) -> struct.Struct:
+    return struct.Struct(f"<{n}Q")
 
 
 def _key_halves(key: int) -> tuple[int, int]:
@@ -219,9 +237,80 @@ def noise_small(sizes: Sequence[int], keys: Sequence[int], device: str | torch.d
     device = torch.device(device)
     if sum((n + 31) // 32 for n in sizes) > _chunk_size(device) // 32:  # beyond one workspace chunk
         return [noise(n, k, device=device) for n, k in zip(sizes, keys, strict=True)]
-    z, offsets = _packed_z(tuple(sizes), keys, device)
-    z = z.clone()
+    z, offsets = packed_noise(sizes, keys, device)
     return [z[32 * off : 32 * off + n] for n, off in zip(sizes, offsets, strict=True)]
+
+
+def packed_noise(sizes: Sequence[int], keys: Sequence[int], device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[int]]:
+    """z of several small streams (Rademacher) in one new buffer, stream i at elements 32 * offsets[i]
+    onward, padded to whole words: the layout `pack_offsets` gives (packed.py lays weights out the same
+    way, so one add moves them all). The streams must fit one workspace chunk."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _packed_z_numpy(tuple(sizes), keys)
+    z, offsets = _packed_z(tuple(sizes), keys, device)
+    return z.clone(), offsets
+
+
+def pack_offsets(sizes: Sequence[int]) -> tuple[list[int], int]:
+    """Each stream's first word in a packed buffer, and the buffer's length in words."""
+    offsets = _pack_layout(tuple(sizes), torch.device("cpu"))[2]
+    return offsets, sum((n + 31) // 32 for n in sizes)
+
+
+@lru_cache(maxsize=64)
+def _pack_layout_numpy(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    counters, owner, offsets = _pack_layout(sizes, torch.device("cpu"))
+    return counters.numpy().view(np.uint32), owner.numpy(), offsets
+
+
+def _lowbias32_numpy(x: np.ndarray) -> None:
+    x ^= x >> 16
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> 15
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> 16
+
+
+def _rademacher_rows_numpy(keys: Sequence[int], rows: np.ndarray, width: int) -> torch.Tensor:
+    """rademacher_rows on the CPU: numpy's per-call cost is a fraction of torch's, and a deferred
+    embedding lookup hashes only a few hundred words per key (tiny BERT: 60 -> 12 us)."""
+    per_row = width // 32
+    words = (rows.reshape(-1, 1) * per_row + np.arange(per_row)).reshape(-1).astype(np.uint32)  # low 32 bits
+    halves = _halves_numpy(keys)
+    x = words[None, :] * np.uint32(0x9E3779B9) + halves[:, :1]
+    _lowbias32_numpy(x)
+    x ^= halves[:, 1:]
+    _lowbias32_numpy(x)
+    return torch.from_numpy(_expand_numpy(x).reshape(len(keys), len(rows), width))
+
+
+def _halves_numpy(keys: Sequence[int]) -> np.ndarray:
+    """(low, high) 32-bit halves of each 64-bit key, uint32 (len(keys), 2)."""
+    return np.array([(k & 0xFFFFFFFF, (k >> 32) & 0xFFFFFFFF) for k in keys], dtype=np.uint32)
+
+
+def _expand_numpy(x: np.ndarray) -> np.ndarray:
+    """Workspace.expand in numpy: 32 float32 +-1 per uint32 word, bit j to the sign of element j."""
+    bits = (x[..., None] << _SHIFTS_NUMPY) & np.uint32(0x80000000)
+    bits |= np.uint32(_ONE)
+    return bits.view(np.float32)
+
+
+def _packed_z_numpy(sizes: tuple[int, ...], keys: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+    """_packed_z on the CPU in numpy uint32 (wrapping, logical shifts): the same bits with a fifth of
+    the per-call overhead, which is what a step on a tiny model pays (~36 small tensors, 34k elements:
+    115 -> 25 us, docs/performance.md)."""
+    counters, owner, offsets = _pack_layout_numpy(sizes)
+    halves = _halves_numpy(keys)
+    x = counters + halves[owner, 0]
+    _lowbias32_numpy(x)
+    x ^= halves[owner, 1]
+    _lowbias32_numpy(x)
+    return torch.from_numpy(_expand_numpy(x).reshape(-1)), offsets
+
+
+_SHIFTS_NUMPY = (31 - np.arange(32, dtype=np.uint32)).astype(np.uint32)
 
 
 @torch.no_grad()
@@ -269,6 +358,8 @@ def _hash_words(words: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
 def rademacher_rows(keys: Sequence[int], rows: torch.Tensor, width: int) -> torch.Tensor:
     """Rows `rows` of each z(key) viewed as a (n x width) table, float32 (len(keys), len(rows), width):
     the perturbations of just the embedding rows a batch looks up (deferred.py)."""
+    if rows.device.type == "cpu" and width % 32 == 0:
+        return _rademacher_rows_numpy(keys, rows.numpy().astype(np.int64), width)
     rows = rows.to(torch.int64).view(-1, 1)
     if width % 32 == 0:  # whole words per row: hash each word once and expand its 32 bits
         per_row = width // 32

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from zorba.deferred import DeferredTables
-from zorba.protocol import StepReport, stream_key
-from zorba.rng import PACK_LIMIT, add_noise_many_, fused_pass, noise, noise_small
+from zorba.packed import PackedSmallTensors
+from zorba.protocol import StepReport, stream_key, stream_keys
+from zorba.rng import PACK_LIMIT, add_noise_many_, fused_pass, noise, noise_small, packed_noise
 
 BlockTensors = Sequence[Sequence[torch.Tensor]]
 
@@ -38,15 +39,15 @@ class _Streams:
 
     def __init__(
         self, tensors: BlockTensors, blocks: Sequence[int], sseed: int, j: int, dist: str,
-        deferred: DeferredTables | None = None,
+        deferred: DeferredTables | None = None, packed: PackedSmallTensors | None = None,
     ) -> None:
         owned = [(b, i, t) for b in blocks for i, t in enumerate(tensors[b])]
         self.blocks = [b for b, _, _ in owned]
         self.tensors = [t for _, _, t in owned]
-        self.keys = [stream_key(sseed, j, b, i) for b, i, _ in owned]
+        self.keys = stream_keys(sseed, j, [(b, i) for b, i, _ in owned])
         self.dist = dist
         self.deferred = deferred
-        owned_by_queue = [deferred is not None and deferred.owns(t) for t in self.tensors]
+        owned_by_queue = [deferred.owns(t) for t in self.tensors] if deferred is not None else [False] * len(self.tensors)
         self.deferred_ids = [i for i, q in enumerate(owned_by_queue) if q]
         self.eager_ids = eager = [i for i, q in enumerate(owned_by_queue) if not q]
         rademacher = dist == "rademacher" and bool(eager)  # the fused kernel draws Rademacher z only
@@ -55,6 +56,11 @@ class _Streams:
         self.small_ids = [i for i, s in zip(eager, small, strict=True) if s]
         self.large_ids = [i for i, s in zip(eager, small, strict=True) if not s]
         self.small_z: list[torch.Tensor] | None = None
+        self.packed, self.packed_z = None, None
+        if packed is not None and self.small_ids and dist == "rademacher":
+            order = packed.order([self.tensors[i] for i in self.small_ids])
+            if order is not None:  # the small tensors live in one buffer: one add per pass
+                self.packed, self.small_ids = packed, [self.small_ids[k] for k in order]
 
     def add_(self, scales: dict[int, float] | float) -> None:
         per = [scales[b] for b in self.blocks] if isinstance(scales, dict) else [scales] * len(self.tensors)
@@ -70,6 +76,9 @@ class _Streams:
 
     @torch.no_grad()
     def _add_small_(self, per: Sequence[float]) -> None:
+        if self.packed is not None and len({per[i] for i in self.small_ids}) == 1:
+            self._add_packed_(per[self.small_ids[0]])
+            return
         if self.small_z is None:
             sizes, keys = [self.tensors[i].numel() for i in self.small_ids], [self.keys[i] for i in self.small_ids]
             device = self.tensors[self.small_ids[0]].device
@@ -88,6 +97,12 @@ class _Streams:
                 t.view(-1).add_(z.to(t.dtype), alpha=per[i])
         for scale, (ts, zs) in groups.items():  # one call per scale: elementwise t + scale * z, as add_
             torch._foreach_add_(ts, zs, alpha=scale)
+
+    def _add_packed_(self, scale: float) -> None:
+        if self.packed_z is None:
+            self.packed_z, _ = packed_noise(self.packed.sizes, [self.keys[i] for i in self.small_ids])
+        if scale != 0.0:
+            self.packed.add_(self.packed_z, scale)
 
 
 def to_f32(x: float) -> float:
@@ -123,6 +138,7 @@ def spsa_step(
     dist: str = "rademacher",
     cache_z: bool = False,
     deferred: DeferredTables | None = None,
+    packed: PackedSmallTensors | None = None,
 ) -> tuple[StepReport, float]:
     """One local ZO-SGD step; returns the step's report and the mean of its perturbed losses.
 
@@ -134,7 +150,9 @@ def spsa_step(
     scalars, losses = [], []
 
     def regenerate(j: int) -> Callable[[float], None]:
-        return _Streams(tensors, blocks, sseed, j, dist, None if cache_z else deferred).add_
+        if cache_z:
+            return _Streams(tensors, blocks, sseed, j, dist).add_
+        return _Streams(tensors, blocks, sseed, j, dist, deferred, packed).add_
 
     for j in range(q):
         shift = _CachedNoise(tensors, blocks, sseed, j, dist).add_ if cache_z else regenerate(j)

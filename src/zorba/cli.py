@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 import typer
 
+from zorba.cli_options import config_values, training_options
 from zorba.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,29 +20,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 @app.command()
+@training_options()
 def run(
-    task: str = typer.Option("sst2", help="sst2 or rte"),
-    model: str = typer.Option("minilm", help="HF model id or local folder; 'minilm' = embedded default"),
-    clients: int = typer.Option(None, help="number of clients [8]"),
-    rounds: int = typer.Option(None, help="federated rounds [30]"),
-    local_steps: int = typer.Option(None, help="local ZO steps per round [5]"),
-    lr: float = typer.Option(None, help="learning rate"),
-    mu: float = typer.Option(None, help="perturbation scale"),
-    q: int = typer.Option(None, help="perturbations per step [1]"),
-    batch_size: int = typer.Option(None, help="mini-batch size [16]"),
-    max_len: int = typer.Option(None, help="max tokens per example [64]"),
-    alpha: float = typer.Option(None, help="Dirichlet label-skew concentration [0.5]"),
-    planner: str = typer.Option(None, help="zorba | all | random | round-robin"),
-    dist: str = typer.Option(None, help="perturbation distribution: rademacher | gaussian"),
-    participation: float = typer.Option(None, help="fraction of clients per round [1.0]"),
-    train_size: int = typer.Option(None, help="subsample the training split to this many examples"),
-    eval_every: int = typer.Option(None, help="evaluate on dev every this many rounds"),
-    seed: int = typer.Option(None, help="run seed: every random choice derives from it"),
-    data_dir: Path = typer.Option(None, help="folder with <task>/train.tsv and dev.tsv"),
     test_file: Path = typer.Option(None, help="extra TSV (same format) to report accuracy on"),
     out: Path = typer.Option(Path("runs/latest"), help="output folder"),
-    overwrite: bool = typer.Option(False, help="replace an existing output folder"),
-    measure_memory: bool = typer.Option(True, help="measure each client's peak memory in a fresh process"),
     device: str = typer.Option(None, help="where clients train: cpu | cuda | cuda:N | auto [cpu]"),
     curvature_sizes: bool = typer.Option(
         False, "--curvature-sizes", help="zorba planner: weigh each block's ZO noise by its Hessian trace"
@@ -52,17 +34,15 @@ def run(
     clip: float = typer.Option(None, help="clip scalars at this multiple of the running median |g|; 0 = off [10]"),
     aggregate: str = typer.Option(None, help="per-block aggregation: mean | trimmed | median [mean]"),
     trim: float = typer.Option(None, help="fraction of a block's clients --aggregate trimmed drops [0.1]"),
+    **options,
 ) -> None:
     """Run federated ZO fine-tuning in-process and write result.json, report.md, plot, log, weights."""
     from zorba.config import make_config
     from zorba.job import run_job
 
     values = dict(
-        task=task, model=model, clients=clients, rounds=rounds, local_steps=local_steps, lr=lr, mu=mu, q=q,
-        batch_size=batch_size, max_len=max_len, alpha=alpha, planner=planner, dist=dist,
-        participation=participation, train_size=train_size, eval_every=eval_every, seed=seed,
-        data_dir=str(data_dir) if data_dir else None, test_file=str(test_file) if test_file else None,
-        measure_memory=measure_memory, device=device, curvature_sizes=curvature_sizes or None,
+        config_values(options), test_file=str(test_file) if test_file else None, device=device,
+        curvature_sizes=curvature_sizes or None,
     )
     reliability = dict(dropout=dropout, deadline=deadline, clip=clip, aggregate=aggregate, trim=trim)
     if resume is not None:
@@ -76,7 +56,7 @@ def run(
         from zorba.reliability import make_reliability
 
         rel = make_reliability(**reliability)
-        result = run_job(make_config(**values), out, overwrite=overwrite, reliability=rel)
+        result = run_job(make_config(**values), out, overwrite=options["overwrite"], reliability=rel)
     acc = result["accuracy"]
     typer.echo(f"dev accuracy {100 * acc['initial']:.2f}% -> {100 * acc['final']:.2f}%; wrote {out}/result.json")
 

@@ -11,7 +11,7 @@ import torch
 
 from zorba.blocks import block_tensors
 from zorba.models import LoadedModel, state_digest
-from zorba.protocol import LogEntry, stream_key
+from zorba.protocol import LogEntry, stream_keys
 from zorba.rng import add_noise_sequences_
 
 Op = tuple[int, int, float]  # (step seed, perturbation index, scale) applied to one block
@@ -33,7 +33,8 @@ def replay_ops(entry: LogEntry) -> dict[int, list[Op]]:
 def block_keys(b: int, tensor_ids: int | Sequence[int], ops: Sequence[Op]) -> list[list[int]]:
     """The stream keys of each listed tensor of block b (an int n: tensors 0..n-1) for each op."""
     ids = range(tensor_ids) if isinstance(tensor_ids, int) else tensor_ids
-    return [[stream_key(seed, j, b, i) for seed, j, _ in ops] for i in ids]
+    per_op = [stream_keys(seed, j, [(b, i) for i in ids]) for seed, j, _ in ops]
+    return [list(keys) for keys in zip(*per_op, strict=True)] if per_op else [[] for _ in ids]
 
 
 class Replica:

@@ -1,0 +1,61 @@
+"""The training options `zorba run` and `zorba flower-sim` share, declared once.
+
+typer builds a command's options from its function's signature, so `training_options` grafts these
+parameters onto the signature of a command that takes them as `**options`; each command declares only
+the options of its own engine.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+
+_SHARED = (  # name, type, default, help
+    ("task", str, "sst2", "sst2 or rte"),
+    ("model", str, "minilm", "HF model id or local folder; 'minilm' = embedded default"),
+    ("clients", int, None, "number of clients [8]"),
+    ("rounds", int, None, "federated rounds [30]"),
+    ("local_steps", int, None, "local ZO steps per round [5]"),
+    ("lr", float, None, "learning rate"),
+    ("mu", float, None, "perturbation scale"),
+    ("q", int, None, "perturbations per step [1]"),
+    ("batch_size", int, None, "mini-batch size [16]"),
+    ("max_len", int, None, "max tokens per example [64]"),
+    ("alpha", float, None, "Dirichlet label-skew concentration [0.5]"),
+    ("planner", str, None, "zorba | all | random | round-robin"),
+    ("dist", str, None, "perturbation distribution: rademacher | gaussian"),
+    ("participation", float, None, "fraction of clients per round [1.0]"),
+    ("train_size", int, None, "subsample the training split to this many examples"),
+    ("eval_every", int, None, "evaluate on dev every this many rounds"),
+    ("seed", int, None, "run seed: every random choice derives from it"),
+    ("data_dir", Path, None, "folder with <task>/train.tsv and dev.tsv"),
+    ("measure_memory", bool, True, "measure each client's peak memory in a fresh process"),
+    ("overwrite", bool, False, "replace an existing output folder"),
+)
+_NOT_CONFIG = {"overwrite"}
+
+
+def training_options(**help_overrides: str) -> Callable[[Callable], Callable]:
+    """Decorator: the shared options (first, in the order above), then the command's own parameters."""
+
+    def graft(command: Callable) -> Callable:
+        own = [p for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        shared = [
+            inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
+                              default=typer.Option(default, help=help_overrides.get(name, text)))
+            for name, kind, default, text in _SHARED
+        ]
+        command.__signature__ = inspect.Signature(shared + own)
+        return command
+
+    return graft
+
+
+def config_values(options: dict) -> dict:
+    """The shared options that are RunConfig fields, as make_config takes them (paths as strings)."""
+    values = {k: v for k, v in options.items() if k not in _NOT_CONFIG}
+    values["data_dir"] = str(values["data_dir"]) if values.get("data_dir") else None
+    return values

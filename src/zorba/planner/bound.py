@@ -12,7 +12,13 @@ P_l = sum_n p_n A[n, l] (the weight mass covering block l), one round at step si
     D_n = sum_{l in S_n} G_l^2 (active gradient mass), r_n = sum_{l in S_n} r_l (active effective size)
 
 r_l is block l's effective size (the coordinates the loss depends on; d_l unless estimated, see
-estimate.effective_block_sizes). Two bounds on the same quantity, min_t E|grad f(w_t)|^2:
+estimate.effective_block_sizes). With per-block smoothness (`block_smooth` L_l and `cross_smooth` eps,
+assumption A1' of docs/theory.md section 13) V and Dr are weighted per block, relative to L:
+
+    V  = sum_l (L_l / L) V_l,   Dr = sum_l sum_{n in C_l} (p_n / P_l) [c sigma2[n] + a_l sigma2[n, l]]
+    c = eps^2 / L^2,  a_l = (L_l^2 - eps^2) / L^2      (L_l = eps = L: the global form above)
+
+and the step-size condition is max_l L_l eta K <= 1/2. Two bounds on the same quantity, min_t E|grad f(w_t)|^2:
 
 - `bound` / `schedule_bound` (Theorem 1): (2 Delta / (eta K T) + mean over the window's plans of the
   above) / pi_min, pi_min the least fraction of the window's plans covering a block. A block the
@@ -51,10 +57,16 @@ class BoundConstants:
     weights: np.ndarray | None = None  # p_n, one per client id; None: equal weights
     # r_l <= d_l, the block's coordinates the loss depends on (docs/theory.md, section 2); None: d_l
     effective_sizes: np.ndarray | None = None
+    # L_l, per-block smoothness (A1', docs/theory.md section 13); None: the global L for every block
+    block_smooth: np.ndarray | None = None
+    # eps, how much block l's gradient moves with the other blocks (A1'); None: L (exact when L_l = L)
+    cross_smooth: float | None = None
 
     def __post_init__(self) -> None:
         if self.effective_sizes is None:
             object.__setattr__(self, "effective_sizes", self.block_sizes)
+        if self.block_smooth is not None:
+            object.__setattr__(self, "block_smooth", np.asarray(self.block_smooth, dtype=float))
         for name in ("block_sizes", "G2", "zeta2", "effective_sizes"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=float))
         if self.weights is not None:
@@ -66,6 +78,10 @@ class BoundConstants:
             raise ValueError("G2, zeta2 must be >= 0 and block sizes > 0")
         if np.any(self.effective_sizes <= 0) or np.any(self.effective_sizes > self.block_sizes):
             raise ValueError("effective sizes must be in (0, block size]")
+        if self.block_smooth is not None and (self.block_smooth.shape != (L,) or np.any(self.block_smooth <= 0)):
+            raise ValueError("block_smooth must have one positive entry per block")
+        if self.smooth <= 0 or (self.cross_smooth is not None and self.cross_smooth < 0):
+            raise ValueError("smooth must be > 0 and cross_smooth >= 0")
         if self.estimator not in KAPPA:
             raise ValueError(f"estimator must be one of {sorted(KAPPA)}")
         if self.local_steps < 1 or self.perturbations < 1 or self.rounds < 1:
@@ -84,6 +100,32 @@ class BoundConstants:
         """kappa_K = (1/K) sum_{k<K} k^2 = (K-1)(2K-1)/6: zero for one local step (no drift)."""
         K = self.local_steps
         return (K - 1) * (2 * K - 1) / 6.0
+
+    @property
+    def blockwise(self) -> bool:
+        """Whether A1' (per-block smoothness) replaces A1 in the bound."""
+        return self.block_smooth is not None or self.cross_smooth is not None
+
+    @property
+    def noise_weights(self) -> np.ndarray:
+        """L_l / L: the weight of block l's noise V_l in V (ones under A1)."""
+        if self.block_smooth is None:
+            return np.ones(self.n_blocks)
+        return self.block_smooth / self.smooth
+
+    @property
+    def drift_weights(self) -> tuple[float, np.ndarray]:
+        """(c, a_l): block l's drift numerator is sum_n p_n [c sigma2_n + a_l sigma2_{n,l}], c = eps^2/L^2
+        for the client's whole displacement, a_l = (L_l^2 - eps^2)/L^2 for its own block's
+        (c = 1, a = 0 under A1: every block charged with the client's whole displacement)."""
+        eps = self.smooth if self.cross_smooth is None else self.cross_smooth
+        c = (eps / self.smooth) ** 2
+        return c, self.noise_weights**2 - c
+
+    @property
+    def step_smooth(self) -> float:
+        """The smoothness of the step-size condition: max_l L_l (L under A1)."""
+        return self.smooth if self.block_smooth is None else float(self.block_smooth.max())
 
     def client_weights(self, n_clients: int) -> np.ndarray:
         """p over the planned clients, normalised to sum to 1."""
@@ -194,6 +236,10 @@ def per_round_terms(A: np.ndarray, consts: BoundConstants) -> RoundTerms:
     safe = np.where(covered, cover, 1.0)
     W = np.einsum("pnl,n,pnl->pl", A, p**2, sigma_nl)
     X = np.einsum("pnl,n,pn->pl", A, p, sigma_n)
+    if consts.blockwise:  # A1': V_l weighted by L_l / L, drift split into own block and cross part
+        c, a = consts.drift_weights
+        W = W * consts.noise_weights
+        X = c * X + a * np.einsum("pnl,n,pnl->pl", A, p, sigma_nl)
     bias = np.where(covered, consts.zeta2 * uncovered_mass / safe, 0.0)
     variance = np.where(covered, W / safe**2, 0.0)
     drift = np.where(covered, X / safe, 0.0)
@@ -206,9 +252,10 @@ def constant_term(consts: BoundConstants, eta: float) -> float:
 
 
 def optimal_step(consts: BoundConstants, variance: float, drift: float) -> float:
-    """argmin over 0 < eta <= 1/(2 L K) of 2Delta/(eta K T) + 2 L eta V + 2 L^2 eta^2 kappa_K Dr."""
+    """argmin over 0 < eta <= 1/(2 L K) of 2Delta/(eta K T) + 2 L eta V + 2 L^2 eta^2 kappa_K Dr
+    (with per-block smoothness the cap is 1/(2 max_l L_l K))."""
     L, K = consts.smooth, consts.local_steps
-    cap = 1.0 / (2 * L * K)
+    cap = 1.0 / (2 * consts.step_smooth * K)
     c1 = 2 * consts.f_gap / (K * consts.rounds)
     # derivative * eta^2: 4 L^2 kappa_K Dr eta^3 + 2 L V eta^2 - c1 = 0, one positive root
     roots = np.roots([4 * L**2 * consts.drift_factor * drift, 2 * L * variance, 0.0, -c1])

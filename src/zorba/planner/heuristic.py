@@ -74,7 +74,7 @@ def coverage_targets(problem: Problem, counts: np.ndarray) -> np.ndarray:
     c = problem.consts
     mean_mass = float(np.mean(counts)) / problem.n_blocks * c.G2.sum()
     sigma2 = (1 + c.kappa / c.perturbations) * c.G2 + c.effective_sizes * mean_mass / c.perturbations
-    a = 2 * c.zeta2 * problem.n_clients + problem.alpha * sigma2
+    a = 2 * c.zeta2 * problem.n_clients + problem.alpha * c.noise_weights * sigma2
     return np.sqrt(np.maximum(a, 1e-300) / np.maximum(problem.mem.delta, 1e-300))
 
 

@@ -241,14 +241,15 @@ class MilpModel:
             if pat.count != 0 and (pat.count is not None or pat.members):
                 by_block.setdefault(pat.block, []).append(j)
         constants = [self._set_constants(n) for n in range(p.n_clients)]
+        c, a = p.consts.drift_weights  # per-block smoothness (bound.py); c = 1, a = 0 under A1
         for blk, js in by_block.items():
             mass: dict[int, list[np.ndarray]] = {j: [] for j in js}
             for n in np.flatnonzero(p.fits[:, blk]):
                 holding = self.sets[n][:, blk]
                 per_block, whole = constants[n]
-                for j, z in self._add_split(
-                    js, n, holding, p.alpha * per_block[holding, blk], p.beta * whole[holding]
-                ):
+                var_term = p.alpha * p.consts.noise_weights[blk] * per_block[holding, blk]
+                drift_term = p.beta * (c * whole[holding] + a[blk] * per_block[holding, blk])
+                for j, z in self._add_split(js, n, holding, var_term, drift_term):
                     mass[j].append(z)
             for j in js:  # pattern k is held by exactly k clients: the masses add up to k e[j]
                 pat = self.patterns[j]

@@ -55,6 +55,8 @@ class SearchState:
         self.G2, self.d, self.q, self.kappa = c.G2, c.effective_sizes, c.perturbations, c.kappa
         self.kq = 1 + c.kappa / c.perturbations
         self.zeta2, self.alpha, self.beta = c.zeta2, problem.alpha, problem.beta
+        # per-block smoothness (bound.py): noise weights L_l / L, drift split c sigma2_n + a_l sigma2_nl
+        self.v, (self.c, self.a) = c.noise_weights, c.drift_weights
         self.delta, self.cap, self.fits = problem.mem.delta, problem.capacity, problem.fits
         self.required = problem.must_cover
         self.A = np.array(A, bool)
@@ -70,7 +72,7 @@ class SearchState:
         self.count = self.A.sum(0)
         self.P, self.U = self.p @ A, self.p @ (1 - A)
         self.W = (self.p[:, None] ** 2 * A * sigma_nl).sum(0)
-        self.X = ((self.p * self.sigma_n)[:, None] * A).sum(0)
+        self.X = (self.p[:, None] * A * self.drift_numerator(self.sigma_n[:, None], sigma_nl)).sum(0)
         self.used = A @ self.delta
         self.value = self.objective()
 
@@ -78,7 +80,7 @@ class SearchState:
         """Per-block part of J for given sums; 0 for an uncovered block (guarded by `uncovered`)."""
         covered = count > 0
         safe = np.where(covered, P, 1.0)
-        val = 2 * self.zeta2 * np.maximum(U, 0) / safe + self.alpha * W / safe**2 + self.beta * X / safe
+        val = 2 * self.zeta2 * np.maximum(U, 0) / safe + self.alpha * self.v * W / safe**2 + self.beta * X / safe
         return np.where(covered, val, 0.0)
 
     def objective(self) -> float:
@@ -86,6 +88,10 @@ class SearchState:
         if np.any(self.required & (self.count == 0)):
             return np.inf
         return float(self.phi(self.count, self.P, self.U, self.W, self.X).sum())
+
+    def drift_numerator(self, sigma_n, sigma_nl):
+        """A client's drift charge on each block: c sigma2_n + a_l sigma2_{n,l} (sigma2_n under A1)."""
+        return self.c * sigma_n + self.a * sigma_nl
 
     def sigma(self, D, dn):
         return D * (1 + (dn + self.kappa) / self.q)
@@ -102,12 +108,15 @@ class SearchState:
         P = np.where(alone, 0.0, self.P - pn * s)
         U = np.where(alone, 1.0, self.U + pn * s)
         W = np.where(alone, 0.0, self.W - pn**2 * sigma_nl * s)
-        X = np.where(alone, 0.0, self.X - pn * self.sigma_n[rows][:, None] * s)
+        X = np.where(alone, 0.0, self.X - pn * self.drift_numerator(self.sigma_n[rows][:, None], sigma_nl) * s)
         P_in = P + pn
         with_n = self.phi(count + 1, P_in, U - pn, W + pn**2 * self.kq * self.G2, X)
         gain0 = with_n - self.phi(count, P, U, W, X)
-        r = self.alpha * pn**2 * self.d / (self.q * P_in**2)
-        h = self.beta * pn / P_in
+        r = self.alpha * self.v * pn**2 * self.d / (self.q * P_in**2)
+        h = self.beta * self.c * pn / P_in
+        if np.any(self.a):  # the own-block drift a_l sigma2_{n,l}(D') = a_l (kq G_l^2 + r_l D' / q)
+            gain0 = gain0 + self.beta * self.a * pn * self.kq * self.G2 / P_in
+            r = r + self.beta * self.a * pn * self.d / (self.q * P_in)
         return gain0, r, h, s & alone & self.required
 
     def best_moves(self, rows: np.ndarray, mode: str, limit: float = np.inf) -> MoveBatch:
@@ -189,7 +198,7 @@ class SearchState:
         self.P += sign * pn * s
         self.U -= sign * pn * s
         self.W += sign * pn**2 * sigma_nl * s
-        self.X += sign * pn * self.sigma_n[n] * s
+        self.X += sign * pn * self.drift_numerator(self.sigma_n[n], sigma_nl) * s
 
 
 def _none_if_neg(x) -> int | None:

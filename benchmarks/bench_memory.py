@@ -6,8 +6,9 @@ a fresh process on the same model and batch (zorba.memprobe).
   against first-order FedAvg (Adam); paper headline -62.41% vs baselines, ours at least -70%.
 
 Both the whole-process peak ("client memory" on CPU) and the part above the runtime (peak minus the
-process's RSS before the model is loaded) are printed: on CPU the runtime (~0.4 GiB of torch and
-transformers) is a floor that no method can remove; on a GPU the peak allocation has no such floor.
+process's RSS once Python, torch and transformers' model code are imported, before any model is
+loaded) are printed: on CPU that runtime (~0.43 GiB) is a floor that no method can remove; on a GPU
+the peak allocation has no such floor.
 
 Usage: python benchmarks/bench_memory.py [--models minilm,opt125m] [--device cpu] [--batch-size 16]
 """

@@ -122,6 +122,8 @@ def _probe(p: MemoryProbe) -> dict:
     from zorba.scoring import Scorer
     from zorba.tasks import get_task, read_examples
 
+    import transformers.modeling_utils  # noqa: F401 - library code is runtime: loaded before it is measured
+
     runtime = _status_bytes("VmRSS")
     task = get_task(p.task)
     cfg = make_config(task=p.task, data_dir=p.data_dir)

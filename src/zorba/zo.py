@@ -35,7 +35,8 @@ class _Streams:
     three passes with the same keys, and on a GPU hashing ~100 keys per pass is host time that the
     one fused launch would otherwise wait for. Off the fused path, z of the small tensors (biases,
     norms, small tables: under rng.PACK_LIMIT elements each) is generated on the first pass and kept
-    for the other two, since for them the per-call cost of hashing dominates, not memory."""
+    for the other two, since for them the per-call cost of hashing dominates, not memory; when a
+    round has packed them into one buffer (packed.py), each pass over them is a single add."""
 
     def __init__(
         self, tensors: BlockTensors, blocks: Sequence[int], sseed: int, j: int, dist: str,

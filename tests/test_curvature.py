@@ -51,14 +51,19 @@ def test_sizes_are_clipped_to_one_coordinate_and_the_block_size():
         block_curvature_traces(lambda: 0.0, [[torch.zeros(3)]], probes=0)
 
 
-def test_runner_uses_curvature_sizes_in_the_zorba_planner(tiny_models, data_dir):
+@pytest.mark.parametrize("flag", ["curvature_sizes", "block_smoothness"])
+def test_runner_uses_curvature_sizes_in_the_zorba_planner(tiny_models, data_dir, flag):
     cfg = make_config(model=str(tiny_models["bert"]), clients=3, rounds=1, local_steps=1, train_size=48,
-                      data_dir=str(data_dir), batch_size=8, max_len=24, measure_memory=False,
-                      curvature_sizes=True)
+                      data_dir=str(data_dir), batch_size=8, max_len=24, measure_memory=False, **{flag: True})
     full = read_inputs(cfg)
     runner = Runner(cfg, Inputs(full.train, full.dev[:40], None))
     consts = runner.state.server.planner.prior
     assert np.all(consts.effective_sizes >= 1) and np.all(consts.effective_sizes <= consts.block_sizes)
     assert consts.effective_sizes.sum() < consts.block_sizes.sum()  # curvature, not coordinate counts
+    if flag == "block_smoothness":  # measured L_l, the global L their maximum (Theorem 3)
+        assert consts.block_smooth is not None and np.all(consts.block_smooth > 0)
+        assert consts.smooth == consts.block_smooth.max() and consts.blockwise
+    else:
+        assert consts.block_smooth is None
     runner.run()
     assert runner.state.server.replica.digest() == runner.state.device.digest()

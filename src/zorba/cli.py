@@ -28,6 +28,9 @@ def run(
     curvature_sizes: bool = typer.Option(
         False, "--curvature-sizes", help="zorba planner: weigh each block's ZO noise by its Hessian trace"
     ),
+    block_smoothness: bool = typer.Option(
+        False, "--block-smoothness", help="zorba planner: per-block smoothness L_l and Hessian traces (Theorem 3)"
+    ),
     resume: Path = typer.Option(None, help="continue the killed run whose --out was this folder"),
     dropout: float = typer.Option(None, help="chance each client is offline in a round (seeded) [0]"),
     deadline: float = typer.Option(None, help="seconds per round; later reports are left out [none]"),
@@ -42,7 +45,7 @@ def run(
 
     values = dict(
         config_values(options), test_file=str(test_file) if test_file else None, device=device,
-        curvature_sizes=curvature_sizes or None,
+        curvature_sizes=curvature_sizes or None, block_smoothness=block_smoothness or None,
     )
     reliability = dict(dropout=dropout, deadline=deadline, clip=clip, aggregate=aggregate, trim=trim)
     if resume is not None:

@@ -47,6 +47,9 @@ class RunConfig(BaseModel):
     # zorba planner: noise dimension of each block = its Hessian trace / L, estimated by the server on
     # public (dev) examples, instead of its size (planner/curvature.py; docs/theory.md, section 12)
     curvature_sizes: bool = False
+    # zorba planner: per-block smoothness L_l (top eigenvalue of H_ll, power iteration on public
+    # examples) with r_l = tr(H_ll) / L_l (Theorem 3, docs/theory.md section 13); implies the traces
+    block_smoothness: bool = False
 
     @field_validator("device")
     @classmethod

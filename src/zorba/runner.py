@@ -110,9 +110,13 @@ def make_planner(
         return RoundRobin(L, counts)
     from zorba.planner import PlanInfeasible, make_zorba_planner  # the optimised planner (docs/theory.md)
 
-    sizes = server_curvature_sizes(cfg, lm, public) if cfg.curvature_sizes else None
+    sizes, smooth = None, None
+    if cfg.block_smoothness:
+        smooth, sizes = server_block_constants(cfg, lm, public)
+    elif cfg.curvature_sizes:
+        sizes = server_curvature_sizes(cfg, lm, public)
     try:
-        return make_zorba_planner(cfg, lm, profiles, mem, effective_sizes=sizes)
+        return make_zorba_planner(cfg, lm, profiles, mem, effective_sizes=sizes, block_smooth=smooth)
     except PlanInfeasible as exc:
         raise UserError(str(exc)) from None
 
@@ -120,16 +124,42 @@ def make_planner(
 def server_curvature_sizes(cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples: int = 32) -> np.ndarray:
     """Curvature-weighted block sizes from the server's copy of the global model and public examples
     (seeded probes; the weights are restored exactly)."""
-    from zorba.planner.curvature import block_curvature_traces, curvature_sizes
+    from zorba.planner.curvature import curvature_sizes
 
+    traces = _server_traces(cfg, lm, _public_batch(cfg, lm, public, n_examples))
+    return curvature_sizes(traces, np.array([b.numel for b in lm.blocks], float))
+
+
+def server_block_constants(
+    cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """(L_l, r_l) for Theorem 3: top eigenvalues of H_ll by power iteration (two backward passes per
+    iteration and block) and traces, from the same public batch; weights restored exactly."""
+    from zorba.methods.grad_loss import loss_with_grad
+    from zorba.planner.curvature import block_top_curvatures, blockwise_constants
+
+    scorer, ids, labels = _public_batch(cfg, lm, public, n_examples)
+    tensors = block_tensors(lm.model, lm.blocks)
+    tops = block_top_curvatures(lambda: loss_with_grad(scorer, lm.model, ids, labels), tensors,
+                                seed=derive_key(cfg.seed, 0x9017))
+    traces = _server_traces(cfg, lm, (scorer, ids, labels))
+    return blockwise_constants(traces, tops, np.array([b.numel for b in lm.blocks], float))
+
+
+def _public_batch(cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples: int):
     examples = list(public)[:n_examples]
     if not examples:
-        raise UserError("--curvature-sizes needs public examples (the dev split) to probe the model")
+        raise UserError("--curvature-sizes / --block-smoothness need public examples (the dev split) to probe the model")
     scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
-    ids, labels = scorer.encode(examples), [e.label for e in examples]
-    traces = block_curvature_traces(lambda: scorer.loss(ids, labels), block_tensors(lm.model, lm.blocks),
-                                    seed=derive_key(cfg.seed, 0xC0A7))
-    return curvature_sizes(traces, np.array([b.numel for b in lm.blocks], float))
+    return scorer, scorer.encode(examples), [e.label for e in examples]
+
+
+def _server_traces(cfg: RunConfig, lm: LoadedModel, batch) -> np.ndarray:
+    from zorba.planner.curvature import block_curvature_traces
+
+    scorer, ids, labels = batch
+    return block_curvature_traces(lambda: scorer.loss(ids, labels), block_tensors(lm.model, lm.blocks),
+                                  seed=derive_key(cfg.seed, 0xC0A7))
 
 
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:

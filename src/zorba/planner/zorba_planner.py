@@ -139,10 +139,11 @@ class ZorbaPlanner(BlockPlanner):
         return rows
 
 
-def make_zorba_planner(cfg, lm, profiles, mem: MemoryModel, effective_sizes=None) -> ZorbaPlanner:
+def make_zorba_planner(cfg, lm, profiles, mem: MemoryModel, effective_sizes=None, block_smooth=None) -> ZorbaPlanner:
     """The runner's hook (zorba.runner.make_planner): the clients' budgets and speeds from their
     profiles, the run's memory model, default constants at the run's lr, K, q, T and estimator;
-    `effective_sizes` (planner/curvature.py) replace the block sizes in the noise terms."""
+    `effective_sizes` (planner/curvature.py) replace the block sizes in the noise terms and
+    `block_smooth` (L_l, Theorem 3) the global smoothness per block."""
     block_sizes = np.array([b.numel for b in lm.blocks], float)
     consts = BoundConstants.from_block_sizes(
         block_sizes,
@@ -152,6 +153,10 @@ def make_zorba_planner(cfg, lm, profiles, mem: MemoryModel, effective_sizes=None
         rounds=cfg.rounds,
         estimator=cfg.dist,
         effective_sizes=effective_sizes,
+        block_smooth=block_smooth,
+        # A1 holds with L = max_l L_l only if blocks barely interact; L also sets eps, the cross-block
+        # term, which nothing measures: the conservative choice (docs/theory.md section 13)
+        **({} if block_smooth is None else {"smooth": float(np.max(block_smooth))}),
     )
     budgets = [p.memory_bytes for p in profiles]
     speed = [p.speed for p in profiles]

@@ -11,6 +11,14 @@
 (b) At equal (heterogeneous, default) memory budgets: planners zorba / all / random / round-robin,
     final dev accuracy on a dev subset, held-out loss, forward passes, model-predicted peak memory,
     and J of the plans each run actually used (`sequence_bound`).
+(c) `--one-round-repeats R` (instead of (a) and (b)): the expected progress of ONE round from a common
+    start, what the bound's per-round terms speak about, with much less noise than a whole run. The
+    weights w0 are where the warm-up ended; each fixed plan of (a) runs R independent single rounds
+    from w0 (repeat r: the same round seed, hence the same z and minibatches, for every plan: common
+    random numbers), scored by delta = f(w1) - f(w0) on the fixed held-out set. Reports mean delta
+    and its SE per plan, Spearman(J, mean delta) per J variant with a bootstrap over repeats, the
+    split-half agreement of the measured ranking, and the plan pairs separated by > 2 SE. Writes
+    OUT/{one_round.csv, summary.json}, rewritten after every repeat (all plans at the same R).
 
 Writes OUT/{fixed_plans.csv, planners.csv, evidence.png, summary.json} (OUT = --out, default
 docs/planner_evidence); the CSV and summary are rewritten after every run, so a run cut short still
@@ -27,6 +35,9 @@ GPU (one H200, target <= 200 s; 25 runs of 24 rounds x 5 steps x 4 clients, abou
 at an estimated 10-15 ms each; results are written as it goes, so the timeout still leaves them):
     timeout 280 python benchmarks/bench_plan_evidence.py --device cuda --threads 8 --rounds 24 \
         --local-steps 5 --seeds 2 --lr 1e-4 --warmup 3 --out docs/planner_evidence/gpu
+CPU, one-round progress (c) of docs/results.md (16 repeats x 9 plans, about 40 minutes):
+    OMP_NUM_THREADS=1 timeout 2520 python benchmarks/bench_plan_evidence.py --rounds 12 --local-steps 5 \
+        --lr 1e-4 --warmup 2 --heldout 512 --one-round-repeats 16 --out docs/planner_evidence/one_round
 lr 1e-4 was picked on the CPU with the all-blocks plan on held-out *training* examples (6 rounds x 5
 steps): 5e-5 lowers the loss by 0.002, 3e-4 raises it (0.535 -> 0.548, ZO noise on 22.7 M
 parameters), 1e-4 lowers it by 0.0125 in 12 x 5 steps.
@@ -40,6 +51,7 @@ import csv
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -50,8 +62,8 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from zorba import runner as runner_mod  # noqa: E402
-from zorba.config import find_data_dir, make_config, resolve_device  # noqa: E402
-from zorba.models import load_model  # noqa: E402
+from zorba.config import RunConfig, find_data_dir, make_config, resolve_device  # noqa: E402
+from zorba.models import LoadedModel, load_model  # noqa: E402
 from zorba.planner.bound import BoundConstants, bound, plan_bound, sequence_bound  # noqa: E402
 from zorba.planner.estimate import ScalarReport, effective_block_sizes  # noqa: E402
 from zorba.plans import BlockPlanner, RandomBlocks  # noqa: E402
@@ -112,15 +124,20 @@ def public_sample(cfg) -> list:
 
 
 # --- one run ----------------------------------------------------------------------------------------
-def run_once(cfg, inputs, heldout, base_lm, planner: BlockPlanner | None) -> dict:
-    """Train for cfg.rounds with the given planner (None: the one cfg.planner names)."""
+def make_runner(cfg, inputs, lm, planner: BlockPlanner | None) -> runner_mod.Runner:
+    """A runner on a copy of `lm` with the given planner (None: the one cfg.planner names)."""
     original = runner_mod.make_planner
     if planner is not None:
         runner_mod.make_planner = lambda *a, **k: planner
     try:
-        r = runner_mod.Runner(cfg, inputs, lm=copy.deepcopy(base_lm))
+        return runner_mod.Runner(cfg, inputs, lm=copy.deepcopy(lm))
     finally:
         runner_mod.make_planner = original
+
+
+def run_once(cfg, inputs, heldout, base_lm, planner: BlockPlanner | None) -> dict:
+    """Train for cfg.rounds with the given planner (None: the one cfg.planner names)."""
+    r = make_runner(cfg, inputs, base_lm, planner)
     forwards = count_forwards(r)
     held_ids = r.eval_scorer.encode(heldout)
     held_labels = [e.label for e in heldout]
@@ -128,7 +145,7 @@ def run_once(cfg, inputs, heldout, base_lm, planner: BlockPlanner | None) -> dic
     state = r.run()
     blocks = [h["blocks"] for h in state.history]
     return {
-        "heldout_loss": heldout_loss(r, held_ids, held_labels),
+        "heldout_loss": heldout_loss(r.eval_scorer, held_ids, held_labels),
         "train_loss": float(np.mean([h["train_loss"] for h in state.history[-2:]])),
         "dev_accuracy": state.accuracy["final"],
         "forwards": forwards[0],
@@ -137,6 +154,7 @@ def run_once(cfg, inputs, heldout, base_lm, planner: BlockPlanner | None) -> dic
         "over_budget": over_budget(r, blocks),
         "plans": rounds_as_matrices(r, blocks),
         "planner": r.state.server.planner,
+        "model": r.state.lm,  # the global weights after the run (the server's replica)
     }
 
 
@@ -152,10 +170,14 @@ def count_forwards(r) -> list[int]:
     return counter
 
 
-def heldout_loss(r, ids, labels, batch: int = 64) -> float:
+def heldout_loss(scorer: Scorer, ids, labels, batch: int = 64) -> float:
+    """Mean cross-entropy; examples are batched by length (a batch is padded to its longest, and the
+    mean does not depend on the order), which halves the padding on SST-2."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    ids, labels = [ids[i] for i in order], [labels[i] for i in order]
     with torch.no_grad():
         parts = [
-            r.eval_scorer.loss(ids[i : i + batch], labels[i : i + batch]) * len(ids[i : i + batch])
+            scorer.loss(ids[i : i + batch], labels[i : i + batch]) * len(ids[i : i + batch])
             for i in range(0, len(ids), batch)
         ]
     return float(sum(parts) / len(ids))
@@ -207,11 +229,12 @@ def priors(cfg, block_sizes: np.ndarray, eff: np.ndarray, base_lm) -> dict[str, 
     }
 
 
-def warmup_reports(cfg, inputs, heldout, base_lm, n_blocks: int, rounds: int) -> list[ScalarReport]:
-    """Short warm-up with random 3-block plans (varied block sets identify G_l^2)."""
+def warmup(cfg, inputs, heldout, base_lm, n_blocks: int, rounds: int) -> tuple[list[ScalarReport], LoadedModel]:
+    """Short warm-up with random 3-block plans (varied block sets identify G_l^2): the clients'
+    reports and the weights it ends at."""
     rec = FixedPlan(np.ones((cfg.clients, n_blocks)), inner=RandomBlocks(n_blocks, [3] * cfg.clients, seed=cfg.seed + 99))
-    run_once(cfg.model_copy(update={"rounds": rounds, "eval_every": rounds}), inputs, heldout, base_lm, rec)
-    return rec.reports
+    res = run_once(cfg.model_copy(update={"rounds": rounds, "eval_every": rounds}), inputs, heldout, base_lm, rec)
+    return rec.reports, res["model"]
 
 
 def all_bounds(A: np.ndarray, consts: dict[str, BoundConstants]) -> dict[str, float]:
@@ -286,16 +309,38 @@ def distinct_plans(args, cfg, inputs, base_lm) -> dict[str, np.ndarray]:
     return plans
 
 
-def part_a(args, base_lm, block_sizes, eff, progress) -> tuple[list[dict], dict]:
+@dataclass
+class FixedPlanSetup:
+    """What every fixed plan shares: config (generous budgets), data, the bound's constants (prior
+    and re-estimated from the warm-up) and the weights the warm-up ended at."""
+
+    cfg: RunConfig
+    inputs: runner_mod.Inputs
+    heldout: list
+    consts: dict[str, BoundConstants]
+    warmed: LoadedModel
+
+    def info(self) -> dict:
+        est = self.consts
+        return {"G2": est["eff_est"].G2.tolist(), "zeta2": est["eff_est"].zeta2.tolist(),
+                "G2_raw_prior_fit": est["raw_est"].G2.tolist()}
+
+
+def fixed_plan_setup(args, base_lm, block_sizes, eff) -> FixedPlanSetup:
     cfg = make_config(**common(args), block_fractions=(1.0,), planner="zorba")
     inputs, heldout = split_data(cfg, args.train_size, args.heldout, args.dev)
     consts = priors(cfg, block_sizes, eff, base_lm)
-    reports = warmup_reports(cfg, inputs, heldout, base_lm, len(block_sizes), args.warmup)
+    reports, warmed = warmup(cfg, inputs, heldout, base_lm, len(block_sizes), args.warmup)
     for name in ("raw", "eff", "curv"):
         consts[f"{name}_est"] = consts[name].estimate_from_scalars(reports)
-    initial = heldout_loss_of(cfg, inputs, heldout, base_lm)
-    info = {"initial_loss": initial, "G2": consts["eff_est"].G2.tolist(), "zeta2": consts["eff_est"].zeta2.tolist(),
-            "G2_raw_prior_fit": consts["raw_est"].G2.tolist()}
+    return FixedPlanSetup(cfg, inputs, heldout, consts, warmed)
+
+
+def part_a(args, base_lm, block_sizes, eff, progress) -> tuple[list[dict], dict]:
+    setup = fixed_plan_setup(args, base_lm, block_sizes, eff)
+    cfg, inputs, heldout, consts = setup.cfg, setup.inputs, setup.heldout, setup.consts
+    initial = heldout_loss_of(cfg, heldout, base_lm)
+    info = {"initial_loss": initial, **setup.info()}
     rows = []
     for name, A in distinct_plans(args, cfg, inputs, base_lm).items():
         # Same data split and held-out set; the run seed (partition, z, batches) varies: the mean over
@@ -326,9 +371,9 @@ def part_a(args, base_lm, block_sizes, eff, progress) -> tuple[list[dict], dict]
     return rows, {**info, "consts": consts}
 
 
-def heldout_loss_of(cfg, inputs, heldout, base_lm) -> float:
-    r = runner_mod.Runner(cfg.model_copy(update={"planner": "all"}), inputs, lm=copy.deepcopy(base_lm))
-    return heldout_loss(r, r.eval_scorer.encode(heldout), [e.label for e in heldout])
+def heldout_loss_of(cfg, heldout, lm: LoadedModel) -> float:
+    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
+    return heldout_loss(scorer, scorer.encode(heldout), [e.label for e in heldout])
 
 
 def correlations(rows: list[dict]) -> dict[str, dict]:
@@ -340,7 +385,7 @@ def correlations(rows: list[dict]) -> dict[str, dict]:
     for key in J_COLUMNS:
         J = np.array([r[key] for r in rows])
         finite = np.isfinite(J)
-        ranked = np.where(finite, J, np.nanmax(J[finite]) * 10 if finite.any() else 1.0)
+        ranked = inf_ranked_last(J)
         out[key] = {
             "spearman": _rho(ranked, loss),
             "per_seed": [_rho(ranked, per_seed[:, i]) for i in range(per_seed.shape[1])],
@@ -350,8 +395,148 @@ def correlations(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def inf_ranked_last(J: np.ndarray) -> np.ndarray:
+    """J with +inf replaced by a value above every finite one (ties among the infinite ones)."""
+    finite = np.isfinite(J)
+    return np.where(finite, J, np.nanmax(J[finite]) * 10 if finite.any() else 1.0)
+
+
 def _rho(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic) if len(x) >= 3 else float("nan")
+
+
+# --- one-round progress from a common start ---------------------------------------------------------
+def one_round(args, base_lm, block_sizes, eff, write) -> tuple[list[dict], dict]:
+    """Every plan, R times, runs ONE round (all clients, K local steps, the server's per-block
+    aggregation) from the same weights w0 (where the warm-up ended) and is scored by
+    delta = f(w1) - f(w0) on the fixed held-out set: the expected one-round progress, which is what
+    the bound's per-round terms speak about. Repeat r uses the same round seed (z and minibatches)
+    for every plan, so differences between plans are measured with common random numbers. Repeats
+    are the outer loop: a run cut short still has every plan at the same number of repeats."""
+    setup = fixed_plan_setup(args, base_lm, block_sizes, eff)
+    cfg = setup.cfg
+    scorer = Scorer(setup.warmed, get_task(cfg.task), cfg.max_len)
+    held = (scorer.encode(setup.heldout), [e.label for e in setup.heldout])
+    f0 = heldout_loss(scorer, *held)
+    info = {"initial_loss": f0, **setup.info()}
+    print(f"  f(w0) on {len(held[0])} held-out examples: {f0:.6f}", flush=True)
+    plans = distinct_plans(args, cfg, setup.inputs, base_lm)
+    deltas: dict[str, list[float]] = {name: [] for name in plans}
+    seconds = dict.fromkeys(plans, 0.0)
+    rows: list[dict] = []
+    for rep in range(args.one_round_repeats):
+        seed = derive_key(cfg.seed, 0x0E1, rep)
+        for name, A in plans.items():
+            started = time.perf_counter()
+            deltas[name].append(one_round_delta(cfg, setup.inputs, setup.warmed, A, seed, held) - f0)
+            seconds[name] += time.perf_counter() - started
+        rows = one_round_rows(plans, deltas, seconds, setup.consts)
+        print(f"  repeat {rep + 1}: " + " ".join(f"{d[-1]:+.5f}" for d in deltas.values()), flush=True)
+        write(rows, info)
+    return rows, info
+
+
+def one_round_delta(cfg, inputs, w0: LoadedModel, A: np.ndarray, seed: int, held) -> float:
+    """f(w1) on the held-out set after one round of plan A from w0 with the given round seed."""
+    r = make_runner(cfg, inputs, w0, FixedPlan(A))
+    # Only the round seed changes between repeats (it draws z and the minibatches); the federation
+    # (the Dirichlet partition, from cfg.seed) stays the same.
+    r.state.server.seed = seed
+    r.run_round()
+    return heldout_loss(r.eval_scorer, *held)
+
+
+def one_round_rows(plans: dict[str, np.ndarray], deltas: dict[str, list[float]], seconds: dict[str, float],
+                   consts: dict[str, BoundConstants]) -> list[dict]:
+    rows = []
+    for name, A in plans.items():
+        d = np.array(deltas[name])
+        rows.append({
+            "plan": name,
+            "A": "|".join("".join(str(int(x)) for x in row) for row in A),
+            **all_bounds(A, consts),
+            "mean_delta": float(d.mean()),
+            "se_delta": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"),
+            "repeats": len(d),
+            "deltas": " ".join(f"{x:.7f}" for x in d),
+            "seconds": seconds[name],
+        })
+    return rows
+
+
+def one_round_summary(rows: list[dict], boot: int = 1000, seed: int = 0) -> dict:
+    """Spearman(J, mean delta) per J variant (positive: lower J, more progress), with a bootstrap
+    over repeats (resampled jointly for all plans, keeping the common random numbers) and the
+    split-half agreement of the measured ranking with itself; and how many plan pairs the repeats
+    separate by more than 2 standard errors (paired: the SE of the per-repeat difference)."""
+    D = np.array([[float(x) for x in r["deltas"].split()] for r in rows])  # plans x repeats
+    mean = D.mean(1)
+    R = D.shape[1]
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, R, size=(boot, R))
+    boot_means = D[:, picks].mean(2)  # plans x boot
+    out: dict = {"repeats": R, "n_plans": len(rows)}
+    out["spearman_J_vs_mean_delta"] = {}
+    for key in J_COLUMNS:
+        J = inf_ranked_last(np.array([r[key] for r in rows]))
+        boots = np.array([_rho(J, boot_means[:, b]) for b in range(boot)])
+        out["spearman_J_vs_mean_delta"][key] = {
+            "spearman": _rho(J, mean),
+            "bootstrap_5_50_95": np.nanpercentile(boots, [5, 50, 95]).tolist(),
+        }
+    half = R // 2
+    out["split_half_spearman"] = _rho(D[:, :half].mean(1), D[:, half:].mean(1)) if half >= 2 else float("nan")
+    out["separated_pairs"] = separated_pairs(D)
+    return out
+
+
+def separated_pairs(D: np.ndarray) -> dict:
+    """Plan pairs whose mean deltas differ by more than 2 SE: paired (common random numbers) and as
+    if the plans had been run independently (the two SEs added in quadrature)."""
+    P, R = D.shape
+    se = D.std(1, ddof=1) / np.sqrt(R)
+    paired = unpaired = 0
+    for i in range(P):
+        for j in range(i + 1, P):
+            diff = D[i] - D[j]
+            gap = abs(diff.mean())
+            paired += gap > 2 * diff.std(ddof=1) / np.sqrt(R)
+            unpaired += gap > 2 * np.hypot(se[i], se[j])
+    return {"pairs": P * (P - 1) // 2, "paired_2se": int(paired), "unpaired_2se": int(unpaired)}
+
+
+def write_one_round(out: Path, args, rows: list[dict], info: dict, seconds: float, done: bool) -> dict:
+    write_csv(out / "one_round.csv", rows)
+    summary = {
+        "complete": done,
+        "seconds": seconds,
+        "device": args.resolved_device,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "resolved_device"},
+        "f_w0_heldout": info.get("initial_loss"),
+        "effective_sizes": info.get("effective_sizes"),
+        "block_sizes": info.get("block_sizes"),
+        "G2_estimated": info.get("G2"),
+        "zeta2_estimated": info.get("zeta2"),
+        **(one_round_summary(rows) if rows and rows[0]["repeats"] >= 2 else {}),
+        "plans": [{k: r[k] for k in ("plan", "A", "mean_delta", "se_delta", *J_COLUMNS)} for r in rows],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def report_one_round(rows: list[dict], summary: dict) -> None:
+    print(f"\nf(w0) = {summary['f_w0_heldout']:.6f}; {summary['repeats']} repeats per plan")
+    print(f"{'plan':30s} {'J2_eff_est':>11s} {'J2_curv_est':>11s} {'mean delta':>11s} {'se':>9s}")
+    for r in sorted(rows, key=lambda r: r["mean_delta"]):
+        print(f"{r['plan']:30s} {r['J2_eff_est']:11.5g} {r['J2_curv_est']:11.5g} {r['mean_delta']:+11.6f} "
+              f"{r['se_delta']:9.6f}")
+    for key, c in summary["spearman_J_vs_mean_delta"].items():
+        lo, mid, hi = c["bootstrap_5_50_95"]
+        print(f"Spearman({key}, mean delta): {c['spearman']:+.3f} (bootstrap 5-95%: {lo:+.2f} .. {hi:+.2f})")
+    sep = summary["separated_pairs"]
+    print(f"split-half Spearman of the measured ranking: {summary['split_half_spearman']:+.3f}; pairs separated "
+          f"by > 2 SE: {sep['paired_2se']} of {sep['pairs']} paired, {sep['unpaired_2se']} unpaired")
+    print(f"total {summary['seconds']:.0f} s on {summary['device']}")
 
 
 # --- part (b) ---------------------------------------------------------------------------------------
@@ -363,7 +548,7 @@ def part_b(args, base_lm, consts: dict[str, BoundConstants], progress, rows_a, i
         res = run_once(cfg, inputs, heldout, base_lm, None)
         J = sequence_bound(res["plans"], consts["eff_est"])
         rows.append({"planner": planner, "J2_eff_est_of_run": J,
-                     **{k: v for k, v in res.items() if k not in ("planner", "plans")}})
+                     **{k: v for k, v in res.items() if k not in ("planner", "plans", "model")}})
         print(
             f"  {planner:12s} acc={res['dev_accuracy']:.3f} loss={res['heldout_loss']:.5f} J={J:.6g} "
             f"({res['seconds']:.0f} s)",
@@ -463,6 +648,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-b", action="store_true", help="only part (a)")
+    ap.add_argument("--one-round-repeats", type=int, default=0,
+                    help="R > 0: instead of (a) and (b), R one-round repeats per fixed plan from the warm-up's weights")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return ap.parse_args()
 
@@ -483,6 +670,9 @@ def main() -> None:
         info.update({k: v for k, v in extra.items() if k != "consts"})
         write_outputs(args.out, args, rows_a, rows_b, info, time.perf_counter() - started, done=False)
 
+    if args.one_round_repeats > 0:
+        main_one_round(args, base_lm, block_sizes, eff, info, started)
+        return
     print(f"(a) fixed plans; effective sizes {eff.astype(int).tolist()}", flush=True)
     rows_a, info_a = part_a(args, base_lm, block_sizes, eff, progress)
     rows_b = []
@@ -493,6 +683,16 @@ def main() -> None:
     summary = write_outputs(args.out, args, rows_a, rows_b, info, time.perf_counter() - started, done=True)
     plot(args.out / "evidence.png", rows_a, rows_b)
     report(rows_a, rows_b, summary)
+
+
+def main_one_round(args, base_lm, block_sizes, eff, info: dict, started: float) -> None:
+    def write(rows, extra, done=False) -> dict:
+        info.update(extra)
+        return write_one_round(args.out, args, rows, info, time.perf_counter() - started, done)
+
+    print(f"one-round progress, {args.one_round_repeats} repeats; effective sizes {eff.astype(int).tolist()}", flush=True)
+    rows, extra = one_round(args, base_lm, block_sizes, eff, write)
+    report_one_round(rows, write(rows, extra, done=True))
 
 
 def report(rows_a: list[dict], rows_b: list[dict], summary: dict) -> None:

@@ -74,7 +74,8 @@ from zorba.tasks import get_task, read_examples  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "planner_evidence"
 MIB = float(1 << 20)
 # The J variants ranked against the loss: (column, theorem, noise dimension, constants)
-J_COLUMNS = ("J2_eff_est", "J2_eff_prior", "J2_raw_est", "J2_raw_prior", "J1_raw_est", "J2_curv_est", "J2_curv_prior")
+J_COLUMNS = ("J2_eff_est", "J2_eff_prior", "J2_raw_est", "J2_raw_prior", "J1_raw_est", "J2_curv_est", "J2_curv_prior",
+             "J2_blk_est", "J2_blk_prior")
 
 
 class FixedPlan(BlockPlanner):
@@ -222,10 +223,12 @@ def effective_sizes(cfg, base_lm) -> np.ndarray:
 def priors(cfg, block_sizes: np.ndarray, eff: np.ndarray, base_lm) -> dict[str, BoundConstants]:
     run = dict(lr=cfg.lr, local_steps=cfg.local_steps, perturbations=cfg.q, rounds=cfg.rounds, estimator=cfg.dist)
     curv = runner_mod.server_curvature_sizes(cfg, base_lm, public_sample(cfg))  # as `zorba run --curvature-sizes`
+    smooth, blk = runner_mod.server_block_constants(cfg, base_lm, public_sample(cfg))  # as --block-smoothness
     return {
         "raw": BoundConstants.from_block_sizes(block_sizes, **run),
         "eff": BoundConstants.from_block_sizes(block_sizes, effective_sizes=eff, **run),
         "curv": BoundConstants.from_block_sizes(block_sizes, effective_sizes=curv, **run),
+        "blk": BoundConstants.from_block_sizes(block_sizes, effective_sizes=blk, block_smooth=smooth, **run),
     }
 
 
@@ -246,6 +249,8 @@ def all_bounds(A: np.ndarray, consts: dict[str, BoundConstants]) -> dict[str, fl
         "J1_raw_est": bound(A, consts["raw_est"]),
         "J2_curv_est": plan_bound(A, consts["curv_est"]),
         "J2_curv_prior": plan_bound(A, consts["curv"]),
+        "J2_blk_est": plan_bound(A, consts["blk_est"]),
+        "J2_blk_prior": plan_bound(A, consts["blk"]),
     }
 
 
@@ -331,7 +336,7 @@ def fixed_plan_setup(args, base_lm, block_sizes, eff) -> FixedPlanSetup:
     inputs, heldout = split_data(cfg, args.train_size, args.heldout, args.dev)
     consts = priors(cfg, block_sizes, eff, base_lm)
     reports, warmed = warmup(cfg, inputs, heldout, base_lm, len(block_sizes), args.warmup)
-    for name in ("raw", "eff", "curv"):
+    for name in ("raw", "eff", "curv", "blk"):
         consts[f"{name}_est"] = consts[name].estimate_from_scalars(reports)
     return FixedPlanSetup(cfg, inputs, heldout, consts, warmed)
 

@@ -164,11 +164,16 @@ class BoundConstants:
     ) -> BoundConstants:
         """Defaults before anything is measured: G_l^2 proportional to the effective size r_l (d_l
         unless `effective_sizes` is given: a coordinate the loss ignores has no gradient) with total
-        `gradient_mass`, and zeta_l^2 = heterogeneity * G_l^2 (zeta_l^2 <= G_l^2 always)."""
+        `gradient_mass`, and zeta_l^2 = heterogeneity * G_l^2 (zeta_l^2 <= G_l^2 always). Given
+        `block_smooth` and no `smooth`, L = max_l L_l."""
         if not 0.0 <= heterogeneity <= 1.0:
             raise ValueError("heterogeneity is a fraction of G_l^2 in [0, 1]")
         d = np.asarray(block_sizes, dtype=float)
         r = d if kwargs.get("effective_sizes") is None else np.asarray(kwargs["effective_sizes"], float)
+        if kwargs.get("block_smooth") is not None and "smooth" not in kwargs:
+            # A1 with L = max_l L_l; L is also the default eps, the cross-block curvature that nothing
+            # measures: the conservative choice (docs/theory.md section 13)
+            kwargs["smooth"] = float(np.max(kwargs["block_smooth"]))
         G2 = gradient_mass * r / r.sum()
         return cls(d, G2, heterogeneity * G2, **kwargs)
 

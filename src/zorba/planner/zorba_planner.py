@@ -154,9 +154,6 @@ def make_zorba_planner(cfg, lm, profiles, mem: MemoryModel, effective_sizes=None
         estimator=cfg.dist,
         effective_sizes=effective_sizes,
         block_smooth=block_smooth,
-        # A1 holds with L = max_l L_l only if blocks barely interact; L also sets eps, the cross-block
-        # term, which nothing measures: the conservative choice (docs/theory.md section 13)
-        **({} if block_smooth is None else {"smooth": float(np.max(block_smooth))}),
     )
     budgets = [p.memory_bytes for p in profiles]
     speed = [p.speed for p in profiles]

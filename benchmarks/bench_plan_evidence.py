@@ -38,6 +38,9 @@ at an estimated 10-15 ms each; results are written as it goes, so the timeout st
 CPU, one-round progress (c) of docs/results.md (16 repeats x 9 plans, about 40 minutes):
     OMP_NUM_THREADS=1 timeout 2520 python benchmarks/bench_plan_evidence.py --rounds 12 --local-steps 5 \
         --lr 1e-4 --warmup 2 --heldout 512 --one-round-repeats 16 --out docs/planner_evidence/one_round
+more repeats with new round seeds, then one table (--merge checks the runs agree on plans and J):
+    ... the same --one-round-repeats 40 --repeat-offset 16 --out runs/one_round_16
+    python benchmarks/bench_plan_evidence.py --merge docs/planner_evidence/one_round runs/one_round_16 --out OUT
 lr 1e-4 was picked on the CPU with the all-blocks plan on held-out *training* examples (6 rounds x 5
 steps): 5e-5 lowers the loss by 0.002, 3e-4 raises it (0.535 -> 0.548, ZO noise on 22.7 M
 parameters), 1e-4 lowers it by 0.0125 in 12 x 5 steps.
@@ -429,7 +432,7 @@ def one_round(args, base_lm, block_sizes, eff, write) -> tuple[list[dict], dict]
     deltas: dict[str, list[float]] = {name: [] for name in plans}
     seconds = dict.fromkeys(plans, 0.0)
     rows: list[dict] = []
-    for rep in range(args.one_round_repeats):
+    for rep in range(args.repeat_offset, args.repeat_offset + args.one_round_repeats):
         seed = derive_key(cfg.seed, 0x0E1, rep)
         for name, A in plans.items():
             started = time.perf_counter()
@@ -439,6 +442,37 @@ def one_round(args, base_lm, block_sizes, eff, write) -> tuple[list[dict], dict]
         print(f"  repeat {rep + 1}: " + " ".join(f"{d[-1]:+.5f}" for d in deltas.values()), flush=True)
         write(rows, info)
     return rows, info
+
+
+def merge_one_round(dirs: list[Path], out: Path) -> None:
+    """One table from runs with disjoint repeats (--repeat-offset) of the same settings: the deltas
+    concatenated per plan; the J columns must agree where the runs share them (same seed, same
+    warm-up, same constants), and the run with the most columns supplies them."""
+    runs = [list(csv.DictReader((d / "one_round.csv").open())) for d in dirs]
+    base = max(runs, key=lambda rows: len(rows[0]))
+    rows = []
+    for i, row in enumerate(base):
+        deltas, seconds = [], 0.0
+        for run in runs:
+            other = run[i]
+            if (other["plan"], other["A"]) != (row["plan"], row["A"]):
+                raise SystemExit(f"merge: {other['plan']!r} does not match {row['plan']!r}: not the same plans")
+            for key in J_COLUMNS:
+                if key in other and not np.isclose(float(other[key]), float(row[key]), rtol=1e-9):
+                    raise SystemExit(f"merge: {key} of {row['plan']!r} differs between runs: not the same settings")
+            deltas += [float(x) for x in other["deltas"].split()]
+            seconds += float(other["seconds"])
+        d = np.array(deltas)
+        rows.append({**{k: float(row[k]) for k in J_COLUMNS}, "plan": row["plan"], "A": row["A"],
+                     "mean_delta": float(d.mean()), "se_delta": float(d.std(ddof=1) / np.sqrt(len(d))),
+                     "repeats": len(d), "deltas": " ".join(f"{x:.7f}" for x in d), "seconds": seconds})
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "one_round.csv", rows)
+    summary = {"merged_from": [str(d) for d in dirs], **one_round_summary(rows),
+               "plans": [{k: r[k] for k in ("plan", "A", "mean_delta", "se_delta", *J_COLUMNS)} for r in rows]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    report_one_round(rows, {**summary, "f_w0_heldout": float("nan"), "seconds": sum(r["seconds"] for r in rows),
+                            "device": "merged"})
 
 
 def one_round_delta(cfg, inputs, w0: LoadedModel, A: np.ndarray, seed: int, held) -> float:
@@ -513,15 +547,7 @@ def separated_pairs(D: np.ndarray) -> dict:
 def write_one_round(out: Path, args, rows: list[dict], info: dict, seconds: float, done: bool) -> dict:
     write_csv(out / "one_round.csv", rows)
     summary = {
-        "complete": done,
-        "seconds": seconds,
-        "device": args.resolved_device,
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "resolved_device"},
-        "f_w0_heldout": info.get("initial_loss"),
-        "effective_sizes": info.get("effective_sizes"),
-        "block_sizes": info.get("block_sizes"),
-        "G2_estimated": info.get("G2"),
-        "zeta2_estimated": info.get("zeta2"),
+        **summary_header(args, info, seconds, done, loss_key="f_w0_heldout"),
         **(one_round_summary(rows) if rows and rows[0]["repeats"] >= 2 else {}),
         "plans": [{k: r[k] for k in ("plan", "A", "mean_delta", "se_delta", *J_COLUMNS)} for r in rows],
     }
@@ -573,19 +599,26 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def write_outputs(out: Path, args, rows_a, rows_b, info, seconds: float, done: bool) -> dict:
-    write_csv(out / "fixed_plans.csv", rows_a)
-    write_csv(out / "planners.csv", rows_b)
-    summary = {
+def summary_header(args, info: dict, seconds: float, done: bool, loss_key: str) -> dict:
+    """What every summary.json starts with: settings, timing, the starting loss and the constants."""
+    return {
         "complete": done,
         "seconds": seconds,
         "device": args.resolved_device,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "resolved_device"},
-        "initial_heldout_loss": info.get("initial_loss"),
+        loss_key: info.get("initial_loss"),
         "effective_sizes": info.get("effective_sizes"),
         "block_sizes": info.get("block_sizes"),
         "G2_estimated": info.get("G2"),
         "zeta2_estimated": info.get("zeta2"),
+    }
+
+
+def write_outputs(out: Path, args, rows_a, rows_b, info, seconds: float, done: bool) -> dict:
+    write_csv(out / "fixed_plans.csv", rows_a)
+    write_csv(out / "planners.csv", rows_b)
+    summary = {
+        **summary_header(args, info, seconds, done, loss_key="initial_heldout_loss"),
         "spearman_J_vs_heldout_loss": correlations(rows_a) if len(rows_a) >= 3 else {},
         "planners": [{k: r[k] for k in ("planner", "dev_accuracy", "heldout_loss", "J2_eff_est_of_run")} for r in rows_b],
     }
@@ -655,12 +688,19 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--skip-b", action="store_true", help="only part (a)")
     ap.add_argument("--one-round-repeats", type=int, default=0,
                     help="R > 0: instead of (a) and (b), R one-round repeats per fixed plan from the warm-up's weights")
+    ap.add_argument("--repeat-offset", type=int, default=0,
+                    help="index of the first one-round repeat: extends an earlier run with new round seeds")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="combine the one_round.csv of these runs (disjoint repeats, same settings) into --out")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.merge:
+        merge_one_round(args.merge, args.out)
+        return
     args.resolved_device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

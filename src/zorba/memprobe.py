@@ -117,12 +117,11 @@ def probe_batches(p: MemoryProbe, scorer, examples) -> list[tuple[list[list[int]
 
 def _probe(p: MemoryProbe) -> dict:
     import torch
+    import transformers.modeling_utils  # noqa: F401 - library code is runtime: loaded before it is measured
 
     from zorba.config import find_data_dir, make_config
     from zorba.scoring import Scorer
     from zorba.tasks import get_task, read_examples
-
-    import transformers.modeling_utils  # noqa: F401 - library code is runtime: loaded before it is measured
 
     runtime = _status_bytes("VmRSS")
     task = get_task(p.task)

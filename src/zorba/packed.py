@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from zorba.rng import PACK_LIMIT, _chunk_size, pack_offsets
+from zorba.rng import PACK_LIMIT, fits_one_pack, pack_offsets
 
 
 class PackedSmallTensors:
@@ -30,11 +30,10 @@ class PackedSmallTensors:
         self.members: list[torch.Tensor] = [t for t in _unique(tensors) if _eligible(t)]
         self.sizes = [t.numel() for t in self.members]
         self.buffer: torch.Tensor | None = None
-        words = sum((n + 31) // 32 for n in self.sizes)
-        if len(self.members) < 2 or words > _chunk_size(torch.device("cpu")) // 32:  # nothing to gain / too big
+        if len(self.members) < 2 or not fits_one_pack(self.sizes):  # nothing to gain / too big for one z
             self.members, self.sizes = [], []
             return
-        offsets, _ = pack_offsets(self.sizes)
+        offsets, words = pack_offsets(self.sizes)
         self.buffer = torch.zeros(32 * words, dtype=torch.float32)
         for t, off in zip(self.members, offsets, strict=True):
             view = self.buffer[32 * off : 32 * off + t.numel()]

@@ -235,7 +235,7 @@ def noise_small(sizes: Sequence[int], keys: Sequence[int], device: str | torch.d
     """z of several small streams (Rademacher), kept: views into one buffer filled by one packed
     generation (a ZO step reuses them for its three passes, zo.py)."""
     device = torch.device(device)
-    if sum((n + 31) // 32 for n in sizes) > _chunk_size(device) // 32:  # beyond one workspace chunk
+    if not fits_one_pack(sizes, device):
         return [noise(n, k, device=device) for n, k in zip(sizes, keys, strict=True)]
     z, offsets = packed_noise(sizes, keys, device)
     return [z[32 * off : 32 * off + n] for n, off in zip(sizes, offsets, strict=True)]
@@ -250,6 +250,11 @@ def packed_noise(sizes: Sequence[int], keys: Sequence[int], device: str | torch.
         return _packed_z_numpy(tuple(sizes), keys)
     z, offsets = _packed_z(tuple(sizes), keys, device)
     return z.clone(), offsets
+
+
+def fits_one_pack(sizes: Sequence[int], device: str | torch.device = "cpu") -> bool:
+    """Whether streams of these sizes fit one packed generation (one workspace chunk) on `device`."""
+    return sum((n + 31) // 32 for n in sizes) <= _chunk_size(torch.device(device)) // 32
 
 
 def pack_offsets(sizes: Sequence[int]) -> tuple[list[int], int]:

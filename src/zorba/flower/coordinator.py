@@ -88,7 +88,10 @@ def hello(grid: Grid, run: FlowerRun, nodes: list[int]) -> None:
         run.node_of[cid] = reply.metadata.src_node_id
     missing = sorted(set(range(run.cfg.clients)) - set(run.node_of))
     if missing:
-        raise UserError(f"no SuperNode answered for clients {missing} (partition-id 0..{run.cfg.clients - 1})")
+        # Seen in practice: Ray runs simulated ClientApps at nice 15, so other full-priority jobs on a
+        # saturated machine can starve them past the wait (docs/flower.md).
+        raise UserError(f"no SuperNode answered for clients {missing} (partition-id 0..{run.cfg.clients - 1}) "
+                        f"within {run.opts.node_wait:.0f} s; on a busy machine ClientApps may be starved of CPU")
 
 
 def exchange(

@@ -277,16 +277,21 @@ def _lowbias32_numpy(x: np.ndarray) -> None:
     x ^= x >> 16
 
 
+def _finish_hash_numpy(x: np.ndarray, k1: np.ndarray) -> np.ndarray:
+    """The hash after `word * G + k0`: lowbias32, xor the key's high half, lowbias32 (in place)."""
+    _lowbias32_numpy(x)
+    x ^= k1
+    _lowbias32_numpy(x)
+    return x
+
+
 def _rademacher_rows_numpy(keys: Sequence[int], rows: np.ndarray, width: int) -> torch.Tensor:
     """rademacher_rows on the CPU: numpy's per-call cost is a fraction of torch's, and a deferred
     embedding lookup hashes only a few hundred words per key (tiny BERT: 60 -> 12 us)."""
     per_row = width // 32
     words = (rows.reshape(-1, 1) * per_row + np.arange(per_row)).reshape(-1).astype(np.uint32)  # low 32 bits
     halves = _halves_numpy(keys)
-    x = words[None, :] * np.uint32(0x9E3779B9) + halves[:, :1]
-    _lowbias32_numpy(x)
-    x ^= halves[:, 1:]
-    _lowbias32_numpy(x)
+    x = _finish_hash_numpy(words[None, :] * np.uint32(0x9E3779B9) + halves[:, :1], halves[:, 1:])
     return torch.from_numpy(_expand_numpy(x).reshape(len(keys), len(rows), width))
 
 
@@ -308,10 +313,7 @@ def _packed_z_numpy(sizes: tuple[int, ...], keys: Sequence[int]) -> tuple[torch.
     115 -> 25 us, docs/performance.md)."""
     counters, owner, offsets = _pack_layout_numpy(sizes)
     halves = _halves_numpy(keys)
-    x = counters + halves[owner, 0]
-    _lowbias32_numpy(x)
-    x ^= halves[owner, 1]
-    _lowbias32_numpy(x)
+    x = _finish_hash_numpy(counters + halves[owner, 0], halves[owner, 1])
     return torch.from_numpy(_expand_numpy(x).reshape(-1)), offsets
 
 
@@ -418,8 +420,6 @@ def fused_pass(tensors: Sequence[torch.Tensor], keys: Sequence[int]):
     cannot be built, `add_` returns False having changed nothing (the caller takes the torch path)."""
     if not tensors or not _fused(tensors):
         return None
-    import numpy as np
-
     layout = _rng_triton().FusedPass(tensors)
     key_column = np.array(keys, dtype=np.uint64)[:, None]
 

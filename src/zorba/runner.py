@@ -136,12 +136,12 @@ def server_block_constants(
     """(L_l, r_l) for Theorem 3: top eigenvalues of H_ll by power iteration (two backward passes per
     iteration and block) and traces, from the same public batch; weights restored exactly."""
     from zorba.methods.grad_loss import loss_with_grad
-    from zorba.planner.curvature import block_top_curvatures, blockwise_constants
+    from zorba.planner.curvature import POWER_TAG, block_top_curvatures, blockwise_constants
 
     scorer, ids, labels = _public_batch(cfg, lm, public, n_examples)
     tensors = block_tensors(lm.model, lm.blocks)
     tops = block_top_curvatures(lambda: loss_with_grad(scorer, lm.model, ids, labels), tensors,
-                                seed=derive_key(cfg.seed, 0x9017))
+                                seed=derive_key(cfg.seed, POWER_TAG))
     traces = _server_traces(cfg, lm, (scorer, ids, labels))
     return blockwise_constants(traces, tops, np.array([b.numel for b in lm.blocks], float))
 
@@ -155,11 +155,11 @@ def _public_batch(cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples:
 
 
 def _server_traces(cfg: RunConfig, lm: LoadedModel, batch) -> np.ndarray:
-    from zorba.planner.curvature import block_curvature_traces
+    from zorba.planner.curvature import TRACE_TAG, block_curvature_traces
 
     scorer, ids, labels = batch
     return block_curvature_traces(lambda: scorer.loss(ids, labels), block_tensors(lm.model, lm.blocks),
-                                  seed=derive_key(cfg.seed, 0xC0A7))
+                                  seed=derive_key(cfg.seed, TRACE_TAG))
 
 
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:

@@ -136,9 +136,10 @@ def block_top_curvatures(
     return np.array(tops)
 
 
-def curvature_sizes(traces: np.ndarray, block_sizes: np.ndarray, smooth: float = 1.0) -> np.ndarray:
-    """r_l = tr(H_ll) / L, clipped to [1, d_l]: the effective sizes for BoundConstants (a block with
-    non-positive measured curvature still counts one coordinate, so r_l > 0 as the bound requires)."""
+def curvature_sizes(traces: np.ndarray, block_sizes: np.ndarray, smooth: float | np.ndarray = 1.0) -> np.ndarray:
+    """r_l = tr(H_ll) / L (or / L_l, per block), clipped to [1, d_l]: the effective sizes for
+    BoundConstants (a block with non-positive measured curvature still counts one coordinate, so
+    r_l > 0 as the bound requires)."""
     return np.clip(np.asarray(traces, float) / smooth, 1.0, np.asarray(block_sizes, float))
 
 
@@ -148,5 +149,4 @@ def blockwise_constants(
     """(L_l, r_l) for BoundConstants(block_smooth=L_l, effective_sizes=r_l): L_l = lambda_l (at least
     `floor`, the bound needs L_l > 0) and r_l = tr(H_ll) / L_l in [1, d_l], so L_l r_l = tr(H_ll)."""
     smooth = np.maximum(np.asarray(tops, float), floor)
-    sizes = np.clip(np.asarray(traces, float) / smooth, 1.0, np.asarray(block_sizes, float))
-    return smooth, sizes
+    return smooth, curvature_sizes(traces, block_sizes, smooth)

@@ -15,7 +15,10 @@ Speed (docs/performance.md): element i of a stream is bit (i mod 32) of word has
 hashed chunk by chunk into reused buffers (no allocation, no page faults per call), each word is
 expanded to 32 float32 +-1 by shifting its bits into the sign position of 1.0f, and the chunk is small
 enough to stay in cache while it is added to the weights. Small tensors (biases, norms) are hashed
-together in one packed call so that a block costs a few dozen torch calls, not a few per tensor.
+together in one packed call so that a block costs a few dozen torch calls, not a few per tensor. On
+the CPU the hash runs in numpy uint32 (about 0.6 us a call against torch's 2) on views of the same
+buffers, and the streams of one `add_noise_many_` call are hashed end to end in chunk-sized runs, so a
+layer of mid-sized tensors pays a few calls per chunk, not a dozen per tensor.
 """
 
 from __future__ import annotations
@@ -111,23 +114,48 @@ class _Workspace:
         self.tmp = torch.empty(words, dtype=torch.int32, device=device)
         self.bits = torch.empty(words, 32, dtype=torch.int32, device=device)
         self.shifts = 31 - torch.arange(32, dtype=torch.int32, device=device)
+        self.sign, self.one = _SIGN, _ONE
+        self.on_cpu = device.type == "cpu"
+        if self.on_cpu:  # numpy views of the same buffers: the hash in numpy, a fifth of torch's per-call cost
+            self.golden_np, self.x_np, self.tmp_np = (b.numpy().view(np.uint32) for b in (self.golden, self.x, self.tmp))
+            # 0-dim tensors: an in-place op with a Python int wraps it in a new tensor each call (2 -> 1 us)
+            self.sign, self.one = torch.tensor(_SIGN, dtype=torch.int32), torch.tensor(_ONE, dtype=torch.int32)
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
         """32 float32 +-1 per word: bit j of the word goes to the sign bit of 1.0f (element j)."""
         bits = self.bits[: x.numel()]
-        torch.bitwise_left_shift(x[:, None], self.shifts, out=bits)
-        bits &= _SIGN
-        bits |= _ONE
+        torch.bitwise_left_shift(x.unsqueeze(1), self.shifts, out=bits)
+        bits &= self.sign
+        bits |= self.one
         return bits.view(torch.float32).view(-1)
 
     def words(self, word_start: int, n_words: int, key: int) -> torch.Tensor:
         """hash(word_start + i) for i < n_words, in the reused buffer (n_words <= chunk / 32)."""
+        if self.on_cpu:
+            return self.runs_of_words([(word_start, n_words, key)])
         k0, k1 = _key_halves(key)
         x, tmp = self.x[:n_words], self.tmp[:n_words]
         torch.add(self.golden[:n_words], _i32(word_start * 0x9E3779B9 + k0), out=x)
         _lowbias32(x, tmp)
         x ^= k1
         return _lowbias32(x, tmp)
+
+    def runs_of_words(self, runs: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+        """CPU: the words of several streams end to end in the reused buffer, each run (word_start,
+        n_words, key) as `words` gives it, hashed by one set of numpy calls (total <= chunk / 32): a
+        mid-sized tensor then costs two numpy calls of the hash, not a dozen."""
+        x, pos = self.x_np, 0
+        for start, n, key in runs:  # word * G + k0, wrapping: the counter's low 32 bits
+            np.add(self.golden_np[:n], np.uint32((start * 0x9E3779B9 + key) & 0xFFFFFFFF), out=x[pos : pos + n])
+            pos += n
+        x, tmp = x[:pos], self.tmp_np[:pos]
+        _lowbias32_numpy(x, tmp)
+        pos = 0
+        for _, n, key in runs:
+            np.bitwise_xor(x[pos : pos + n], np.uint32((key >> 32) & 0xFFFFFFFF), out=x[pos : pos + n])
+            pos += n
+        _lowbias32_numpy(x, tmp)
+        return self.x[:pos]
 
 
 _LOCAL = threading.local()
@@ -225,8 +253,9 @@ def _packed_z(sizes: tuple[int, ...], keys: Sequence[int], device: torch.device)
 
 
 def _add_packed_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float]) -> None:
-    """Small tensors: one packed generation, one add each."""
-    z, offsets = _packed_z(tuple(t.numel() for t in tensors), keys, tensors[0].device)
+    """Small tensors: one packed generation (numpy on the CPU: a fifth of torch's per-call cost), one add each."""
+    sizes, device = tuple(t.numel() for t in tensors), tensors[0].device
+    z, offsets = _packed_z_numpy(sizes, keys) if device.type == "cpu" else _packed_z(sizes, keys, device)
     for t, off, scale in zip(tensors, offsets, scales, strict=True):
         _add_(t.view(-1), z[32 * off : 32 * off + t.numel()], scale)
 
@@ -238,7 +267,24 @@ def noise_small(sizes: Sequence[int], keys: Sequence[int], device: str | torch.d
     if not fits_one_pack(sizes, device):
         return [noise(n, k, device=device) for n, k in zip(sizes, keys, strict=True)]
     z, offsets = packed_noise(sizes, keys, device)
-    return [z[32 * off : 32 * off + n] for n, off in zip(sizes, offsets, strict=True)]
+    if device.type != "cpu":
+        return [z[32 * off : 32 * off + n] for n, off in zip(sizes, offsets, strict=True)]
+    pieces, keep = _split_layout(tuple(sizes))
+    views = z.split_with_sizes(pieces)  # one call for all the views (a slice each: ~1 us apiece)
+    return list(views) if keep is None else [views[i] for i in keep]
+
+
+@lru_cache(maxsize=64)
+def _split_layout(sizes: tuple[int, ...]) -> tuple[list[int], list[int] | None]:
+    """Pieces of a packed buffer (each stream, then its padding to a whole word where there is some)
+    and which pieces are the streams (None: all of them)."""
+    pieces, keep = [], []
+    for n in sizes:
+        keep.append(len(pieces))
+        pieces.append(n)
+        if n % 32:
+            pieces.append(32 - n % 32)
+    return pieces, None if len(keep) == len(pieces) else keep
 
 
 def packed_noise(sizes: Sequence[int], keys: Sequence[int], device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[int]]:
@@ -269,19 +315,23 @@ def _pack_layout_numpy(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, 
     return counters.numpy().view(np.uint32), owner.numpy(), offsets
 
 
-def _lowbias32_numpy(x: np.ndarray) -> None:
-    x ^= x >> 16
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> 15
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> 16
+def _lowbias32_numpy(x: np.ndarray, tmp: np.ndarray | None = None) -> None:
+    """lowbias32 on uint32 in place (tmp: optional scratch of x's shape, else shifts allocate)."""
+    for shift, mult in ((16, _M1_U32), (15, _M2_U32), (16, None)):
+        x ^= x >> shift if tmp is None else np.right_shift(x, shift, out=tmp)
+        if mult is not None:
+            x *= mult
+
+
+_M1_U32, _M2_U32 = np.uint32(0x7FEB352D), np.uint32(0x846CA68B)
 
 
 def _finish_hash_numpy(x: np.ndarray, k1: np.ndarray) -> np.ndarray:
     """The hash after `word * G + k0`: lowbias32, xor the key's high half, lowbias32 (in place)."""
-    _lowbias32_numpy(x)
+    tmp = np.empty_like(x)
+    _lowbias32_numpy(x, tmp)
     x ^= k1
-    _lowbias32_numpy(x)
+    _lowbias32_numpy(x, tmp)
     return x
 
 
@@ -302,7 +352,8 @@ def _halves_numpy(keys: Sequence[int]) -> np.ndarray:
 
 def _expand_numpy(x: np.ndarray) -> np.ndarray:
     """Workspace.expand in numpy: 32 float32 +-1 per uint32 word, bit j to the sign of element j."""
-    bits = (x[..., None] << _SHIFTS_NUMPY) & np.uint32(0x80000000)
+    bits = x[..., None] << _SHIFTS_NUMPY
+    bits &= np.uint32(0x80000000)
     bits |= np.uint32(_ONE)
     return bits.view(np.float32)
 
@@ -335,13 +386,18 @@ def add_noise_many_(
         if not live or _run_fused(_rng_triton().add_rademacher_, *zip(*live, strict=True)):
             return
     small: dict[torch.device, list[tuple[torch.Tensor, int, float]]] = {}
+    large_cpu: list[tuple[torch.Tensor, int, float]] = []
     for t, k, s in zip(tensors, keys, scales, strict=True):
         if s == 0.0 or t.numel() == 0:
             continue
         if dist == "rademacher" and t.numel() < PACK_LIMIT:
             small.setdefault(t.device, []).append((t, k, s))
+        elif dist == "rademacher" and t.device.type == "cpu" and t.is_contiguous():
+            large_cpu.append((t, k, s))
         else:
             add_noise_(t, k, s, dist)
+    if large_cpu:
+        _add_rademacher_cpu_(large_cpu)
     for group in small.values():
         total = sum((t.numel() + 31) // 32 for t, _, _ in group)
         if total > _chunk_size(group[0][0].device) // 32:  # cannot happen with default sizes; stay correct
@@ -349,6 +405,37 @@ def add_noise_many_(
                 add_noise_(t, k, s, dist)
             continue
         _add_packed_(*zip(*group, strict=True))
+
+
+def _add_rademacher_cpu_(todo: Sequence[tuple[torch.Tensor, int, float]]) -> None:
+    """Rademacher adds on the CPU, the same bits as add_noise_ tensor by tensor: the words of all the
+    streams, end to end, are cut into workspace-sized chunks (a tensor may span two), and each chunk
+    is one numpy hash, one expansion and one add per piece. Every call costs 1-2 us whatever its size,
+    and a layer of mid-sized tensors paid a dozen per tensor (docs/performance.md, A2)."""
+    ws = _workspace(torch.device("cpu"))
+    limit = ws.chunk // 32
+    pieces: list[tuple[torch.Tensor, int, float, int, int]] = []  # (flat tensor, key, scale, first word, words)
+    used = 0
+    for t, k, s in todo:
+        flat, words, w = t.view(-1), (t.numel() + 31) // 32, 0
+        while w < words:
+            n = min(words - w, limit - used)
+            pieces.append((flat, k, s, w, n))
+            used, w = used + n, w + n
+            if used == limit:
+                _add_pieces_(ws, pieces)
+                pieces, used = [], 0
+    if pieces:
+        _add_pieces_(ws, pieces)
+
+
+def _add_pieces_(ws: _Workspace, pieces: Sequence[tuple[torch.Tensor, int, float, int, int]]) -> None:
+    z = ws.expand(ws.runs_of_words([(w, n, k) for _, k, _, w, n in pieces]))
+    at = 0
+    for flat, _, s, w, n in pieces:
+        stop = min(flat.numel(), 32 * (w + n))  # only a stream's last word is partial
+        _add_(flat[32 * w : stop], z[at : at + stop - 32 * w], s)
+        at += 32 * n
 
 
 def _hash_words(words: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:

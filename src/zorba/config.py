@@ -50,6 +50,11 @@ class RunConfig(BaseModel):
     # zorba planner: per-block smoothness L_l (top eigenvalue of H_ll, power iteration on public
     # examples) with r_l = tr(H_ll) / L_l (Theorem 3, docs/theory.md section 13); implies the traces
     block_smoothness: bool = False
+    # zorba planner: before round 0 every client evaluates `probes` shared-seed perturbations of each
+    # block on two minibatches of `probe_batch` examples (4 x probes x blocks forwards per client); the
+    # server plans by the progress objective Phi from them (zorba/probes.py, docs/theory.md section 14)
+    probes: int = Field(0, ge=0, le=4096)
+    probe_batch: int = Field(32, ge=1, le=4096)
 
     @field_validator("device")
     @classmethod
@@ -59,6 +64,12 @@ class RunConfig(BaseModel):
         if not _DEVICE.fullmatch(value):
             raise ValueError("device must be cpu, cuda, cuda:N or auto")
         return value
+
+    @model_validator(mode="after")
+    def _check_probes(self) -> RunConfig:
+        if self.probes and self.planner != "zorba":
+            raise ValueError("probes feed the zorba planner's progress objective; use --planner zorba or --probes 0")
+        return self
 
     @model_validator(mode="after")
     def _check_fractions(self) -> RunConfig:

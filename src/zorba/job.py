@@ -83,6 +83,7 @@ def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:
             ),
             "how": "peak RSS (VmHWM) of a fresh process running one local round on the client's largest block set",
         },
+        "probes": state.probes,
         "seconds": state.seconds,
         "history": state.history,
     }

@@ -62,6 +62,7 @@ class RunState:
     block_counts: list[int] = field(default_factory=list)
     seconds: float = 0.0
     torch_device: str = "cpu"  # where the clients trained (cfg.device resolved)
+    probes: dict | None = None  # what --probes measured before round 0 (cost and Phi's constants)
 
 
 def read_inputs(cfg: RunConfig) -> Inputs:
@@ -162,6 +163,9 @@ def _server_traces(cfg: RunConfig, lm: LoadedModel, batch) -> np.ndarray:
                                   seed=derive_key(cfg.seed, TRACE_TAG))
 
 
+PROBE_TRACE_EXAMPLES = 32  # public examples behind the server's Hessian traces (as --curvature-sizes)
+
+
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:
     if cfg.participation >= 1.0:
         return list(range(cfg.clients))
@@ -196,6 +200,28 @@ class Runner:
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)
         self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device)
+        if cfg.probes:  # before round 0, at the base weights: a resumed run measures the same values
+            planner.use_progress(self.measure_progress())
+
+    def measure_progress(self):
+        """Phi's constants (docs/theory.md section 14): every client's shared-seed probes of every
+        block, forward passes only, and the server's Hessian traces on public (dev) examples."""
+        from zorba.planner.progress import ProgressConstants, gram_from_probes
+        from zorba.probes import probe_client
+
+        cfg, s, started = self.cfg, self.state, time.perf_counter()
+        probes = [probe_client(s.device, c.indices, self.train_scorer, self.train, cfg.seed, c.cid, cfg.probes,
+                               cfg.probe_batch, cfg.mu) for c in s.clients]
+        gram, second = gram_from_probes(np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1))
+        traces = _server_traces(cfg, s.lm, _public_batch(cfg, s.lm, self.inputs.dev, PROBE_TRACE_EXAMPLES))
+        shares = np.array([len(c.indices) for c in s.clients], float)
+        consts = ProgressConstants(gram, second, np.maximum(traces, 0.0), shares / shares.sum(), cfg.lr,
+                                   cfg.local_steps, cfg.q, smooth=0.0)
+        L = len(s.lm.blocks)
+        s.probes = {"forwards_per_client": 4 * cfg.probes * L, "uplink_scalars_per_client": 2 * cfg.probes * L,
+                    "seconds": time.perf_counter() - started, "alignment": consts.alignment.tolist(),
+                    "second_moments": second.tolist(), "curvature": consts.curvature.tolist()}
+        return consts
 
     def evaluate(self, round_idx: int) -> dict:
         acc = self.eval_scorer.accuracy(*self.dev)

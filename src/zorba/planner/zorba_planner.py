@@ -11,6 +11,7 @@ changes nothing in J or memory, but shortens the round and lets the covering set
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 
@@ -20,6 +21,8 @@ from zorba.planner.bound import BoundConstants
 from zorba.planner.estimate import ScalarReport
 from zorba.planner.memory_model import MemoryModel
 from zorba.planner.problem import Problem
+from zorba.planner.progress import ProgressConstants
+from zorba.planner.progress_search import progress_search
 from zorba.planner.solve import DEFAULT_TOL, Schedule, plan_schedule, solver_for
 from zorba.plans import BlockPlanner
 
@@ -52,6 +55,7 @@ class ZorbaPlanner(BlockPlanner):
         self.prior = consts if consts is not None else BoundConstants.from_block_sizes(self.block_sizes)
         self.consts = self.prior
         self.schedule: Schedule | None = None
+        self.progress: ProgressConstants | None = None
         self._history: deque[list[ScalarReport]] = deque(maxlen=history)
         self._given: dict[int, dict[int, tuple[int, ...]]] = {}
         self._planned_for: tuple[int, ...] | None = None
@@ -69,7 +73,8 @@ class ZorbaPlanner(BlockPlanner):
             self._planned_for, self._stale = ids, False
         rng = np.random.default_rng([self.seed, round_idx])
         A = self.schedule.plans[int(rng.integers(self.schedule.window))].A
-        rows = self._shuffled_rows(ids, A, rng)
+        # With measured per-client constants (use_progress) clients are no longer interchangeable.
+        rows = np.arange(len(ids)) if self.progress is not None else self._shuffled_rows(ids, A, rng)
         given = {cid: tuple(int(b) for b in np.flatnonzero(A[rows[i]])) for i, cid in enumerate(ids)}
         self._given = {r: g for r, g in self._given.items() if r > round_idx - 2}  # reports come next round
         self._given[round_idx] = given
@@ -85,6 +90,11 @@ class ZorbaPlanner(BlockPlanner):
             [r for b in self._history for r in b], ridge=self.ridge
         )
         self._stale = True
+
+    def use_progress(self, consts: ProgressConstants) -> None:
+        """Plan by the progress objective Phi (docs/theory.md section 14) from now on: the bound's
+        plan is the start of a search on Phi under the same budgets and coverage (progress_search.py)."""
+        self.progress, self._stale = consts, True
 
     # --- planning ----------------------------------------------------------------------------------
     def _solve(self, ids: tuple[int, ...]) -> Schedule:
@@ -111,7 +121,13 @@ class ZorbaPlanner(BlockPlanner):
             self._warm_start(ids),
             self.exact_time_limit,
         )
-        return plan_schedule(problem, solve_round)
+        schedule = plan_schedule(problem, solve_round)
+        if self.progress is None or schedule.window != 1:
+            return schedule
+        started, first = time.perf_counter(), schedule.plans[0]
+        A = progress_search(problem, first.A, self.progress.subset(rows), seed=self.seed)
+        plan = problem.make_plan(A, f"{first.solver}+progress", first.seconds + time.perf_counter() - started)
+        return Schedule([plan], plan.bound, schedule.seconds + time.perf_counter() - started)
 
     def _warm_start(self, ids: tuple[int, ...]) -> np.ndarray | None:
         if self.schedule is None or self.schedule.window != 1 or ids != self._planned_for:

@@ -1,0 +1,210 @@
+"""Does the bound rank plans once client heterogeneity is measured instead of bounded? (issue 3)
+
+An oracle check on the one-round measurement of `bench_plan_evidence.py --one-round-repeats`: rebuild
+its start w0 (same settings, same warm-up: deterministic), then take *first-order* gradients there,
+per client and per minibatch (this script is a measuring instrument, not a client: clients stay
+forward-only). From them, for every plan of the measured table:
+
+- `lin`      -eta K sum_l <grad_l f, m_l>: the first-order one-round change, m_l the protocol's
+             per-block mean of the covering clients' gradients (weights 1/c_l, as the runner).
+- `quad`     lin + (eta^2 K / 2) sum_l tr(H_ll) sum_{n in C_l} (1/c_l)^2 D_n(A): the ZO noise's
+             second-order cost, D_n(A) = sum_{l in S_n} E_xi |grad_l F_n(w0; xi)|^2 (per-client
+             minibatch second moments) and tr(H_ll) by Hutchinson probes at w0.
+- `J2_gram`  Theorem 2/3 with the heterogeneity term 2 zeta_l^2 (1-P_l)/P_l replaced by the exact
+             bias 2 |b_l|^2 = 2 |m_l - grad_l f|^2 (docs/theory.md section 14), other constants as
+             `J2_curv_est` / `J2_blk_est` of the evidence run.
+- `J2_gram_hat` the same with |b_l|^2 from the ZO estimate of the client Gram matrix that shared-seed
+             probes give (planner/gram.py), to check the run-time estimator against the oracle.
+
+Prints Spearman(predictor, measured mean delta) with a bootstrap over repeats, next to the evidence
+run's own columns, and writes OUT/gram.json.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_plan_gram.py --evidence docs/planner_evidence/one_round_merged \
+        --rounds 12 --local-steps 5 --lr 1e-4 --warmup 2 --heldout 512 --out docs/planner_evidence/gram
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_plan_evidence as E  # noqa: E402
+
+from zorba import runner as runner_mod  # noqa: E402
+from zorba.blocks import block_tensors  # noqa: E402
+from zorba.data import dirichlet_partition  # noqa: E402
+from zorba.methods.grad_loss import loss_with_grad  # noqa: E402
+from zorba.models import load_model  # noqa: E402
+from zorba.planner.progress import (  # noqa: E402
+    ProgressConstants,
+    aggregation_weights,
+    gram_from_probes,
+    one_round_change,
+)
+from zorba.probes import probe_batches, probe_block, probe_seed  # noqa: E402
+from zorba.scoring import Scorer  # noqa: E402
+from zorba.tasks import get_task  # noqa: E402
+
+
+def client_gradients(setup, batch_size: int) -> tuple[list[list[torch.Tensor]], np.ndarray, np.ndarray]:
+    """Per client n: the mean gradient of its local loss per block (flat fp32), E_xi |grad_l F_n|^2 over
+    its minibatches, and its data share."""
+    cfg, lm = setup.cfg, setup.warmed
+    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
+    ids = scorer.encode(setup.inputs.train)
+    labels = [e.label for e in setup.inputs.train]
+    parts = dirichlet_partition(labels, cfg.clients, cfg.alpha, cfg.seed)
+    tensors = block_tensors(lm.model, lm.blocks)
+    for t in (t for block in tensors for t in block):
+        t.requires_grad_(True)
+    means, second = [], np.zeros((cfg.clients, len(tensors)))
+    for n, part in enumerate(parts):
+        total = [torch.zeros(sum(t.numel() for t in block)) for block in tensors]
+        batches = [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        for b in batches:
+            lm.model.zero_grad(set_to_none=True)
+            loss_with_grad(scorer, lm.model, [ids[i] for i in b], [labels[i] for i in b]).backward()
+            for j, block in enumerate(tensors):
+                g = torch.cat([t.grad.reshape(-1) for t in block])
+                total[j].add_(g, alpha=len(b) / len(part))
+                second[n, j] += float(g.square().sum()) / len(batches)
+        means.append(total)
+        print(f"  client {n}: {len(part)} examples, {len(batches)} minibatches", flush=True)
+    for t in (t for block in tensors for t in block):
+        t.requires_grad_(False)
+    shares = np.array([len(p) for p in parts], float) / sum(len(p) for p in parts)
+    return means, second, shares
+
+
+def oracle_constants(grads, second: np.ndarray, shares: np.ndarray, traces: np.ndarray, cfg, smooth: float):
+    """Phi's constants from the first-order gradients: the exact Gram matrices per block."""
+    L = len(traces)
+    gram = np.array([[[float(gn[b] @ gm[b]) for gm in grads] for gn in grads] for b in range(L)])
+    return ProgressConstants(gram, second, traces, shares, cfg.lr, cfg.local_steps, cfg.q, smooth)
+
+
+def probed_constants(setup, shares: np.ndarray, traces: np.ndarray, n_probes: int, batch: int, smooth: float):
+    """Phi's constants as a run would get them: shared-seed ZO probes (zorba.probes), forward only."""
+    cfg, lm = setup.cfg, setup.warmed
+    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
+    ids = scorer.encode(setup.inputs.train)
+    labels = [e.label for e in setup.inputs.train]
+    parts = dirichlet_partition(labels, cfg.clients, cfg.alpha, cfg.seed)
+    tensors = block_tensors(lm.model, lm.blocks)
+    L, N = len(tensors), len(parts)
+    ya, yb = np.zeros((L, n_probes, N)), np.zeros((L, n_probes, N))
+    for n, part in enumerate(parts):
+        batches = probe_batches(part, batch, cfg.seed, n, n_probes)
+        loss = lambda b: scorer.loss([ids[i] for i in b], [labels[i] for i in b])  # noqa: E731
+        for b in range(L):
+            a_, b_ = probe_block(loss, tensors, b, probe_seed(cfg.seed, b), batches, cfg.mu)
+            ya[b, :, n], yb[b, :, n] = a_, b_
+    gram, second = gram_from_probes(ya, yb)
+    return ProgressConstants(gram, second, traces, shares, cfg.lr, cfg.local_steps, cfg.q, smooth)
+
+
+def exact_bias(A: np.ndarray, c: ProgressConstants) -> np.ndarray:
+    """|b_l|^2 = |m_l - grad_l f|^2 per block (0 where uncovered) from the Gram matrices."""
+    v = aggregation_weights(A) - c.objective_weights[:, None] * A.any(0)
+    return np.einsum("nl,lnm,ml->l", v, c.gram, v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--evidence", type=Path, required=True, help="a one-round run (or --merge) directory")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--local-steps", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--train-size", type=int, default=2000)
+    ap.add_argument("--heldout", type=int, default=512)
+    ap.add_argument("--dev", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--probes", type=int, default=16, help="shared-seed probes per block and client")
+    ap.add_argument("--probe-batch", type=int, default=32, help="examples per probe minibatch (two per probe)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    args.device = args.resolved_device = "cpu"
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    rows = list(csv.DictReader((args.evidence / "one_round.csv").open()))
+    base_lm = load_model("minilm")
+    block_sizes = np.array([b.numel for b in base_lm.blocks], float)
+    eff = E.effective_sizes(E.make_config(**E.common(args)), base_lm)
+    setup = E.fixed_plan_setup(args, base_lm, block_sizes, eff)
+    f0 = E.heldout_loss_of(setup.cfg, setup.heldout, setup.warmed)
+    print(f"f(w0) = {f0:.9f} (the evidence run's start must match)", flush=True)
+    traces = runner_mod._server_traces(setup.cfg, setup.warmed, runner_mod._public_batch(
+        setup.cfg, setup.warmed, E.public_sample(setup.cfg), 32))
+    grads, second, shares = client_gradients(setup, setup.cfg.batch_size)
+    smooth = setup.consts["blk"].smooth  # max_l L_l, measured at the start (Theorem 3)
+    oracle = oracle_constants(grads, second, shares, traces, setup.cfg, smooth)
+    del grads
+    probe_started = time.perf_counter()
+    probed = probed_constants(setup, shares, traces, args.probes, args.probe_batch, smooth)
+    probe_seconds = time.perf_counter() - probe_started
+    variants = {
+        "Phi_first_order": dataclasses.replace(oracle, curvature=0 * traces, smooth=0.0),
+        "Phi_taylor": dataclasses.replace(oracle, smooth=0.0),
+        "Phi": oracle,
+        "Phi_probed": probed,
+        "Phi_probed_taylor": dataclasses.replace(probed, smooth=0.0),
+    }
+    out = {"f_w0": f0, "traces_w0": traces.tolist(), "shares": shares.tolist(), "smooth": smooth,
+           "probes": args.probes, "probe_batch": args.probe_batch, "probe_seconds": probe_seconds,
+           "oracle": {"alignment": oracle.alignment.tolist(), "second": oracle.second.tolist(),
+                      "gram": oracle.gram.tolist()},
+           "probed": {"alignment": probed.alignment.tolist(), "second": probed.second.tolist(),
+                      "gram": probed.gram.tolist()},
+           "plans": []}
+    no_zeta = {k: dataclasses.replace(c, zeta2=np.zeros_like(c.zeta2))
+               for k, c in setup.consts.items() if k in ("curv_est", "blk_est")}
+    for r in rows:
+        A = np.array([[int(c) for c in row] for row in r["A"].split("|")], float)
+        bias = exact_bias(A, oracle)
+        out["plans"].append({
+            "plan": r["plan"], "A": r["A"], "mean_delta": float(r["mean_delta"]),
+            "deltas": [float(x) for x in r["deltas"].split()], "bias_per_block": bias.tolist(),
+            **{k: float(one_round_change(A, c)) for k, c in variants.items()},
+            "J2_gram_curv": E.plan_bound(A, no_zeta["curv_est"]) + 2 * float(bias.sum()),
+            "J2_gram_blk": E.plan_bound(A, no_zeta["blk_est"]) + 2 * float(bias.sum()),
+            **{k: float(r[k]) for k in E.J_COLUMNS if k in r},
+        })
+    out["spearman"] = rank_against_measured(out["plans"])
+    out["seconds"] = time.perf_counter() - started
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gram.json").write_text(json.dumps(out, indent=1))
+    for p in out["plans"]:
+        print(f"{p['plan']:30s} delta {p['mean_delta']:+.2e} Phi {p['Phi']:+.2e} Phi_taylor {p['Phi_taylor']:+.2e} "
+              f"Phi_probed {p['Phi_probed']:+.2e} J2_gram_curv {p['J2_gram_curv']:.4g}")
+    for k, v in out["spearman"].items():
+        print(f"Spearman({k}, mean delta) = {v['spearman']:+.2f}  bootstrap 5/50/95 {np.round(v['boot'], 2).tolist()}")
+
+
+def rank_against_measured(plans: list[dict], boot: int = 1000, seed: int = 0) -> dict:
+    D = np.array([p["deltas"] for p in plans])
+    picks = np.random.default_rng(seed).integers(0, D.shape[1], size=(boot, D.shape[1]))
+    boot_means = D[:, picks].mean(2)
+    keys = ["Phi_first_order", "Phi_taylor", "Phi", "Phi_probed", "Phi_probed_taylor", "J2_gram_curv", "J2_gram_blk", *[k for k in E.J_COLUMNS if k in plans[0]]]
+    out = {}
+    for k in keys:
+        x = E.inf_ranked_last(np.array([p[k] for p in plans]))
+        out[k] = {"spearman": E._rho(x, D.mean(1)),
+                  "boot": np.percentile([E._rho(x, boot_means[:, b]) for b in range(boot)], [5, 50, 95]).tolist()}
+    return out
+
+
+if __name__ == "__main__":
+    main()

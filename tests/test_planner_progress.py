@@ -1,0 +1,212 @@
+"""The progress objective Phi (planner/progress.py, docs/theory.md section 14) against exact
+expectations, and the shared-seed probe estimator (zorba/probes.py) against known gradients."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from zorba.planner.progress import ProgressConstants, aggregation_weights, gram_from_probes, one_round_change
+from zorba.probes import probe_batches, probe_block, probe_seed
+from zorba.zo import add_scaled_noise_
+
+BLOCK = 2  # coordinates per block in the quadratic instances
+
+
+def quadratic(seed: int, N: int = 2, L: int = 3):
+    """f_n(w) = 1/2 (w - c_n)^T diag(h) (w - c_n) at w = 0: gradients g_n = -h * c_n, deterministic."""
+    rng = np.random.default_rng(seed)
+    h = rng.uniform(0.5, 2.0, L * BLOCK)
+    g = -h * rng.normal(size=(N, L * BLOCK))
+    p = rng.dirichlet(np.ones(N))
+    return h, g, p
+
+
+def exact_change(A: np.ndarray, h: np.ndarray, g: np.ndarray, p: np.ndarray, eta: float) -> float:
+    """E f(w+) - f(w) for one round (K = q = 1, Rademacher, equal aggregation weights), enumerating
+    every client's sign vector: f is quadratic, so second order is exact."""
+    N, L = A.shape
+    omega = aggregation_weights(A)
+    grad = p @ g
+    per_client = []
+    for n in range(N):
+        coords = np.repeat(A[n].astype(bool), BLOCK)
+        steps = []
+        for signs in itertools.product((-1.0, 1.0), repeat=int(coords.sum())):
+            u = np.zeros(L * BLOCK)
+            u[coords] = signs
+            scale = np.repeat(omega[n], BLOCK)
+            steps.append(-eta * (u @ g[n]) * u * scale)  # client n's contribution to the server's move
+        per_client.append(np.array(steps))
+    total = 0.0
+    for combo in itertools.product(*[range(len(s)) for s in per_client]):
+        delta = sum(per_client[n][i] for n, i in enumerate(combo))
+        total += grad @ delta + 0.5 * delta @ (h * delta)
+    return total / np.prod([len(s) for s in per_client])
+
+
+def constants(h, g, p, eta: float, smooth: float, L: int = 3) -> ProgressConstants:
+    gb = g.reshape(len(g), L, BLOCK)
+    gram = np.einsum("nlb,mlb->lnm", gb, gb)
+    second = (gb**2).sum(-1)
+    curvature = h.reshape(L, BLOCK).sum(1)  # tr(H_ll)
+    return ProgressConstants(gram, second, curvature, p, eta, 1, 1, smooth)
+
+
+PLANS = [np.array(a, float) for a in ([[1, 1, 1], [1, 1, 1]], [[1, 0, 1], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]],
+                                        [[0, 1, 0], [1, 0, 0]], [[1, 1, 1], [0, 0, 0]])]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_taylor_phi_is_exact_up_to_the_step_length_terms(seed):
+    """K = 1, diagonal curvature: E f(w+) - f(w) = Phi_taylor + eta^2/2 (|m|_H^2 - sum_n |omega_n g_n|_H^2)."""
+    h, g, p = quadratic(seed)
+    eta = 0.05
+    c = constants(h, g, p, eta, smooth=0.0)
+    for A in PLANS:
+        omega = np.repeat(aggregation_weights(A), BLOCK, axis=1)
+        m = (omega * g).sum(0)
+        rest = 0.5 * eta**2 * (m @ (h * m) - sum((omega[n] * g[n]) @ (h * omega[n] * g[n]) for n in range(len(g))))
+        assert exact_change(A, h, g, p, eta) == pytest.approx(float(one_round_change(A, c)) + rest, rel=1e-10, abs=1e-14)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_phi_with_the_smoothness_constant_bounds_the_exact_change(seed):
+    h, g, p = quadratic(seed)
+    eta = 0.05
+    c = constants(h, g, p, eta, smooth=float(h.max()))
+    for A in PLANS:
+        assert exact_change(A, h, g, p, eta) <= float(one_round_change(A, c)) + 1e-14
+
+
+def test_phi_batches_plans_and_charges_nothing_for_uncovered_blocks():
+    h, g, p = quadratic(3)
+    c = constants(h, g, p, 0.05, smooth=1.0)
+    batch = one_round_change(np.stack(PLANS), c)
+    assert batch.shape == (len(PLANS),)
+    assert np.allclose(batch, [float(one_round_change(A, c)) for A in PLANS])
+    assert float(one_round_change(np.zeros((2, 3)), c)) == 0.0
+
+
+def test_a_skewed_covering_client_makes_phi_rise():
+    """Two clients with opposite gradients on a block: the block held by the one that disagrees
+    with the global gradient raises f, which Phi predicts and the polarised bound cannot (both
+    covering sets have the same coverage)."""
+    g = np.array([[3.0, 0.0], [-1.0, 0.0]])  # one block of two coordinates, two clients
+    p = np.array([0.5, 0.5])
+    gram = (g @ g.T)[None]
+    c = ProgressConstants(gram, (g**2).sum(1)[:, None], np.array([2.0]), p, 0.01, 1, 1, 1.0)
+    good, bad = np.array([[1.0], [0.0]]), np.array([[0.0], [1.0]])
+    assert float(one_round_change(good, c)) < 0 < float(one_round_change(bad, c))
+
+
+def test_gram_from_probes_recovers_the_gram_matrix():
+    """Synthetic probes: y = z . (g_n + minibatch noise), shared z, independent noise for a and b."""
+    rng = np.random.default_rng(0)
+    L, N, d, P = 2, 3, 8, 20000
+    g = rng.normal(size=(L, N, d))
+    noise = 1.5
+    z = rng.choice([-1.0, 1.0], size=(L, P, d))
+    ya = np.einsum("lpd,lnd->lpn", z, g) + noise * np.einsum("lpd,lpnd->lpn", z, rng.normal(size=(L, P, N, d)))
+    yb = np.einsum("lpd,lnd->lpn", z, g) + noise * np.einsum("lpd,lpnd->lpn", z, rng.normal(size=(L, P, N, d)))
+    gram, second = gram_from_probes(ya, yb)
+    true = np.einsum("lnd,lmd->lnm", g, g)
+    scale = np.abs(true).max()
+    assert np.abs(gram - true).max() < 0.1 * scale
+    assert np.allclose(second, (np.einsum("lnd->nl", g**2) + noise**2 * d), rtol=0.05)
+    with pytest.raises(ValueError):
+        gram_from_probes(ya, yb[:, :-1])
+
+
+def test_probe_block_measures_directional_derivatives_and_restores_bits():
+    torch.manual_seed(0)
+    tensors = [[torch.randn(5, 3), torch.randn(3)], [torch.randn(4)]]
+    data = torch.randn(6, 5)
+    saved = [[t.clone() for t in block] for block in tensors]
+
+    def loss(batch):
+        x = data[torch.as_tensor(batch)]
+        return float((x @ tensors[0][0] + tensors[0][1]).tanh().sum() * tensors[1][0].sum())
+
+    batches = [np.array([0, 1]), np.array([2, 3]), np.array([0, 1]), np.array([4, 5])]
+    ya, yb = probe_block(loss, tensors, 0, probe_seed(7, 0), batches, 1e-3)
+    for block, old in zip(tensors, saved, strict=True):
+        assert all(torch.equal(t, s) for t, s in zip(block, old, strict=True))
+    for p, (a, b) in enumerate(zip(batches[::2], batches[1::2], strict=True)):
+        z = [torch.zeros_like(t) for t in tensors[0]]
+        add_scaled_noise_([z], [0], probe_seed(7, 0), p, {0: 1.0}, "rademacher")
+        w = [t.clone().requires_grad_(True) for t in tensors[0]]
+        for batch, y in ((a, ya[p]), (b, yb[p])):
+            x = data[torch.as_tensor(batch)]
+            val = (x @ w[0] + w[1]).tanh().sum() * tensors[1][0].sum()
+            grads = torch.autograd.grad(val, w)
+            directional = sum(float((gr * zz).sum()) for gr, zz in zip(grads, z, strict=True))
+            assert y == pytest.approx(directional, rel=1e-2, abs=1e-3)
+
+
+def test_probe_seeds_are_shared_by_clients_and_batches_are_not():
+    assert probe_seed(5, 1) == probe_seed(5, 1) != probe_seed(5, 2)
+    idx = np.arange(100)
+    one, two = probe_batches(idx, 8, 5, 0, 3), probe_batches(idx, 8, 5, 1, 3)
+    assert len(one) == 6 and all(len(b) == 8 for b in one)
+    assert not np.array_equal(one[0], two[0])
+    assert not set(one[0]) & set(one[1])  # a probe's two minibatches are disjoint
+
+
+def random_progress(N: int, L: int, seed: int, lr: float = 1e-3) -> ProgressConstants:
+    """Label-skew-like clients: a shared gradient direction plus a large client-specific one."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(size=(L, 6))
+    g = common[None] + 2.0 * rng.normal(size=(N, L, 6))
+    gram = np.einsum("nld,mld->lnm", g, g)
+    second = (g**2).sum(-1) + rng.uniform(1, 20, (N, L))
+    return ProgressConstants(gram, second, rng.uniform(50, 400, L), rng.dirichlet(np.ones(N)), lr, 5, 1, 50.0)
+
+
+def test_progress_search_stays_feasible_never_loses_to_its_start_and_its_gap_is_small():
+    from zorba.planner.instances import transformer_instance
+    from zorba.planner.problem import Problem
+    from zorba.planner.progress_search import progress_search
+    from zorba.planner.solve import _all_feasible_plans, solve_exact
+
+    gaps = []
+    for seed in range(12):
+        N, L = 2 + seed % 2, 3 + seed % 3
+        consts, mem, budgets = transformer_instance(N, L, seed=seed)
+        problem = Problem(consts, mem, budgets)
+        start = solve_exact(consts, mem, budgets).A
+        pc = random_progress(N, L, seed)
+        A = progress_search(problem, start, pc)
+        assert np.all(mem.client_memory(A) <= budgets * (1 + 1e-12)) and A.any(0).all() and A.any(1).all()
+        assert float(one_round_change(A, pc)) <= float(one_round_change(start, pc)) + 1e-15
+        every = _all_feasible_plans(problem)
+        every = every[every.any(1).all(-1)]
+        best = float(one_round_change(every, pc).min())
+        gaps.append((float(one_round_change(A, pc)) - best) / abs(best))
+    print("gaps to brute force:", np.round(gaps, 4).tolist())
+    assert max(gaps) < 1e-9, gaps  # pair moves reach the optimum on every one of these instances
+
+
+def test_a_run_with_probes_plans_by_progress_and_records_the_probes(tiny_models, tmp_path, zorba):
+    """`zorba run --probes`: clients probe before round 0 (forwards only), the planner's plans come
+    from the progress search, stay within budget and cover every block, and result.json says what
+    the probes cost; probes with another planner are one clear error."""
+    import json
+
+    out = tmp_path / "run"
+    r = zorba("run", "--model", str(tiny_models["bert"]), "--clients", "3", "--rounds", "2", "--local-steps", "1",
+              "--train-size", "120", "--probes", "2", "--probe-batch", "4", "--no-measure-memory", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((out / "result.json").read_text())
+    L = len(result["blocks"])
+    assert result["probes"]["forwards_per_client"] == 4 * 2 * L
+    assert np.asarray(result["probes"]["alignment"]).shape == (3, L)
+    assert result["clients_in_sync"]
+    for h in result["history"]:
+        assert set().union(*[set(b) for b in h["blocks"].values()]) == set(range(L))
+    bad = zorba("run", "--model", str(tiny_models["bert"]), "--planner", "all", "--probes", "2", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "probes" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x").exists()

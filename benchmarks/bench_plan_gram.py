@@ -5,22 +5,26 @@ its start w0 (same settings, same warm-up: deterministic), then take *first-orde
 per client and per minibatch (this script is a measuring instrument, not a client: clients stay
 forward-only). From them, for every plan of the measured table:
 
-- `lin`      -eta K sum_l <grad_l f, m_l>: the first-order one-round change, m_l the protocol's
-             per-block mean of the covering clients' gradients (weights 1/c_l, as the runner).
-- `quad`     lin + (eta^2 K / 2) sum_l tr(H_ll) sum_{n in C_l} (1/c_l)^2 D_n(A): the ZO noise's
+- `Phi_first_order`  -eta K sum_l <grad_l f, m_l>: the first-order one-round change, m_l the
+             protocol's per-block mean of the covering clients' gradients (weights 1/c_l, as the runner).
+- `Phi_taylor` + (eta^2 K / 2) sum_l tr(H_ll) sum_{n in C_l} (1/c_l)^2 D_n(A): the ZO noise's
              second-order cost, D_n(A) = sum_{l in S_n} E_xi |grad_l F_n(w0; xi)|^2 (per-client
-             minibatch second moments) and tr(H_ll) by Hutchinson probes at w0.
-- `J2_gram`  Theorem 2/3 with the heterogeneity term 2 zeta_l^2 (1-P_l)/P_l replaced by the exact
-             bias 2 |b_l|^2 = 2 |m_l - grad_l f|^2 (docs/theory.md section 14), other constants as
-             `J2_curv_est` / `J2_blk_est` of the evidence run.
-- `J2_gram_hat` the same with |b_l|^2 from the ZO estimate of the client Gram matrix that shared-seed
-             probes give (planner/gram.py), to check the run-time estimator against the oracle.
+             minibatch second moments) and tr(H_ll) by Hutchinson probes at w0 (planner/progress.py).
+- `Phi`      + (L eta^2 K^2 / 2) sum_l |m_l|^2 with L = max_l L_l: the bound form of Theorem 4.
+- `Phi_probed[_taylor]` the same from shared-seed ZO probes (zorba/probes.py; forward passes only,
+             what `zorba run --probes` measures) instead of first-order gradients.
+- `J2_gram_*` Theorem 2/3 with the heterogeneity term 2 zeta_l^2 (1-P_l)/P_l replaced by the exact
+             bias 2 |b_l|^2 = 2 |m_l - grad_l f|^2: what measuring zeta exactly would give the old form.
 
 Prints Spearman(predictor, measured mean delta) with a bootstrap over repeats, next to the evidence
-run's own columns, and writes OUT/gram.json.
+run's own columns, and writes OUT/gram.json. With `--measure R` it also asks the zorba planner for
+its plan under the progress objective (probed and oracle constants, the evidence run's budgets) and
+runs that plan for the table's first R repeats with the same round seeds, so it is compared with
+every plan of the table pair by pair (common random numbers).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_plan_gram.py --evidence docs/planner_evidence/one_round_merged \
-        --rounds 12 --local-steps 5 --lr 1e-4 --warmup 2 --heldout 512 --out docs/planner_evidence/gram
+        --out docs/planner_evidence/gram                      # about 15 minutes on one core
+    ... --constants-from docs/planner_evidence/gram/gram.json --measure 94 --out OUT  # reuse; + ~15 min per plan
 """
 
 from __future__ import annotations
@@ -118,7 +122,7 @@ def exact_bias(A: np.ndarray, c: ProgressConstants) -> np.ndarray:
     return np.einsum("nl,lnm,ml->l", v, c.gram, v)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--evidence", type=Path, required=True, help="a one-round run (or --merge) directory")
     ap.add_argument("--clients", type=int, default=4)
@@ -133,8 +137,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--probes", type=int, default=16, help="shared-seed probes per block and client")
     ap.add_argument("--probe-batch", type=int, default=32, help="examples per probe minibatch (two per probe)")
+    ap.add_argument("--constants-from", type=Path, default=None,
+                    help="a gram.json of an earlier run: reuse its oracle and probed constants")
+    ap.add_argument("--measure", type=int, default=0,
+                    help="R > 0: run the plans the progress planner picks (probed and oracle constants) for "
+                         "the table's first R one-round repeats (same round seeds: paired with every plan)")
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     args.device = args.resolved_device = "cpu"
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -145,6 +158,32 @@ def main() -> None:
     setup = E.fixed_plan_setup(args, base_lm, block_sizes, eff)
     f0 = E.heldout_loss_of(setup.cfg, setup.heldout, setup.warmed)
     print(f"f(w0) = {f0:.9f} (the evidence run's start must match)", flush=True)
+    if args.constants_from:
+        out = json.loads(args.constants_from.read_text())
+        oracle, probed = (constants_from_json(out, key, setup.cfg) for key in ("oracle", "probed"))
+    else:
+        oracle, probed, out = measure_constants(args, setup)
+    out["f_w0"] = f0
+    variants = {
+        "Phi_first_order": dataclasses.replace(oracle, curvature=0 * oracle.curvature, smooth=0.0),
+        "Phi_taylor": dataclasses.replace(oracle, smooth=0.0),
+        "Phi": oracle,
+        "Phi_probed": probed,
+        "Phi_probed_taylor": dataclasses.replace(probed, smooth=0.0),
+    }
+    out["plans"] = score_table(rows, setup, oracle, variants)
+    out["spearman"] = rank_against_measured(out["plans"])
+    if args.measure:
+        out["progress_plans"] = measure_progress_plans(args, setup, rows, {
+            "progress plan (probed)": variants["Phi_probed_taylor"], "progress plan (oracle)": variants["Phi_taylor"]})
+    out["seconds"] = time.perf_counter() - started
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gram.json").write_text(json.dumps(out, indent=1))
+    report(out)
+
+
+def measure_constants(args, setup) -> tuple[ProgressConstants, ProgressConstants, dict]:
     traces = runner_mod._server_traces(setup.cfg, setup.warmed, runner_mod._public_batch(
         setup.cfg, setup.warmed, E.public_sample(setup.cfg), 32))
     grads, second, shares = client_gradients(setup, setup.cfg.batch_size)
@@ -153,27 +192,27 @@ def main() -> None:
     del grads
     probe_started = time.perf_counter()
     probed = probed_constants(setup, shares, traces, args.probes, args.probe_batch, smooth)
-    probe_seconds = time.perf_counter() - probe_started
-    variants = {
-        "Phi_first_order": dataclasses.replace(oracle, curvature=0 * traces, smooth=0.0),
-        "Phi_taylor": dataclasses.replace(oracle, smooth=0.0),
-        "Phi": oracle,
-        "Phi_probed": probed,
-        "Phi_probed_taylor": dataclasses.replace(probed, smooth=0.0),
-    }
-    out = {"f_w0": f0, "traces_w0": traces.tolist(), "shares": shares.tolist(), "smooth": smooth,
-           "probes": args.probes, "probe_batch": args.probe_batch, "probe_seconds": probe_seconds,
-           "oracle": {"alignment": oracle.alignment.tolist(), "second": oracle.second.tolist(),
-                      "gram": oracle.gram.tolist()},
-           "probed": {"alignment": probed.alignment.tolist(), "second": probed.second.tolist(),
-                      "gram": probed.gram.tolist()},
-           "plans": []}
+    info = {"traces_w0": traces.tolist(), "shares": shares.tolist(), "smooth": smooth, "probes": args.probes,
+            "probe_batch": args.probe_batch, "probe_seconds": time.perf_counter() - probe_started,
+            **{name: {"gram": c.gram.tolist(), "second": c.second.tolist(), "alignment": c.alignment.tolist()}
+               for name, c in (("oracle", oracle), ("probed", probed))}}
+    return oracle, probed, info
+
+
+def constants_from_json(saved: dict, key: str, cfg) -> ProgressConstants:
+    return ProgressConstants(np.array(saved[key]["gram"]), np.array(saved[key]["second"]),
+                             np.array(saved["traces_w0"]), np.array(saved["shares"]), cfg.lr, cfg.local_steps,
+                             cfg.q, saved["smooth"])
+
+
+def score_table(rows: list[dict], setup, oracle: ProgressConstants, variants: dict) -> list[dict]:
     no_zeta = {k: dataclasses.replace(c, zeta2=np.zeros_like(c.zeta2))
                for k, c in setup.consts.items() if k in ("curv_est", "blk_est")}
+    out = []
     for r in rows:
-        A = np.array([[int(c) for c in row] for row in r["A"].split("|")], float)
+        A = plan_matrix(r["A"])
         bias = exact_bias(A, oracle)
-        out["plans"].append({
+        out.append({
             "plan": r["plan"], "A": r["A"], "mean_delta": float(r["mean_delta"]),
             "deltas": [float(x) for x in r["deltas"].split()], "bias_per_block": bias.tolist(),
             **{k: float(one_round_change(A, c)) for k, c in variants.items()},
@@ -181,16 +220,58 @@ def main() -> None:
             "J2_gram_blk": E.plan_bound(A, no_zeta["blk_est"]) + 2 * float(bias.sum()),
             **{k: float(r[k]) for k in E.J_COLUMNS if k in r},
         })
-    out["spearman"] = rank_against_measured(out["plans"])
-    out["seconds"] = time.perf_counter() - started
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gram.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+def plan_matrix(text: str) -> np.ndarray:
+    return np.array([[int(c) for c in row] for row in text.split("|")], float)
+
+
+def measure_progress_plans(args, setup, rows: list[dict], consts: dict[str, ProgressConstants]) -> list[dict]:
+    """The plan the zorba planner picks with each set of constants (the evidence run's generous
+    budgets), run for the table's first R repeats with their round seeds, and compared pairwise."""
+    cfg = setup.cfg
+    scorer = Scorer(setup.warmed, get_task(cfg.task), cfg.max_len)
+    held = (scorer.encode(setup.heldout), [e.label for e in setup.heldout])
+    f0 = E.heldout_loss(scorer, *held)
+    table = {r["plan"]: np.array([float(x) for x in r["deltas"].split()])[: args.measure] for r in rows}
+    out, done = [], {}
+    for name, c in consts.items():
+        planner = E.make_runner(cfg, setup.inputs, setup.warmed, None).state.server.planner
+        planner.use_progress(c)
+        given = planner.plan(0, list(range(cfg.clients)))
+        A = np.zeros((cfg.clients, len(c.curvature)))
+        for n, blocks in given.items():
+            A[n, list(blocks)] = 1
+        key = "|".join("".join(str(int(x)) for x in row) for row in A)
+        same = [r["plan"] for r in rows if r["A"] == key]
+        if same or key in done:
+            deltas = table[same[0]] if same else done[key]
+        else:
+            deltas = np.array([E.one_round_delta(cfg, setup.inputs, setup.warmed, A,
+                                                 E.derive_key(cfg.seed, 0x0E1, rep), held) - f0
+                               for rep in range(args.measure)])
+        done[key] = deltas
+        out.append({"plan": name, "A": key, "same_as": same[0] if same else None,
+                    "Phi": float(one_round_change(A, c)), "mean_delta": float(deltas.mean()),
+                    "se_delta": float(deltas.std(ddof=1) / np.sqrt(len(deltas))), "deltas": deltas.tolist(),
+                    "paired": {p: {"mean_diff": float((deltas - d).mean()),
+                                   "se_diff": float((deltas - d).std(ddof=1) / np.sqrt(len(d)))}
+                               for p, d in table.items()}})
+        print(f"  {name}: {key} mean delta {deltas.mean():+.2e} (se {out[-1]['se_delta']:.1e})", flush=True)
+    return out
+
+
+def report(out: dict) -> None:
     for p in out["plans"]:
         print(f"{p['plan']:30s} delta {p['mean_delta']:+.2e} Phi {p['Phi']:+.2e} Phi_taylor {p['Phi_taylor']:+.2e} "
               f"Phi_probed {p['Phi_probed']:+.2e} J2_gram_curv {p['J2_gram_curv']:.4g}")
     for k, v in out["spearman"].items():
         print(f"Spearman({k}, mean delta) = {v['spearman']:+.2f}  bootstrap 5/50/95 {np.round(v['boot'], 2).tolist()}")
+    for p in out.get("progress_plans", []):
+        better = [q for q, d in p["paired"].items() if d["mean_diff"] + 2 * d["se_diff"] < 0]
+        print(f"{p['plan']}: {p['A']} mean delta {p['mean_delta']:+.2e} +- {p['se_delta']:.1e}; "
+              f"more progress than (paired, > 2 SE): {better}")
 
 
 def rank_against_measured(plans: list[dict], boot: int = 1000, seed: int = 0) -> dict:

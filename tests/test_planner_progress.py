@@ -16,16 +16,20 @@ from zorba.zo import add_scaled_noise_
 BLOCK = 2  # coordinates per block in the quadratic instances
 
 
-def quadratic(seed: int, N: int = 2, L: int = 3):
-    """f_n(w) = 1/2 (w - c_n)^T diag(h) (w - c_n) at w = 0: gradients g_n = -h * c_n, deterministic."""
+def quadratic(seed: int, N: int = 2, L: int = 3, dense: bool = False):
+    """f_n(w) = 1/2 (w - c_n)^T H (w - c_n) at w = 0: gradients g_n = -H c_n, deterministic; H
+    diagonal or a dense positive definite matrix."""
     rng = np.random.default_rng(seed)
-    h = rng.uniform(0.5, 2.0, L * BLOCK)
-    g = -h * rng.normal(size=(N, L * BLOCK))
+    H = np.diag(rng.uniform(0.5, 2.0, L * BLOCK))
+    if dense:
+        Q, _ = np.linalg.qr(rng.normal(size=(L * BLOCK, L * BLOCK)))
+        H = Q @ H @ Q.T
+    g = -rng.normal(size=(N, L * BLOCK)) @ H
     p = rng.dirichlet(np.ones(N))
-    return h, g, p
+    return H, g, p
 
 
-def exact_change(A: np.ndarray, h: np.ndarray, g: np.ndarray, p: np.ndarray, eta: float) -> float:
+def exact_change(A: np.ndarray, H: np.ndarray, g: np.ndarray, p: np.ndarray, eta: float) -> float:
     """E f(w+) - f(w) for one round (K = q = 1, Rademacher, equal aggregation weights), enumerating
     every client's sign vector: f is quadratic, so second order is exact."""
     N, L = A.shape
@@ -44,47 +48,54 @@ def exact_change(A: np.ndarray, h: np.ndarray, g: np.ndarray, p: np.ndarray, eta
     total = 0.0
     for combo in itertools.product(*[range(len(s)) for s in per_client]):
         delta = sum(per_client[n][i] for n, i in enumerate(combo))
-        total += grad @ delta + 0.5 * delta @ (h * delta)
+        total += grad @ delta + 0.5 * delta @ H @ delta
     return total / np.prod([len(s) for s in per_client])
 
 
-def constants(h, g, p, eta: float, smooth: float, L: int = 3) -> ProgressConstants:
+def constants(H, g, p, eta: float, smooth: float, L: int = 3) -> ProgressConstants:
     gb = g.reshape(len(g), L, BLOCK)
     gram = np.einsum("nlb,mlb->lnm", gb, gb)
     second = (gb**2).sum(-1)
-    curvature = h.reshape(L, BLOCK).sum(1)  # tr(H_ll)
+    curvature = np.array([np.trace(H[b * BLOCK : (b + 1) * BLOCK, b * BLOCK : (b + 1) * BLOCK]) for b in range(L)])
     return ProgressConstants(gram, second, curvature, p, eta, 1, 1, smooth)
+
+
+def remainder(A, H, g, eta: float) -> float:
+    """R of Theorem 4 (deterministic gradients): what Phi_taylor leaves out."""
+    omega = np.repeat(aggregation_weights(A), BLOCK, axis=1)
+    m = (omega * g).sum(0)
+    own = [omega[n] * g[n] for n in range(len(g))]
+    diag = [np.diag(H) * omega[n] ** 2 * (g[n] * np.repeat(A[n], BLOCK)) ** 2 for n in range(len(g))]
+    cross = sum(v @ H @ v - d.sum() for v, d in zip(own, diag, strict=True))
+    return 0.5 * eta**2 * (m @ H @ m - sum(v @ H @ v for v in own) + 2 * cross)
 
 
 PLANS = [np.array(a, float) for a in ([[1, 1, 1], [1, 1, 1]], [[1, 0, 1], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]],
                                         [[0, 1, 0], [1, 0, 0]], [[1, 1, 1], [0, 0, 0]])]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_taylor_phi_is_exact_up_to_the_step_length_terms(seed):
-    """K = 1, diagonal curvature: E f(w+) - f(w) = Phi_taylor + eta^2/2 (|m|_H^2 - sum_n |omega_n g_n|_H^2)."""
-    h, g, p = quadratic(seed)
+@pytest.mark.parametrize("seed,dense", [(0, False), (1, False), (2, True), (3, True)])
+def test_taylor_phi_is_exact_up_to_the_remainder_of_theorem_4(seed, dense):
+    H, g, p = quadratic(seed, dense=dense)
     eta = 0.05
-    c = constants(h, g, p, eta, smooth=0.0)
+    c = constants(H, g, p, eta, smooth=0.0)
     for A in PLANS:
-        omega = np.repeat(aggregation_weights(A), BLOCK, axis=1)
-        m = (omega * g).sum(0)
-        rest = 0.5 * eta**2 * (m @ (h * m) - sum((omega[n] * g[n]) @ (h * omega[n] * g[n]) for n in range(len(g))))
-        assert exact_change(A, h, g, p, eta) == pytest.approx(float(one_round_change(A, c)) + rest, rel=1e-10, abs=1e-14)
+        predicted = float(one_round_change(A, c)) + remainder(A, H, g, eta)
+        assert exact_change(A, H, g, p, eta) == pytest.approx(predicted, rel=1e-10, abs=1e-14)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_phi_with_the_smoothness_constant_bounds_the_exact_change(seed):
-    h, g, p = quadratic(seed)
+@pytest.mark.parametrize("seed,dense", [(0, False), (1, False), (2, True), (3, True)])
+def test_phi_with_the_smoothness_constant_bounds_the_exact_change(seed, dense):
+    H, g, p = quadratic(seed, dense=dense)
     eta = 0.05
-    c = constants(h, g, p, eta, smooth=float(h.max()))
+    c = constants(H, g, p, eta, smooth=float(np.linalg.eigvalsh(H).max()))
     for A in PLANS:
-        assert exact_change(A, h, g, p, eta) <= float(one_round_change(A, c)) + 1e-14
+        assert exact_change(A, H, g, p, eta) <= float(one_round_change(A, c)) + 1e-14
 
 
 def test_phi_batches_plans_and_charges_nothing_for_uncovered_blocks():
-    h, g, p = quadratic(3)
-    c = constants(h, g, p, 0.05, smooth=1.0)
+    H, g, p = quadratic(3)
+    c = constants(H, g, p, 0.05, smooth=1.0)
     batch = one_round_change(np.stack(PLANS), c)
     assert batch.shape == (len(PLANS),)
     assert np.allclose(batch, [float(one_round_change(A, c)) for A in PLANS])

@@ -9,11 +9,13 @@ the inner product:
 
     Phi(A) = - eta K sum_l sum_{n in C_l} omega_nl a_nl                      first order
              + (eta^2 K / 2q) sum_l h_l sum_{n in C_l} omega_nl^2 D_n(A)        ZO noise
-             + (L eta^2 K^2 / 2) sum_l omega_l^T Gamma_l omega_l                step length (|m_l|^2)
+             + L eta^2 [ K^2/2 sum_l |m_l|^2 + K/q sum_n sum_l omega_nl^2 s_nl ]     step length
 
 with Gamma_l[n, m] = <grad_l f_n, grad_l f_m>, a_nl = sum_m p_m Gamma_l[m, n] = <grad_l f, grad_l f_n>,
-D_n(A) = sum_{l in S_n} s_nl, s_nl = E_xi |grad_l F_n(w; xi)|^2, h_l the block's curvature (tr H_ll
-for the second-order value, L_l r_l for the bound), omega_nl the protocol's per-block weights.
+D_n(A) = sum_{l in S_n} s_nl, s_nl = E_xi |grad_l F_n(w; xi)|^2, h_l = tr(H_ll), |m_l|^2 =
+omega_l^T Gamma_l omega_l, omega_nl the protocol's per-block weights. With L = 0 (`smooth`) it is the
+second-order prediction `Phi_taylor`, exact for one step on a quadratic up to terms the step-length
+line bounds when 0 <= H <= L I (Theorem 4).
 
 None of Gamma is visible in scalars of independent directions; all of it is in *shared* ones: when
 every client evaluates the same Rademacher z on block l, on two independent minibatches (y^a, y^b),
@@ -38,7 +40,7 @@ class ProgressConstants:
     lr: float
     local_steps: int
     perturbations: int = 1
-    smooth: float = 1.0  # L of the step-length term
+    smooth: float = 0.0  # L of the step-length term; 0: the second-order prediction Phi_taylor
 
     def __post_init__(self) -> None:
         L, N = self.gram.shape[0], self.gram.shape[1]
@@ -77,8 +79,9 @@ def one_round_change(A: np.ndarray, c: ProgressConstants, weights: np.ndarray | 
     D = np.einsum("...nl,nl->...n", A, c.second)
     first = -eta * K * np.einsum("...nl,nl->...", omega, c.alignment)
     noise = eta**2 * K / (2 * q) * np.einsum("...nl,l,...n->...", omega**2, c.curvature, D)
-    length = c.smooth * eta**2 * K**2 / 2 * np.einsum("...nl,lnm,...ml->...", omega, c.gram, omega)
-    return first + noise + length
+    mean_step = K**2 / 2 * np.einsum("...nl,lnm,...ml->...", omega, c.gram, omega)  # |m|^2
+    own_step = K / q * np.einsum("...nl,nl->...", omega**2, c.second)
+    return first + noise + c.smooth * eta**2 * (mean_step + own_step)
 
 
 def gram_from_probes(ya: np.ndarray, yb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

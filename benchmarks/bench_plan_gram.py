@@ -59,15 +59,21 @@ from zorba.scoring import Scorer  # noqa: E402
 from zorba.tasks import get_task  # noqa: E402
 
 
+def clients_at_w0(setup):
+    """The evidence run's federation at w0: scorer, token ids, labels, each client's indices (the
+    runner's partition) and the block tensors of the w0 model."""
+    cfg, lm = setup.cfg, setup.warmed
+    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
+    labels = [e.label for e in setup.inputs.train]
+    parts = dirichlet_partition(labels, cfg.clients, cfg.alpha, cfg.seed)
+    return scorer, scorer.encode(setup.inputs.train), labels, parts, block_tensors(lm.model, lm.blocks)
+
+
 def client_gradients(setup, batch_size: int) -> tuple[list[list[torch.Tensor]], np.ndarray, np.ndarray]:
     """Per client n: the mean gradient of its local loss per block (flat fp32), E_xi |grad_l F_n|^2 over
     its minibatches, and its data share."""
     cfg, lm = setup.cfg, setup.warmed
-    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
-    ids = scorer.encode(setup.inputs.train)
-    labels = [e.label for e in setup.inputs.train]
-    parts = dirichlet_partition(labels, cfg.clients, cfg.alpha, cfg.seed)
-    tensors = block_tensors(lm.model, lm.blocks)
+    scorer, ids, labels, parts, tensors = clients_at_w0(setup)
     for t in (t for block in tensors for t in block):
         t.requires_grad_(True)
     means, second = [], np.zeros((cfg.clients, len(tensors)))
@@ -98,12 +104,8 @@ def oracle_constants(grads, second: np.ndarray, shares: np.ndarray, traces: np.n
 
 def probed_constants(setup, shares: np.ndarray, traces: np.ndarray, n_probes: int, batch: int, smooth: float):
     """Phi's constants as a run would get them: shared-seed ZO probes (zorba.probes), forward only."""
-    cfg, lm = setup.cfg, setup.warmed
-    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
-    ids = scorer.encode(setup.inputs.train)
-    labels = [e.label for e in setup.inputs.train]
-    parts = dirichlet_partition(labels, cfg.clients, cfg.alpha, cfg.seed)
-    tensors = block_tensors(lm.model, lm.blocks)
+    cfg = setup.cfg
+    scorer, ids, labels, parts, tensors = clients_at_w0(setup)
     L, N = len(tensors), len(parts)
     ya, yb = np.zeros((L, n_probes, N)), np.zeros((L, n_probes, N))
     for n, part in enumerate(parts):

@@ -221,3 +221,21 @@ def test_a_run_with_probes_plans_by_progress_and_records_the_probes(tiny_models,
     bad = zorba("run", "--model", str(tiny_models["bert"]), "--planner", "all", "--probes", "2", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "probes" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_progress_search_scales_to_many_blocks_with_one_block_moves():
+    """Above MAX_ENUMERATED_BLOCKS a client's options are its one-block neighbours: no 2^L
+    enumeration, the constraints still hold and Phi does not get worse than the start's."""
+    from zorba.planner.instances import transformer_instance
+    from zorba.planner.problem import Problem
+    from zorba.planner.progress_search import MAX_ENUMERATED_BLOCKS, progress_search
+    from zorba.planner.solve import solve_heuristic
+
+    N, L = 40, MAX_ENUMERATED_BLOCKS + 8
+    consts, mem, budgets = transformer_instance(N, L, seed=1)
+    problem = Problem(consts, mem, budgets)
+    start = solve_heuristic(consts, mem, budgets, seed=0).A
+    pc = random_progress(N, L, seed=1)
+    A = progress_search(problem, start, pc, seconds=20.0)
+    assert np.all(mem.client_memory(A) <= budgets * (1 + 1e-12)) and A.any(0).all() and A.any(1).all()
+    assert float(one_round_change(A, pc)) < float(one_round_change(start, pc))

@@ -26,8 +26,10 @@ from zorba.data import dirichlet_partition
 from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
 from zorba.planner.memory_model import MemoryModel
+from zorba.planner.progress import ProgressConstants, gram_from_probes
 from zorba.plans import AllBlocks, BlockPlanner, RandomBlocks, RoundRobin
 from zorba.precision import make_client_replica
+from zorba.probes import probe_client
 from zorba.profiles import ClientProfile, blocks_within_budget, default_profiles, load_profiles
 from zorba.protocol import Hyper
 from zorba.reliability import Reliability, is_late, online
@@ -203,12 +205,9 @@ class Runner:
         if cfg.probes:  # before round 0, at the base weights: a resumed run measures the same values
             planner.use_progress(self.measure_progress())
 
-    def measure_progress(self):
+    def measure_progress(self) -> ProgressConstants:
         """Phi's constants (docs/theory.md section 14): every client's shared-seed probes of every
         block, forward passes only, and the server's Hessian traces on public (dev) examples."""
-        from zorba.planner.progress import ProgressConstants, gram_from_probes
-        from zorba.probes import probe_client
-
         cfg, s, started = self.cfg, self.state, time.perf_counter()
         probes = [probe_client(s.device, c.indices, self.train_scorer, self.train, cfg.seed, c.cid, cfg.probes,
                                cfg.probe_batch, cfg.mu) for c in s.clients]

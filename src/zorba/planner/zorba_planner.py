@@ -56,6 +56,7 @@ class ZorbaPlanner(BlockPlanner):
         self.consts = self.prior
         self.schedule: Schedule | None = None
         self.progress: ProgressConstants | None = None
+        self._searched: dict[tuple, np.ndarray] = {}
         self._history: deque[list[ScalarReport]] = deque(maxlen=history)
         self._given: dict[int, dict[int, tuple[int, ...]]] = {}
         self._planned_for: tuple[int, ...] | None = None
@@ -94,7 +95,7 @@ class ZorbaPlanner(BlockPlanner):
     def use_progress(self, consts: ProgressConstants) -> None:
         """Plan by the progress objective Phi (docs/theory.md section 14) from now on: the bound's
         plan is the start of a search on Phi under the same budgets and coverage (progress_search.py)."""
-        self.progress, self._stale = consts, True
+        self.progress, self._stale, self._searched = consts, True, {}
 
     # --- planning ----------------------------------------------------------------------------------
     def _solve(self, ids: tuple[int, ...]) -> Schedule:
@@ -125,7 +126,10 @@ class ZorbaPlanner(BlockPlanner):
         if self.progress is None or schedule.window != 1:
             return schedule
         started, first = time.perf_counter(), schedule.plans[0]
-        A = progress_search(problem, first.A, self.progress.subset(rows), seed=self.seed)
+        key = (ids, first.A.tobytes())  # the search is deterministic: same start, same end
+        if key not in self._searched:
+            self._searched[key] = progress_search(problem, first.A, self.progress.subset(rows), seed=self.seed)
+        A = self._searched[key]
         plan = problem.make_plan(A, f"{first.solver}+progress", first.seconds + time.perf_counter() - started)
         return Schedule([plan], plan.bound, schedule.seconds + time.perf_counter() - started)
 

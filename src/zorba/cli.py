@@ -31,11 +31,6 @@ def run(
     block_smoothness: bool = typer.Option(
         False, "--block-smoothness", help="zorba planner: per-block smoothness L_l and Hessian traces (Theorem 3)"
     ),
-    probes: int = typer.Option(
-        None, help="zorba planner: shared-seed probes per block and client before round 0; plans by the "
-        "progress objective (docs/theory.md section 14) [0: off]"
-    ),
-    probe_batch: int = typer.Option(None, help="examples in each of a probe's two minibatches [32]"),
     resume: Path = typer.Option(None, help="continue the killed run whose --out was this folder"),
     dropout: float = typer.Option(None, help="chance each client is offline in a round (seeded) [0]"),
     deadline: float = typer.Option(None, help="seconds per round; later reports are left out [none]"),
@@ -51,7 +46,6 @@ def run(
     values = dict(
         config_values(options), test_file=str(test_file) if test_file else None, device=device,
         curvature_sizes=curvature_sizes or None, block_smoothness=block_smoothness or None,
-        probes=probes, probe_batch=probe_batch,
     )
     reliability = dict(dropout=dropout, deadline=deadline, clip=clip, aggregate=aggregate, trim=trim)
     if resume is not None:

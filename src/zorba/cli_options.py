@@ -32,6 +32,9 @@ _SHARED = (  # name, type, default, help
     ("eval_every", int, None, "evaluate on dev every this many rounds"),
     ("seed", int, None, "run seed: every random choice derives from it"),
     ("data_dir", Path, None, "folder with <task>/train.tsv and dev.tsv"),
+    ("probes", int, None, "zorba planner: shared-seed probes per block and client before round 0; plans by "
+     "the progress objective (docs/theory.md section 14) [0: off]"),
+    ("probe_batch", int, None, "examples in each of a probe's two minibatches [32]"),
     ("measure_memory", bool, True, "measure each client's peak memory in a fresh process"),
     ("overwrite", bool, False, "replace an existing output folder"),
 )

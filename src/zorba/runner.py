@@ -168,6 +168,25 @@ def _server_traces(cfg: RunConfig, lm: LoadedModel, batch) -> np.ndarray:
 PROBE_TRACE_EXAMPLES = 32  # public examples behind the server's Hessian traces (as --curvature-sizes)
 
 
+def progress_from_probes(
+    cfg: RunConfig, lm: LoadedModel, public: Sequence, probes: Sequence[tuple[np.ndarray, np.ndarray]],
+    examples: Sequence[int],
+) -> tuple[ProgressConstants, dict]:
+    """The server's side of --probes, shared by both engines: each client's (y^a, y^b) of shape
+    (L, P), client order = ids, its number of examples (f's weights), and the Hessian traces the server
+    measures on public examples -> Phi's constants and what result.json records of them."""
+    gram, second = gram_from_probes(np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1))
+    traces = _server_traces(cfg, lm, _public_batch(cfg, lm, public, PROBE_TRACE_EXAMPLES))
+    shares = np.asarray(examples, float)
+    consts = ProgressConstants(gram, second, np.maximum(traces, 0.0), shares / shares.sum(), cfg.lr,
+                               cfg.local_steps, cfg.q)
+    L = len(lm.blocks)
+    info = {"forwards_per_client": 4 * cfg.probes * L, "uplink_scalars_per_client": 2 * cfg.probes * L,
+            "alignment": consts.alignment.tolist(), "second_moments": second.tolist(),
+            "curvature": consts.curvature.tolist()}
+    return consts, info
+
+
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:
     if cfg.participation >= 1.0:
         return list(range(cfg.clients))
@@ -207,19 +226,13 @@ class Runner:
 
     def measure_progress(self) -> ProgressConstants:
         """Phi's constants (docs/theory.md section 14): every client's shared-seed probes of every
-        block, forward passes only, and the server's Hessian traces on public (dev) examples."""
+        block (forward passes only), then the server's part (progress_from_probes)."""
         cfg, s, started = self.cfg, self.state, time.perf_counter()
         probes = [probe_client(s.device, c.indices, self.train_scorer, self.train, cfg.seed, c.cid, cfg.probes,
                                cfg.probe_batch, cfg.mu) for c in s.clients]
-        gram, second = gram_from_probes(np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1))
-        traces = _server_traces(cfg, s.lm, _public_batch(cfg, s.lm, self.inputs.dev, PROBE_TRACE_EXAMPLES))
-        shares = np.array([len(c.indices) for c in s.clients], float)
-        consts = ProgressConstants(gram, second, np.maximum(traces, 0.0), shares / shares.sum(), cfg.lr,
-                                   cfg.local_steps, cfg.q, smooth=0.0)
-        L = len(s.lm.blocks)
-        s.probes = {"forwards_per_client": 4 * cfg.probes * L, "uplink_scalars_per_client": 2 * cfg.probes * L,
-                    "seconds": time.perf_counter() - started, "alignment": consts.alignment.tolist(),
-                    "second_moments": second.tolist(), "curvature": consts.curvature.tolist()}
+        consts, s.probes = progress_from_probes(cfg, s.lm, self.inputs.dev, probes,
+                                                [len(c.indices) for c in s.clients])
+        s.probes["seconds"] = time.perf_counter() - started
         return consts
 
     def evaluate(self, round_idx: int) -> dict:

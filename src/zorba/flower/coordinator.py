@@ -25,7 +25,14 @@ from zorba.models import LoadedModel, load_model, state_digest
 from zorba.profiles import blocks_within_budget
 from zorba.protocol import Hyper
 from zorba.replica import Replica
-from zorba.runner import check_inputs, client_memory_model, client_profiles, make_planner, participants
+from zorba.runner import (
+    check_inputs,
+    client_memory_model,
+    client_profiles,
+    make_planner,
+    participants,
+    progress_from_probes,
+)
 from zorba.scoring import Scorer
 from zorba.server import ReportRejected, Server
 from zorba.tasks import get_task
@@ -40,10 +47,12 @@ class FlowerRun:
     base_digest: str
     block_counts: list[int]
     node_of: dict[int, int] = field(default_factory=dict)  # client (partition id) -> Flower node id
+    examples: dict[int, int] = field(default_factory=dict)  # client -> its number of training examples
     history: list[dict] = field(default_factory=list)
     accuracy: dict = field(default_factory=dict)
     setup_bytes: dict = field(default_factory=dict)
     final_sync: dict = field(default_factory=dict)
+    probes: dict | None = None  # what --probes measured before round 0
     seconds: float = 0.0
 
 
@@ -86,12 +95,40 @@ def hello(grid: Grid, run: FlowerRun, nodes: list[int]) -> None:
         if cid in run.node_of:
             raise UserError(f"two SuperNodes claim partition-id {cid}")
         run.node_of[cid] = reply.metadata.src_node_id
+        run.examples[cid] = int(answer["examples"])
     missing = sorted(set(range(run.cfg.clients)) - set(run.node_of))
     if missing:
         # Seen in practice: Ray runs simulated ClientApps at nice 15, so other full-priority jobs on a
         # saturated machine can starve them past the wait (docs/flower.md).
         raise UserError(f"no SuperNode answered for clients {missing} (partition-id 0..{run.cfg.clients - 1}) "
                         f"within {run.opts.node_wait:.0f} s; on a busy machine ClientApps may be starved of CPU")
+
+
+def probe(grid: Grid, run: FlowerRun, public: list) -> None:
+    """--probes: every client probes every block at the base weights (query.probe); the server turns
+    the scalars into Phi's constants for its planner, as the in-process runner does."""
+    started, cfg, L = time.perf_counter(), run.cfg, len(run.lm.blocks)
+    msgs = {c: Message(RecordDict({}), dst_node_id=n, message_type="query.probe") for c, n in run.node_of.items()}
+    client_of = {n: c for c, n in run.node_of.items()}
+    scalars = {}
+    for reply in grid.send_and_receive(list(msgs.values()), timeout=run.opts.round_timeout):
+        c = client_of.get(reply.metadata.src_node_id)
+        if c is None:
+            continue
+        if reply.has_error():
+            raise UserError(f"client {c} failed its probes: {reply.error.reason}")
+        try:
+            scalars[c] = wire.records_to_probes(reply.content, L, cfg.probes)
+        except wire.WireError as exc:
+            raise UserError(f"client {c}: {exc}") from None
+    missing = sorted(set(run.node_of) - set(scalars))
+    if missing:
+        raise UserError(f"no probe scalars from clients {missing} within {run.opts.round_timeout:g} s")
+    ids = sorted(scalars)
+    consts, run.probes = progress_from_probes(cfg, run.lm, public, [scalars[c] for c in ids],
+                                              [run.examples[c] for c in ids])
+    run.server.planner.use_progress(consts)
+    run.probes["seconds"] = time.perf_counter() - started
 
 
 def exchange(
@@ -218,6 +255,8 @@ def train(grid: Grid, run: FlowerRun) -> FlowerRun:
     dev_inputs = check_inputs(cfg).dev
     dev = (scorer.encode(dev_inputs), [e.label for e in dev_inputs])
     hello(grid, run, wait_for_nodes(grid, cfg.clients, run.opts.node_wait))
+    if cfg.probes:
+        probe(grid, run, dev_inputs)
     run.accuracy["initial"] = scorer.accuracy(*dev)
     for t in range(cfg.rounds):
         record = run_round(grid, run)

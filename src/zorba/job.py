@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zorba.config import RunConfig, resolve_device
@@ -27,7 +28,7 @@ def run_job(
     inputs = check_inputs(cfg)
     lm = load_model(cfg.model)
     base_digest = state_digest(lm.model)
-    runner = Runner(cfg, inputs, lm, reliability)
+    runner = _build_runner(cfg, inputs, lm, reliability, progress)
     if overwrite and not resume:
         clear_for_overwrite(out)
     durable = DurableRun(runner, out, base_digest, reliability, resume)
@@ -36,6 +37,15 @@ def run_job(
     result["reliability"] = reliability.model_dump(mode="json")
     publish_beside_state(out, lambda tmp: write_outputs(tmp, result, state.server.replica, state.server.log))
     return result
+
+
+def _build_runner(cfg: RunConfig, inputs, lm, reliability: Reliability, progress: bool) -> Runner:
+    """--probes make building the runner take minutes (4 x probes x blocks forwards per client): say so."""
+    if not (progress and cfg.probes):
+        return Runner(cfg, inputs, lm, reliability)
+    work = f"{cfg.clients} clients x {len(lm.blocks)} blocks x {cfg.probes} shared-seed probes (4 forwards each)"
+    with Console(stderr=True).status(f"probing before round 0: {work}"):
+        return Runner(cfg, inputs, lm, reliability)
 
 
 def _run_with_progress(runner: Runner | DurableRun, cfg: RunConfig) -> RunState:

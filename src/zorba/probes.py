@@ -27,15 +27,13 @@ def probe_seed(round_seed: int, block: int) -> int:
 
 
 def probe_batches(indices: np.ndarray, batch_size: int, round_seed: int, client: int, n_probes: int) -> list[np.ndarray]:
-    """2 x n_probes minibatches from the client's data (a, b alternate), drawn without replacement
-    within a pair so the two minibatches of a probe are independent samples of the client's data."""
+    """2 x n_probes minibatches from the client's data (a, b alternate). The two minibatches of a probe
+    are drawn independently (each without replacement; they may share examples): that is what makes
+    E[y^a_n y^b_n] = |grad_l f_n|^2 exactly. Disjoint draws would bias it by -sigma^2 / (|D_n| - 1),
+    sigma^2 the per-example gradient variance: not small for a client with a few hundred examples."""
     rng = np.random.default_rng(derive_key(round_seed, _PROBE_TAG, client, 1 << 20))
-    size = min(batch_size, max(1, len(indices) // 2))
-    out = []
-    for _ in range(n_probes):
-        pick = rng.choice(len(indices), size=2 * size, replace=len(indices) < 2 * size)
-        out += [indices[pick[:size]], indices[pick[size:]]]
-    return out
+    size = min(batch_size, len(indices))
+    return [indices[rng.choice(len(indices), size=size, replace=False)] for _ in range(2 * n_probes)]
 
 
 @torch.no_grad()

@@ -15,7 +15,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from zorba.client import TokenizedData
+from zorba.replica import Replica
 from zorba.rng import derive_key
+from zorba.scoring import Scorer
 from zorba.zo import add_scaled_noise_, to_f32
 
 _PROBE_TAG = 0x9B0BE
@@ -66,8 +69,8 @@ def probe_block(
     return ya, yb
 
 
-def probe_client(replica, indices: np.ndarray, scorer, data, round_seed: int, client: int, n_probes: int,
-                 batch_size: int, mu: float) -> tuple[np.ndarray, np.ndarray]:
+def probe_client(replica: Replica, indices: np.ndarray, scorer: Scorer, data: TokenizedData, round_seed: int,
+                 client: int, n_probes: int, batch_size: int, mu: float) -> tuple[np.ndarray, np.ndarray]:
     """(y^a, y^b), each (L, n_probes), for every block of a client's replica, one block at a time:
     the block is promoted to fp32 for its probes (replica.snapshot) and brought back after."""
     batches = probe_batches(indices, batch_size, round_seed, client, n_probes)

@@ -63,3 +63,22 @@ def test_flower_sim_cli_rejects_bad_options_with_exit_2():
     proc = subprocess.run([sys.executable, "-m", "zorba", "flower-sim", "--faults", "crash:x@y"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "fault" in proc.stderr
+
+
+def test_probe_records_round_trip_and_refuse_wrong_shapes_and_bad_values():
+    import numpy as np
+    from flwr.app import RecordDict
+
+    ya, yb = np.arange(6.0).reshape(3, 2), -np.arange(6.0).reshape(3, 2)
+    back = wire.records_to_probes(wire.probes_to_records(ya, yb), 3, 2)
+    assert np.array_equal(back[0], ya) and np.array_equal(back[1], yb)
+    with pytest.raises(wire.WireError, match="3 blocks x 4 probes"):
+        wire.records_to_probes(wire.probes_to_records(ya, yb), 3, 4)
+    record = wire.probes_to_records(ya, yb)
+    record[wire.PROBE]["scalars"] = record[wire.PROBE]["scalars"][:-4]
+    with pytest.raises(wire.WireError, match="bytes of float32"):
+        wire.records_to_probes(record, 3, 2)
+    with pytest.raises(wire.WireError, match="non-finite"):
+        wire.records_to_probes(wire.probes_to_records(ya * np.nan, yb), 3, 2)
+    with pytest.raises(wire.WireError, match="lacks"):
+        wire.records_to_probes(RecordDict({}), 3, 2)

@@ -84,7 +84,9 @@ def make_config(**values) -> RunConfig:
         return RunConfig(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "config"
+        if not err["loc"]:  # a rule across options: the message names them, the input is the whole config
+            raise UserError(f"invalid options: {err['msg'].removeprefix('Value error, ')}") from None
+        where = ".".join(str(p) for p in err["loc"])
         raise UserError(f"invalid option {where}: {err['msg']} (got {err.get('input')!r})") from None
 
 

@@ -115,7 +115,8 @@ def probed_constants(setup, shares: np.ndarray, traces: np.ndarray, n_probes: in
             a_, b_ = probe_block(loss, tensors, b, probe_seed(cfg.seed, b), batches, cfg.mu)
             ya[b, :, n], yb[b, :, n] = a_, b_
     gram, second = gram_from_probes(ya, yb)
-    return ProgressConstants(gram, second, traces, shares, cfg.lr, cfg.local_steps, cfg.q, smooth)
+    consts = ProgressConstants(gram, second, traces, shares, cfg.lr, cfg.local_steps, cfg.q, smooth)
+    return consts, (ya, yb)
 
 
 def exact_bias(A: np.ndarray, c: ProgressConstants) -> np.ndarray:
@@ -193,8 +194,9 @@ def measure_constants(args, setup) -> tuple[ProgressConstants, ProgressConstants
     oracle = oracle_constants(grads, second, shares, traces, setup.cfg, smooth)
     del grads
     probe_started = time.perf_counter()
-    probed = probed_constants(setup, shares, traces, args.probes, args.probe_batch, smooth)
-    info = {"traces_w0": traces.tolist(), "shares": shares.tolist(), "smooth": smooth, "probes": args.probes,
+    probed, (ya, yb) = probed_constants(setup, shares, traces, args.probes, args.probe_batch, smooth)
+    info = {"probe_scalars": {"ya": ya.tolist(), "yb": yb.tolist()},  # (L, P, N): to subsample P later
+            "traces_w0": traces.tolist(), "shares": shares.tolist(), "smooth": smooth, "probes": args.probes,
             "probe_batch": args.probe_batch, "probe_seconds": time.perf_counter() - probe_started,
             **{name: {"gram": c.gram.tolist(), "second": c.second.tolist(), "alignment": c.alignment.tolist()}
                for name, c in (("oracle", oracle), ("probed", probed))}}

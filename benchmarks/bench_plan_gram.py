@@ -45,6 +45,7 @@ import bench_plan_evidence as E  # noqa: E402
 
 from zorba import runner as runner_mod  # noqa: E402
 from zorba.blocks import block_tensors  # noqa: E402
+from zorba.client import TokenizedData  # noqa: E402
 from zorba.data import dirichlet_partition  # noqa: E402
 from zorba.methods.grad_loss import loss_with_grad  # noqa: E402
 from zorba.models import load_model  # noqa: E402
@@ -54,7 +55,8 @@ from zorba.planner.progress import (  # noqa: E402
     gram_from_probes,
     one_round_change,
 )
-from zorba.probes import probe_batches, probe_block, probe_seed  # noqa: E402
+from zorba.probes import probe_client  # noqa: E402
+from zorba.replica import Replica  # noqa: E402
 from zorba.scoring import Scorer  # noqa: E402
 from zorba.tasks import get_task  # noqa: E402
 
@@ -103,17 +105,14 @@ def oracle_constants(grads, second: np.ndarray, shares: np.ndarray, traces: np.n
 
 
 def probed_constants(setup, shares: np.ndarray, traces: np.ndarray, n_probes: int, batch: int, smooth: float):
-    """Phi's constants as a run would get them: shared-seed ZO probes (zorba.probes), forward only."""
+    """Phi's constants as a run would get them: each client's shared-seed ZO probes through the same
+    `probe_client` the runner calls (on a plain replica of the w0 model), forward only."""
     cfg = setup.cfg
-    scorer, ids, labels, parts, tensors = clients_at_w0(setup)
-    L, N = len(tensors), len(parts)
-    ya, yb = np.zeros((L, n_probes, N)), np.zeros((L, n_probes, N))
-    for n, part in enumerate(parts):
-        batches = probe_batches(part, batch, cfg.seed, n, n_probes)
-        loss = lambda b: scorer.loss([ids[i] for i in b], [labels[i] for i in b])  # noqa: E731
-        for b in range(L):
-            a_, b_ = probe_block(loss, tensors, b, probe_seed(cfg.seed, b), batches, cfg.mu)
-            ya[b, :, n], yb[b, :, n] = a_, b_
+    scorer, ids, labels, parts, _ = clients_at_w0(setup)
+    replica, data = Replica(setup.warmed), TokenizedData(ids, labels)
+    probes = [probe_client(replica, part, scorer, data, cfg.seed, n, n_probes, batch, cfg.mu)
+              for n, part in enumerate(parts)]
+    ya, yb = np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1)  # (L, P, N)
     gram, second = gram_from_probes(ya, yb)
     consts = ProgressConstants(gram, second, traces, shares, cfg.lr, cfg.local_steps, cfg.q, smooth)
     return consts, (ya, yb)

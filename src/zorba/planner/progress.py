@@ -25,6 +25,7 @@ E[y^a_n y^b_m] = <grad_l f_n, grad_l f_m> for every n, m (n = m included) and E[
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class ProgressConstants:
         return ProgressConstants(self.gram[:, idx][:, :, idx], self.second[idx], self.curvature, p / p.sum(),
                                  self.lr, self.local_steps, self.perturbations, self.smooth)
 
-    @property
+    @cached_property  # read by every batch of candidates a plan search evaluates
     def alignment(self) -> np.ndarray:
         """(N, L) a_nl = <grad_l f, grad_l f_n>: how much client n's gradient on block l helps f."""
         return np.einsum("m,lmn->nl", self.objective_weights, self.gram)

@@ -11,8 +11,10 @@ forward-only). From them, for every plan of the measured table:
              second-order cost, D_n(A) = sum_{l in S_n} E_xi |grad_l F_n(w0; xi)|^2 (per-client
              minibatch second moments) and tr(H_ll) by Hutchinson probes at w0 (planner/progress.py).
 - `Phi`      + (L eta^2 K^2 / 2) sum_l |m_l|^2 with L = max_l L_l: the bound form of Theorem 4.
-- `Phi_probed[_taylor]` the same from shared-seed ZO probes (zorba/probes.py; forward passes only,
-             what `zorba run --probes` measures) instead of first-order gradients.
+- `Phi_probed[_separable][_taylor]` the same from shared-seed ZO probes (zorba/probes.py; forward
+             passes only, what `zorba run --probes` measures) instead of first-order gradients, with
+             the per-block ("raw") or the block-pooled ("separable", the default) Gram estimator.
+- `Phi_oracle_separable` first-order constants forced into the separable form (what pooling costs).
 - `J2_gram_*` Theorem 2/3 with the heterogeneity term 2 zeta_l^2 (1-P_l)/P_l replaced by the exact
              bias 2 |b_l|^2 = 2 |m_l - grad_l f|^2: what measuring zeta exactly would give the old form.
 
@@ -25,6 +27,8 @@ every plan of the table pair by pair (common random numbers).
     OMP_NUM_THREADS=1 python benchmarks/bench_plan_gram.py --evidence docs/planner_evidence/one_round_merged \
         --out docs/planner_evidence/gram                      # about 15 minutes on one core
     ... --constants-from docs/planner_evidence/gram/gram.json --measure 94 --out OUT  # reuse; + ~15 min per plan
+    ... --constants-from docs/planner_evidence/gram/gram_p64.json --subsample 200 --out OUT  # probes by count
+    ... --constants-from .../gram_p64.json --reprobe --probe-seed 1 --probes 16 --probe-batch 32 --out OUT
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ from zorba.data import dirichlet_partition  # noqa: E402
 from zorba.methods.grad_loss import loss_with_grad  # noqa: E402
 from zorba.models import load_model  # noqa: E402
 from zorba.planner.progress import (  # noqa: E402
+    GRAM_ESTIMATORS,
     ProgressConstants,
     aggregation_weights,
     gram_from_probes,
     one_round_change,
+    second_at_batch,
+    separable_gram,
 )
 from zorba.probes import probe_client  # noqa: E402
 from zorba.replica import Replica  # noqa: E402
@@ -104,18 +111,26 @@ def oracle_constants(grads, second: np.ndarray, shares: np.ndarray, traces: np.n
     return ProgressConstants(gram, second, traces, shares, cfg.lr, cfg.local_steps, cfg.q, smooth)
 
 
-def probed_constants(setup, shares: np.ndarray, traces: np.ndarray, n_probes: int, batch: int, smooth: float):
-    """Phi's constants as a run would get them: each client's shared-seed ZO probes through the same
-    `probe_client` the runner calls (on a plain replica of the w0 model), forward only."""
+def probe_scalars(setup, n_probes: int, batch: int, probe_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The probe scalars (L, P, N) a run would get: each client's shared-seed ZO probes through the
+    same `probe_client` the runner calls (on a plain replica of the w0 model), forward only."""
     cfg = setup.cfg
     scorer, ids, labels, parts, _ = clients_at_w0(setup)
     replica, data = Replica(setup.warmed), TokenizedData(ids, labels)
-    probes = [probe_client(replica, part, scorer, data, cfg.seed, n, n_probes, batch, cfg.mu)
+    probes = [probe_client(replica, part, scorer, data, probe_seed, n, n_probes, batch, cfg.mu)
               for n, part in enumerate(parts)]
-    ya, yb = np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1)  # (L, P, N)
-    gram, second = gram_from_probes(ya, yb)
-    consts = ProgressConstants(gram, second, traces, shares, cfg.lr, cfg.local_steps, cfg.q, smooth)
-    return consts, (ya, yb)
+    return np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1)
+
+
+def constants_from_probes(ya: np.ndarray, yb: np.ndarray, estimator: str, probe_batch: int, saved: dict,
+                          cfg) -> ProgressConstants:
+    """Phi's constants from probe scalars as runner.progress_from_probes builds them (same estimator,
+    second moments moved to the training batch size), with the traces measured at w0."""
+    gram, second = gram_from_probes(ya, yb, estimator)
+    sizes = np.array(saved["client_sizes"])
+    second = second_at_batch(second, gram, probe_batch, cfg.batch_size, sizes)
+    return ProgressConstants(gram, second, np.array(saved["traces_w0"]), np.array(saved["shares"]), cfg.lr,
+                             cfg.local_steps, cfg.q, saved["smooth"])
 
 
 def exact_bias(A: np.ndarray, c: ProgressConstants) -> np.ndarray:
@@ -140,7 +155,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--probes", type=int, default=16, help="shared-seed probes per block and client")
     ap.add_argument("--probe-batch", type=int, default=32, help="examples per probe minibatch (two per probe)")
     ap.add_argument("--constants-from", type=Path, default=None,
-                    help="a gram.json of an earlier run: reuse its oracle and probed constants")
+                    help="a gram.json of an earlier run: reuse its first-order constants and probe scalars")
+    ap.add_argument("--reprobe", action="store_true",
+                    help="with --constants-from: keep its first-order constants, measure new probes")
+    ap.add_argument("--probe-seed", type=int, default=None, help="the probes' round seed [the run seed]")
+    ap.add_argument("--subsample", type=int, default=0,
+                    help="D > 0: Spearman of each estimator on D random subsets of P probes, P = 4, 8, ...")
     ap.add_argument("--measure", type=int, default=0,
                     help="R > 0: run the plans the progress planner picks (probed and oracle constants) for "
                          "the table's first R one-round repeats (same round seeds: paired with every plan)")
@@ -162,22 +182,37 @@ def main() -> None:
     print(f"f(w0) = {f0:.9f} (the evidence run's start must match)", flush=True)
     if args.constants_from:
         out = json.loads(args.constants_from.read_text())
-        oracle, probed = (constants_from_json(out, key, setup.cfg) for key in ("oracle", "probed"))
+        oracle = constants_from_json(out, "oracle", setup.cfg)
+        if args.reprobe:
+            out.update(probe_info(args, setup))
     else:
-        oracle, probed, out = measure_constants(args, setup)
+        oracle, out = measure_constants(args, setup)
+    if "probe_scalars" not in out:
+        sys.exit(f"{args.constants_from} keeps no probe scalars; use --reprobe")
     out["f_w0"] = f0
+    out["client_sizes"] = [len(p) for p in clients_at_w0(setup)[3]]
+    ya, yb = (np.array(out["probe_scalars"][k]) for k in ("ya", "yb"))
+    probed = {e: constants_from_probes(ya, yb, e, out["probe_batch"], out, setup.cfg) for e in GRAM_ESTIMATORS}
+    out["probed"] = {e: {"gram": c.gram.tolist(), "second": c.second.tolist(), "alignment": c.alignment.tolist()}
+                     for e, c in probed.items()}
     variants = {
         "Phi_first_order": dataclasses.replace(oracle, curvature=0 * oracle.curvature, smooth=0.0),
         "Phi_taylor": dataclasses.replace(oracle, smooth=0.0),
         "Phi": oracle,
-        "Phi_probed": probed,
-        "Phi_probed_taylor": dataclasses.replace(probed, smooth=0.0),
+        "Phi_oracle_separable": dataclasses.replace(oracle, gram=separable_gram(oracle.gram), smooth=0.0),
+        **{f"Phi_probed{'' if e == 'raw' else '_' + e}{suffix}": dataclasses.replace(c, smooth=c.smooth * keep)
+           for e, c in probed.items() for suffix, keep in (("", 1.0), ("_taylor", 0.0))},
     }
+    out["separability"] = separability(oracle.gram)
     out["plans"] = score_table(rows, setup, oracle, variants)
-    out["spearman"] = rank_against_measured(out["plans"])
+    out["spearman"] = rank_against_measured(out["plans"], list(variants))
+    if args.subsample:
+        out["subsample"] = subsample_study(ya, yb, out, setup.cfg, rows, args.subsample)
     if args.measure:
         out["progress_plans"] = measure_progress_plans(args, setup, rows, {
-            "progress plan (probed)": variants["Phi_probed_taylor"], "progress plan (oracle)": variants["Phi_taylor"]})
+            "progress plan (probed, separable)": variants["Phi_probed_separable_taylor"],
+            "progress plan (probed, raw)": variants["Phi_probed_taylor"],
+            **({} if args.constants_from else {"progress plan (oracle)": variants["Phi_taylor"]})})
     out["seconds"] = time.perf_counter() - started
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -185,21 +220,54 @@ def main() -> None:
     report(out)
 
 
-def measure_constants(args, setup) -> tuple[ProgressConstants, ProgressConstants, dict]:
+def measure_constants(args, setup) -> tuple[ProgressConstants, dict]:
     traces = runner_mod._server_traces(setup.cfg, setup.warmed, runner_mod._public_batch(
         setup.cfg, setup.warmed, E.public_sample(setup.cfg), 32))
     grads, second, shares = client_gradients(setup, setup.cfg.batch_size)
     smooth = setup.consts["blk"].smooth  # max_l L_l, measured at the start (Theorem 3)
     oracle = oracle_constants(grads, second, shares, traces, setup.cfg, smooth)
     del grads
-    probe_started = time.perf_counter()
-    probed, (ya, yb) = probed_constants(setup, shares, traces, args.probes, args.probe_batch, smooth)
-    info = {"probe_scalars": {"ya": ya.tolist(), "yb": yb.tolist()},  # (L, P, N): to subsample P later
-            "traces_w0": traces.tolist(), "shares": shares.tolist(), "smooth": smooth, "probes": args.probes,
-            "probe_batch": args.probe_batch, "probe_seconds": time.perf_counter() - probe_started,
-            **{name: {"gram": c.gram.tolist(), "second": c.second.tolist(), "alignment": c.alignment.tolist()}
-               for name, c in (("oracle", oracle), ("probed", probed))}}
-    return oracle, probed, info
+    info = {"traces_w0": traces.tolist(), "shares": shares.tolist(), "smooth": smooth,
+            "oracle": {"gram": oracle.gram.tolist(), "second": oracle.second.tolist(),
+                       "alignment": oracle.alignment.tolist()}}
+    return oracle, {**info, **probe_info(args, setup)}
+
+
+def probe_info(args, setup) -> dict:
+    """New probe scalars (L, P, N), kept whole so that smaller P can be studied later."""
+    started = time.perf_counter()
+    seed = setup.cfg.seed if args.probe_seed is None else args.probe_seed
+    ya, yb = probe_scalars(setup, args.probes, args.probe_batch, seed)
+    return {"probe_scalars": {"ya": ya.tolist(), "yb": yb.tolist()}, "probes": args.probes,
+            "probe_batch": args.probe_batch, "probe_seed": seed, "probe_seconds": time.perf_counter() - started}
+
+
+def separability(gram: np.ndarray) -> dict:
+    """How far the first-order Gram matrices are from one client shape times a per-block scale:
+    ||Gamma_l - lambda_l G|| / ||Gamma_l|| per block (Frobenius), and each block's correlation matrix."""
+    fit = separable_gram(gram)
+    d = np.sqrt(np.einsum("lnn->ln", gram))
+    return {"relative_residual": (np.linalg.norm(gram - fit, axis=(1, 2)) / np.linalg.norm(gram, axis=(1, 2))).tolist(),
+            "correlation": (gram / np.einsum("ln,lm->lnm", d, d)).tolist()}
+
+
+def subsample_study(ya: np.ndarray, yb: np.ndarray, saved: dict, cfg, rows: list[dict], draws: int) -> dict:
+    """Spearman of Phi_taylor against the measured table for random subsets of P of the probes, per
+    estimator: 10/50/90 % over `draws` subsets (seeded), for P = 4, 8, ... up to all of them."""
+    measured = np.array([float(r["mean_delta"]) for r in rows])
+    plans = np.array([plan_matrix(r["A"]) for r in rows])
+    rng = np.random.default_rng(0)
+    total, out = ya.shape[1], {}
+    for P in sorted({*(p for p in (4, 8, 16, 32, 64) if p < total), total}):
+        subsets = [np.arange(total)] if P == total else [rng.choice(total, P, replace=False) for _ in range(draws)]
+        out[P] = {}
+        for e in GRAM_ESTIMATORS:
+            rhos = [E._rho(one_round_change(plans, dataclasses.replace(
+                constants_from_probes(ya[:, i], yb[:, i], e, saved["probe_batch"], saved, cfg), smooth=0.0)), measured)
+                for i in subsets]
+            out[P][e] = np.percentile(rhos, [10, 50, 90]).tolist()
+        print(f"  P = {P:3d}: " + "  ".join(f"{e} {np.round(v, 2).tolist()}" for e, v in out[P].items()), flush=True)
+    return out
 
 
 def constants_from_json(saved: dict, key: str, cfg) -> ProgressConstants:
@@ -268,7 +336,8 @@ def measure_progress_plans(args, setup, rows: list[dict], consts: dict[str, Prog
 def report(out: dict) -> None:
     for p in out["plans"]:
         print(f"{p['plan']:30s} delta {p['mean_delta']:+.2e} Phi {p['Phi']:+.2e} Phi_taylor {p['Phi_taylor']:+.2e} "
-              f"Phi_probed {p['Phi_probed']:+.2e} J2_gram_curv {p['J2_gram_curv']:.4g}")
+              f"Phi_probed {p['Phi_probed']:+.2e} Phi_probed_separable {p['Phi_probed_separable']:+.2e} "
+              f"J2_gram_curv {p['J2_gram_curv']:.4g}")
     for k, v in out["spearman"].items():
         print(f"Spearman({k}, mean delta) = {v['spearman']:+.2f}  bootstrap 5/50/95 {np.round(v['boot'], 2).tolist()}")
     for p in out.get("progress_plans", []):
@@ -277,11 +346,11 @@ def report(out: dict) -> None:
               f"more progress than (paired, > 2 SE): {better}")
 
 
-def rank_against_measured(plans: list[dict], boot: int = 1000, seed: int = 0) -> dict:
+def rank_against_measured(plans: list[dict], predictors: list[str], boot: int = 1000, seed: int = 0) -> dict:
     D = np.array([p["deltas"] for p in plans])
     picks = np.random.default_rng(seed).integers(0, D.shape[1], size=(boot, D.shape[1]))
     boot_means = D[:, picks].mean(2)
-    keys = ["Phi_first_order", "Phi_taylor", "Phi", "Phi_probed", "Phi_probed_taylor", "J2_gram_curv", "J2_gram_blk", *[k for k in E.J_COLUMNS if k in plans[0]]]
+    keys = [*predictors, "J2_gram_curv", "J2_gram_blk", *[k for k in E.J_COLUMNS if k in plans[0]]]
     out = {}
     for k in keys:
         x = E.inf_ranked_last(np.array([p[k] for p in plans]))

@@ -34,7 +34,8 @@ _SHARED = (  # name, type, default, help
     ("data_dir", Path, None, "folder with <task>/train.tsv and dev.tsv"),
     ("probes", int, None, "zorba planner: shared-seed probes per block and client before round 0; plans by "
      "the progress objective (docs/theory.md section 14) [0: off]"),
-    ("probe_batch", int, None, "examples in each of a probe's two minibatches [32]"),
+    ("probe_batch", int, None, "examples in each of a probe's two minibatches; below every client's size [32]"),
+    ("probe_estimator", str, None, "separable (pools the blocks: docs/theory.md section 15) | raw [separable]"),
     ("measure_memory", bool, True, "measure each client's peak memory in a fresh process"),
     ("overwrite", bool, False, "replace an existing output folder"),
 )

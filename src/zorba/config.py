@@ -55,6 +55,10 @@ class RunConfig(BaseModel):
     # server plans by the progress objective Phi from them (zorba/probes.py, docs/theory.md section 14)
     probes: int = Field(0, ge=0, le=4096)
     probe_batch: int = Field(32, ge=1, le=4096)
+    # how the server turns probe scalars into Gram matrices (planner/progress.py): "separable" pools
+    # the blocks (one client shape, a scale per block: docs/theory.md section 15), "raw" averages each
+    # block's own probes (unbiased, but noise at affordable probe counts)
+    probe_estimator: Literal["separable", "raw"] = "separable"
 
     @field_validator("device")
     @classmethod

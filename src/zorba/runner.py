@@ -26,7 +26,7 @@ from zorba.data import dirichlet_partition
 from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
 from zorba.planner.memory_model import MemoryModel
-from zorba.planner.progress import ProgressConstants, gram_from_probes
+from zorba.planner.progress import ProgressConstants, gram_from_probes, second_at_batch
 from zorba.plans import AllBlocks, BlockPlanner, RandomBlocks, RoundRobin
 from zorba.precision import make_client_replica
 from zorba.probes import probe_client
@@ -168,6 +168,16 @@ def _server_traces(cfg: RunConfig, lm: LoadedModel, batch) -> np.ndarray:
 PROBE_TRACE_EXAMPLES = 32  # public examples behind the server's Hessian traces (as --curvature-sizes)
 
 
+def check_probe_batch(cfg: RunConfig, examples: Sequence[int]) -> None:
+    """A probe's two minibatches must leave some of the client's data out: with all of it the
+    minibatch noise, which Phi's noise line needs at the training batch size, is not observed."""
+    small = [(c, n) for c, n in enumerate(examples) if n <= cfg.probe_batch]
+    if cfg.probes and small:
+        c, n = small[0]
+        raise UserError(f"--probe-batch {cfg.probe_batch} is not below client {c}'s {n} examples; "
+                        f"use --probe-batch {max(1, n - 1)} or less")
+
+
 def progress_from_probes(
     cfg: RunConfig, lm: LoadedModel, public: Sequence, probes: Sequence[tuple[np.ndarray, np.ndarray]],
     examples: Sequence[int],
@@ -175,13 +185,17 @@ def progress_from_probes(
     """The server's side of --probes, shared by both engines: each client's (y^a, y^b) of shape
     (L, P), client order = ids, its number of examples (f's weights), and the Hessian traces the server
     measures on public examples -> Phi's constants and what result.json records of them."""
-    gram, second = gram_from_probes(np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1))
+    gram, second = gram_from_probes(np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1),
+                                    cfg.probe_estimator)
+    second = second_at_batch(second, gram, cfg.probe_batch, cfg.batch_size, np.asarray(examples))
     traces = _server_traces(cfg, lm, _public_batch(cfg, lm, public, PROBE_TRACE_EXAMPLES))
     shares = np.asarray(examples, float)
     consts = ProgressConstants(gram, second, np.maximum(traces, 0.0), shares / shares.sum(), cfg.lr,
                                cfg.local_steps, cfg.q)
     L = len(lm.blocks)
-    info = {"forwards_per_client": 4 * cfg.probes * L, "uplink_scalars_per_client": 2 * cfg.probes * L,
+    info = {"estimator": cfg.probe_estimator,
+            "forwards_per_client": 4 * cfg.probes * L,
+            "uplink_scalars_per_client": 2 * cfg.probes * L,
             "alignment": consts.alignment.tolist(), "second_moments": second.tolist(),
             "curvature": consts.curvature.tolist()}
     return consts, info
@@ -221,6 +235,7 @@ class Runner:
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)
         self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device)
+        check_probe_batch(cfg, [len(c.indices) for c in clients])
         if cfg.probes:  # before round 0, at the base weights: a resumed run measures the same values
             planner.use_progress(self.measure_progress())
 

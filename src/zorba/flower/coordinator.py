@@ -27,6 +27,7 @@ from zorba.protocol import Hyper
 from zorba.replica import Replica
 from zorba.runner import (
     check_inputs,
+    check_probe_batch,
     client_memory_model,
     client_profiles,
     make_planner,
@@ -108,6 +109,7 @@ def probe(grid: Grid, run: FlowerRun, public: list) -> None:
     """--probes: every client probes every block at the base weights (query.probe); the server turns
     the scalars into Phi's constants for its planner, as the in-process runner does."""
     started, cfg, L = time.perf_counter(), run.cfg, len(run.lm.blocks)
+    check_probe_batch(cfg, [run.examples[c] for c in sorted(run.examples)])
     msgs = {c: Message(RecordDict({}), dst_node_id=n, message_type="query.probe") for c, n in run.node_of.items()}
     client_of = {n: c for c, n in run.node_of.items()}
     scalars = {}

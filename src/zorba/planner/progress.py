@@ -20,6 +20,12 @@ line bounds when 0 <= H <= L I (Theorem 4).
 None of Gamma is visible in scalars of independent directions; all of it is in *shared* ones: when
 every client evaluates the same Rademacher z on block l, on two independent minibatches (y^a, y^b),
 E[y^a_n y^b_m] = <grad_l f_n, grad_l f_m> for every n, m (n = m included) and E[(y^a_n)^2] = s_nl.
+
+Unbiased is not enough at affordable probe counts: each entry's error is ~sqrt(s_nl s_ml / P), and
+minibatch noise makes s_nl many times |grad_l f_n|^2. The default estimator therefore pools the
+blocks: the clients' Gram matrices share one shape across blocks up to a scale (Gamma_l ~ lambda_l
+Gamma, section 15: per-example gradients are residual x Jacobian, and the clients differ in their
+residuals, which every block sees), so all L blocks' probes estimate the one shape.
 """
 
 from __future__ import annotations
@@ -85,10 +91,17 @@ def one_round_change(A: np.ndarray, c: ProgressConstants, weights: np.ndarray | 
     return first + noise + c.smooth * eta**2 * (mean_step + own_step)
 
 
-def gram_from_probes(ya: np.ndarray, yb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+GRAM_ESTIMATORS = ("separable", "raw")
+
+
+def gram_from_probes(ya: np.ndarray, yb: np.ndarray, estimator: str = "separable") -> tuple[np.ndarray, np.ndarray]:
     """(Gamma (L, N, N), s (N, L)) from shared-seed probe scalars ya, yb (L, P, N): probe p of block l
-    evaluated by every client on its minibatch a and on an independent minibatch b. Unbiased up to
-    O(mu) (section 14): cross-minibatch products see no minibatch noise, squares see all of it."""
+    evaluated by every client on its minibatch a and on an independent minibatch b. "raw": each
+    block's average, unbiased up to O(mu) (section 14): cross-minibatch products see no minibatch
+    noise, squares see all of it. "separable": that average made positive semi-definite and pooled
+    over blocks (`separable_gram`, section 15)."""
+    if estimator not in GRAM_ESTIMATORS:
+        raise ValueError(f"unknown Gram estimator {estimator!r}; one of {', '.join(GRAM_ESTIMATORS)}")
     ya, yb = np.asarray(ya, float), np.asarray(yb, float)
     if ya.shape != yb.shape or ya.ndim != 3 or ya.shape[1] < 1:
         raise ValueError("probe scalars must be two (L, P, N) arrays of the same shape")
@@ -96,4 +109,40 @@ def gram_from_probes(ya: np.ndarray, yb: np.ndarray) -> tuple[np.ndarray, np.nda
     cross = np.einsum("lpn,lpm->lnm", ya, yb) / P
     gram = (cross + cross.transpose(0, 2, 1)) / 2
     second = ((ya**2 + yb**2).mean(1) / 2).T
-    return gram, second
+    return (separable_gram(gram) if estimator == "separable" else gram), second
+
+
+def minibatch_variance_factor(batch: int, examples: np.ndarray) -> np.ndarray:
+    """Var(mean gradient of a minibatch) / sigma^2 (sigma^2 the per-example variance, ddof 1) for a
+    client of `examples` examples: without replacement (N - b) / (b (N - 1)), as data.sample_batch
+    draws when b <= N, and (N - 1) / (N b) with replacement, as it draws when b > N."""
+    n = np.asarray(examples, float)
+    return np.where(batch <= n, (n - batch) / (batch * np.maximum(n - 1, 1)), (n - 1) / (n * batch))
+
+
+def second_at_batch(second: np.ndarray, gram: np.ndarray, probe_batch: int, batch: int,
+                    examples: np.ndarray) -> np.ndarray:
+    """s_nl at the training minibatch size `batch` from the probes' s_nl at `probe_batch` (< every
+    client's size): s(b) = |g_nl|^2 + (s(B) - |g_nl|^2) v(b) / v(B), v the variance factor above and
+    |g_nl|^2 the Gram diagonal; the excess s(B) - |g|^2, pure minibatch noise, is floored at 0."""
+    ratio = minibatch_variance_factor(batch, examples) / minibatch_variance_factor(probe_batch, examples)
+    excess = np.clip(second - np.einsum("lnn->nl", gram), 0.0, None)
+    return second + (ratio[:, None] - 1.0) * excess
+
+
+def nearest_psd(gram: np.ndarray) -> np.ndarray:
+    """Each (N, N) matrix of `gram` with its negative eigenvalues set to 0: the nearest Gram matrix
+    in Frobenius norm (a noisy average of products need not be one)."""
+    values, vectors = np.linalg.eigh((gram + np.swapaxes(gram, -1, -2)) / 2)
+    return np.einsum("...ij,...j,...kj->...ik", vectors, np.clip(values, 0.0, None), vectors)
+
+
+def separable_gram(gram: np.ndarray) -> np.ndarray:
+    """lambda_l * G for a per-block estimate `gram` (L, N, N): G = sum_l Gamma_l^+ (the PSD parts)
+    pools every block's probes into one client shape, lambda_l = tr Gamma_l^+ / tr G its per-block
+    scale. Exact when the input is separable and PSD; zero where there is no signal."""
+    psd = nearest_psd(np.asarray(gram, float))
+    shape = psd.sum(0)
+    total = np.trace(shape)
+    scale = np.trace(psd, axis1=1, axis2=2) / total if total > 0 else np.zeros(len(psd))
+    return scale[:, None, None] * shape[None]

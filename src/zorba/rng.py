@@ -29,6 +29,7 @@ import struct
 import threading
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,14 +64,15 @@ def derive_key(*ids: int) -> int:
 
 def derive_keys(prefix: Sequence[int], suffixes: Iterable[Sequence[int]]) -> list[int]:
     """[derive_key(*prefix, *s) for s in suffixes], hashing the shared prefix once: a ZO step derives
-    one key per active tensor, and on a tiny model that was a third of its non-forward time."""
+    one key per active tensor, and on a tiny model that was a third of its non-forward time. The
+    digests are joined and read as integers in one call (a call per key was a third of the rest)."""
     head = hashlib.blake2b(struct.pack(f"<{len(prefix)}Q", *[i & 0xFFFFFFFFFFFFFFFF for i in prefix]), digest_size=8)
-    out = []
+    copy, pair, digests = head.copy, _u64s(2).pack, []
     for s in suffixes:  # suffixes are small indices (block, tensor): no masking needed
-        h = head.copy()
-        h.update(_u64s(len(s)).pack(*s))
-        out.append(int.from_bytes(h.digest(), "little"))
-    return out
+        h = copy()
+        h.update(pair(*s) if len(s) == 2 else _u64s(len(s)).pack(*s))
+        digests.append(h.digest())
+    return list(struct.unpack(f"<{len(digests)}Q", b"".join(digests)))
 
 
 @lru_cache(maxsize=8)
@@ -140,17 +142,25 @@ class _Workspace:
         x ^= k1
         return _lowbias32(x, tmp)
 
-    def runs_of_words(self, runs: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+    def runs_of_words(self, runs: Sequence[tuple[int, int, int]], lead: _Lead | None = None) -> torch.Tensor:
         """CPU: the words of several streams end to end in the reused buffer, each run (word_start,
         n_words, key) as `words` gives it, hashed by one set of numpy calls (total <= chunk / 32): a
-        mid-sized tensor then costs two numpy calls of the hash, not a dozen."""
+        mid-sized tensor then costs two numpy calls of the hash, not a dozen. `lead`: small streams
+        in front of the runs, laid out as packed_noise lays them out, with one call for all of them
+        where a run costs two (~2 us each)."""
         x, pos = self.x_np, 0
+        if lead is not None:
+            pos = len(lead.counters)
+            np.add(lead.counters, lead.halves[:, 0], out=x[:pos])
         for start, n, key in runs:  # word * G + k0, wrapping: the counter's low 32 bits
             np.add(self.golden_np[:n], np.uint32((start * 0x9E3779B9 + key) & 0xFFFFFFFF), out=x[pos : pos + n])
             pos += n
         x, tmp = x[:pos], self.tmp_np[:pos]
         _lowbias32_numpy(x, tmp)
         pos = 0
+        if lead is not None:
+            pos = len(lead.counters)
+            np.bitwise_xor(x[:pos], lead.halves[:, 1], out=x[:pos])
         for _, n, key in runs:
             np.bitwise_xor(x[pos : pos + n], np.uint32((key >> 32) & 0xFFFFFFFF), out=x[pos : pos + n])
             pos += n
@@ -161,12 +171,23 @@ class _Workspace:
 _LOCAL = threading.local()
 
 
+_CPU = torch.device("cpu")
+
+
 def _workspace(device: torch.device) -> _Workspace:
     spaces = _LOCAL.__dict__.setdefault("spaces", {})
     key = (device, _CHUNK, _CUDA_CHUNK)  # chunk sizes in the key: tests monkeypatch them
     if key not in spaces:
         spaces[key] = _Workspace(device)
     return spaces[key]
+
+
+def _cpu_workspace() -> _Workspace:
+    """_workspace(cpu) without hashing a device per call (every CPU pass asks for it)."""
+    ws = getattr(_LOCAL, "cpu", None)
+    if ws is None or ws.chunk != _CHUNK:
+        ws = _LOCAL.cpu = _workspace(_CPU)
+    return ws
 
 
 def reserve_workspace(device: str | torch.device = "cpu") -> None:
@@ -269,9 +290,7 @@ def noise_small(sizes: Sequence[int], keys: Sequence[int], device: str | torch.d
     z, offsets = packed_noise(sizes, keys, device)
     if device.type != "cpu":
         return [z[32 * off : 32 * off + n] for n, off in zip(sizes, offsets, strict=True)]
-    pieces, keep = _split_layout(tuple(sizes))
-    views = z.split_with_sizes(pieces)  # one call for all the views (a slice each: ~1 us apiece)
-    return list(views) if keep is None else [views[i] for i in keep]
+    return packed_views(z, sizes)
 
 
 @lru_cache(maxsize=64)
@@ -313,6 +332,42 @@ def pack_offsets(sizes: Sequence[int]) -> tuple[list[int], int]:
 def _pack_layout_numpy(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, list[int]]:
     counters, owner, offsets = _pack_layout(sizes, torch.device("cpu"))
     return counters.numpy().view(np.uint32), owner.numpy(), offsets
+
+
+class _LeadLayout(NamedTuple):
+    """Small streams laid out as packed_noise lays them out, for hashing in front of a chunk."""
+
+    sizes: tuple[int, ...]
+    counters: np.ndarray  # counter * G of each word, stream after stream
+    words: np.ndarray  # words of each stream
+    offsets: list[int]  # first word of each stream
+    total: int  # words in all
+
+
+@lru_cache(maxsize=64)
+def _lead_layout(sizes: tuple[int, ...]) -> _LeadLayout:
+    counters, _, offsets = _pack_layout_numpy(sizes)
+    words = [(n + 31) // 32 for n in sizes]
+    return _LeadLayout(sizes, counters, np.array(words), offsets, sum(words))
+
+
+class _Lead(NamedTuple):
+    """The lead of one pass: each word's counter * G and its stream's key halves (low, high), and the
+    adds to make from the lead's z."""
+
+    counters: np.ndarray
+    halves: np.ndarray
+    adds: list[tuple[torch.Tensor, int, float]]  # (flat tensor, its first element in the z, scale)
+
+
+def _lead(layout: _LeadLayout, tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float]) -> _Lead:
+    halves = np.array(keys, dtype=_U64).view(_U32).reshape(-1, 2)  # (low, high) of each key
+    adds = [(t if t.dim() == 1 else t.view(-1), 32 * o, s)
+            for t, o, s in zip(tensors, layout.offsets, scales, strict=True) if s != 0.0]
+    return _Lead(layout.counters, np.repeat(halves, layout.words, axis=0), adds)
+
+
+_U64, _U32 = np.dtype("<u8"), np.dtype("<u4")
 
 
 def _lowbias32_numpy(x: np.ndarray, tmp: np.ndarray | None = None) -> None:
@@ -407,35 +462,84 @@ def add_noise_many_(
         _add_packed_(*zip(*group, strict=True))
 
 
-def _add_rademacher_cpu_(todo: Sequence[tuple[torch.Tensor, int, float]]) -> None:
+def _add_rademacher_cpu_(todo: Sequence[tuple[torch.Tensor, int, float]], lead: _Lead | None = None) -> torch.Tensor | None:
     """Rademacher adds on the CPU, the same bits as add_noise_ tensor by tensor: the words of all the
     streams, end to end, are cut into workspace-sized chunks (a tensor may span two), and each chunk
     is one numpy hash, one expansion and one add per piece. Every call costs 1-2 us whatever its size,
-    and a layer of mid-sized tensors paid a dozen per tensor (docs/performance.md, A2)."""
-    ws = _workspace(torch.device("cpu"))
+    and a layer of mid-sized tensors paid a dozen per tensor (docs/performance.md, A2). `lead`: small
+    streams hashed in front of the first chunk by the same calls; their packed z is returned (a new
+    tensor in packed_noise's layout)."""
+    ws = _cpu_workspace()
     limit = ws.chunk // 32
     pieces: list[tuple[torch.Tensor, int, float, int, int]] = []  # (flat tensor, key, scale, first word, words)
-    used = 0
+    used = 0 if lead is None else len(lead.counters)
+    kept = None
     for t, k, s in todo:
-        flat, words, w = t.view(-1), (t.numel() + 31) // 32, 0
+        flat, words, w = (t if t.dim() == 1 else t.view(-1)), (t.numel() + 31) // 32, 0
         while w < words:
+            if used == limit:
+                z = _add_pieces_(ws, pieces, lead)
+                kept, lead, pieces, used = (kept if lead is None else z), None, [], 0
             n = min(words - w, limit - used)
             pieces.append((flat, k, s, w, n))
             used, w = used + n, w + n
-            if used == limit:
-                _add_pieces_(ws, pieces)
-                pieces, used = [], 0
-    if pieces:
-        _add_pieces_(ws, pieces)
+    if used:
+        z = _add_pieces_(ws, pieces, lead)
+        kept = kept if lead is None else z
+    return kept
 
 
-def _add_pieces_(ws: _Workspace, pieces: Sequence[tuple[torch.Tensor, int, float, int, int]]) -> None:
-    z = ws.expand(ws.runs_of_words([(w, n, k) for _, k, _, w, n in pieces]))
+def _add_pieces_(
+    ws: _Workspace, pieces: Sequence[tuple[torch.Tensor, int, float, int, int]], lead: _Lead | None = None
+) -> torch.Tensor | None:
+    """One chunk: hash, expand, add each piece; with `lead`, a copy of the lead streams' z."""
+    z = ws.expand(ws.runs_of_words([(w, n, k) for _, k, _, w, n in pieces], lead))
     at = 0
+    if lead is not None:
+        for flat, first, s in lead.adds:
+            _add_(flat, z[first : first + flat.numel()], s)
+        at = 32 * len(lead.counters)
     for flat, _, s, w, n in pieces:
-        stop = min(flat.numel(), 32 * (w + n))  # only a stream's last word is partial
-        _add_(flat[32 * w : stop], z[at : at + stop - 32 * w], s)
+        size = flat.numel()
+        if w == 0 and 32 * n >= size:  # the whole stream (most are): no slice of the tensor
+            _add_(flat, z[at : at + size], s)
+        else:
+            stop = min(size, 32 * (w + n))  # only a stream's last word is partial
+            _add_(flat[32 * w : stop], z[at : at + stop - 32 * w], s)
         at += 32 * n
+    return None if lead is None else z[: 32 * len(lead.counters)].clone()
+
+
+def add_noise_many_keeping_(
+    tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float], keep: int
+) -> torch.Tensor:
+    """add_noise_many_(tensors, keys, scales) (Rademacher), returning the z of the first `keep` streams
+    as packed_noise lays it out (the same bits; a zero scale among them adds nothing, its z is still
+    made). On the CPU those streams are hashed in front of the first chunk by the same calls as the
+    others: a ZO step's first pass then pays no separate generation for its small tensors, whose every
+    call is slow from the caches the pass before evicted (docs/performance.md, fifth session)."""
+    grad = torch.is_grad_enabled()
+    torch._C._set_grad_enabled(False)  # torch.no_grad() without its Python layers: ~10 us from cold caches
+    try:
+        layout = _lead_layout(tuple([t.numel() for t in tensors[:keep]]))
+        if not (0 < layout.total <= _CHUNK // 32 and _cpu_contiguous(tensors)):  # not one chunk's lead
+            add_noise_many_(tensors, keys, scales)
+            return packed_noise(layout.sizes, keys[:keep])[0]
+        todo = [(t, k, s) for t, k, s in zip(tensors[keep:], keys[keep:], scales[keep:], strict=True) if s != 0.0]
+        return _add_rademacher_cpu_(todo, _lead(layout, tensors[:keep], keys[:keep], scales[:keep]))
+    finally:
+        torch._C._set_grad_enabled(grad)
+
+
+def _cpu_contiguous(tensors: Sequence[torch.Tensor]) -> bool:
+    return all(t.is_cpu and t.is_contiguous() for t in tensors)
+
+
+def packed_views(z: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Each stream's z in a packed buffer laid out as `packed_noise` gives it (views, no copy)."""
+    pieces, keep = _split_layout(tuple(sizes))
+    views = z.split_with_sizes(pieces)  # one call for all the views (a slice each: ~1 us apiece)
+    return list(views) if keep is None else [views[i] for i in keep]
 
 
 def _hash_words(words: torch.Tensor, keys: Sequence[int]) -> torch.Tensor:
@@ -492,11 +596,16 @@ def add_noise_sequences_(
                 add_noise_(tensors[t], keys[t][p], scales[t][p], dist, offset=32 * word_offsets[t])
 
 
+# Read once (an environment lookup is ~10 us from cold caches, paid by every pass on the CPU): Triton
+# itself decides at a kernel's definition, i.e. at rng_triton's import, whether it runs interpreted.
+_CPU_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _fused(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether the fused Triton path serves these tensors (imported only when a GPU tensor shows up)."""
-    device = tensors[0].device
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if tensors[0].is_cpu and not _CPU_INTERPRETER:
         return False
+    device = tensors[0].device
     fused = _rng_triton()
     return fused.usable(device) and fused.supports(tensors)
 

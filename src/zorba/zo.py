@@ -2,9 +2,10 @@
 storing z (it is regenerated from its seed) and without touching inactive blocks.
 
 Each pass over the active weights is one `add_noise_many_` call for all active tensors (small ones
-hashed together). With `cache_z=True` the current perturbation's z is generated once into fp32
-buffers and reused by its +mu, -2mu and restore/update passes: faster, at the cost of 4 bytes per
-active parameter (docs/performance.md). Both paths give bit-identical weights.
+hashed together); on the CPU the first pass of a perturbation hashes the small tensors' z with the
+large ones' and keeps it for the other passes. With `cache_z=True` the current perturbation's z is
+generated once into fp32 buffers and reused by its +mu, -2mu and restore/update passes: faster, at
+the cost of 4 bytes per active parameter (docs/performance.md). Both paths give bit-identical weights.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import torch
 from zorba.deferred import DeferredTables
 from zorba.packed import PackedSmallTensors
 from zorba.protocol import StepReport, stream_key, stream_keys
-from zorba.rng import PACK_LIMIT, add_noise_many_, fused_pass, noise, noise_small, packed_noise
+from zorba.rng import (
+    PACK_LIMIT,
+    add_noise_many_,
+    add_noise_many_keeping_,
+    fused_pass,
+    noise,
+    noise_small,
+    packed_noise,
+    packed_views,
+)
 
 BlockTensors = Sequence[Sequence[torch.Tensor]]
 
@@ -27,7 +37,7 @@ def add_scaled_noise_(
 ) -> None:
     """w_l += scales[l] * z_l for each listed block; each tensor gets exactly one add (replay order
     across tensors is irrelevant: a tensor's own sequence of adds is what replay must reproduce)."""
-    _Streams(tensors, blocks, sseed, perturbation, dist).add_({b: scales[b] for b in blocks})
+    _Streams(tensors, blocks, sseed, perturbation, dist).add_(scales)  # reads scales[b] for the listed blocks
 
 
 class _Streams:
@@ -48,14 +58,19 @@ class _Streams:
         self.keys = stream_keys(sseed, j, [(b, i) for b, i, _ in owned])
         self.dist = dist
         self.deferred = deferred
-        owned_by_queue = [deferred.owns(t) for t in self.tensors] if deferred is not None else [False] * len(self.tensors)
-        self.deferred_ids = [i for i, q in enumerate(owned_by_queue) if q]
-        self.eager_ids = eager = [i for i, q in enumerate(owned_by_queue) if not q]
-        rademacher = dist == "rademacher" and bool(eager)  # the fused kernel draws Rademacher z only
-        self.fused = fused_pass([self.tensors[i] for i in eager], [self.keys[i] for i in eager]) if rademacher else None
-        small = [self.fused is None and self.tensors[i].numel() < PACK_LIMIT for i in eager]
-        self.small_ids = [i for i, s in zip(eager, small, strict=True) if s]
-        self.large_ids = [i for i, s in zip(eager, small, strict=True) if not s]
+        if deferred is None:  # the common case, without a comprehension per tensor
+            self.deferred_ids, self.eager_ids = [], list(range(len(self.tensors)))
+            eager_tensors, eager_keys = self.tensors, self.keys
+        else:
+            queued = [deferred.owns(t) for t in self.tensors]
+            self.deferred_ids = [i for i, q in enumerate(queued) if q]
+            self.eager_ids = [i for i, q in enumerate(queued) if not q]
+            eager_tensors, eager_keys = [self.tensors[i] for i in self.eager_ids], [self.keys[i] for i in self.eager_ids]
+        rademacher = dist == "rademacher" and bool(eager_tensors)  # the fused kernel draws Rademacher z only
+        self.fused = fused_pass(eager_tensors, eager_keys) if rademacher else None
+        small = [self.fused is None and t.numel() < PACK_LIMIT for t in eager_tensors]
+        self.small_ids = [i for i, s in zip(self.eager_ids, small, strict=True) if s]
+        self.large_ids = [i for i, s in zip(self.eager_ids, small, strict=True) if not s]
         self.small_z: list[torch.Tensor] | None = None
         self.packed, self.packed_z = None, None
         if packed is not None and self.small_ids and dist == "rademacher":
@@ -66,38 +81,68 @@ class _Streams:
     def add_(self, scales: dict[int, float] | float) -> None:
         per = [scales[b] for b in self.blocks] if isinstance(scales, dict) else [scales] * len(self.tensors)
         fused = self.fused is not None and self.fused([per[i] for i in self.eager_ids])  # one launch for all
-        if not fused and self.large_ids:
-            pick = self.large_ids
-            add_noise_many_([self.tensors[i] for i in pick], [self.keys[i] for i in pick], [per[i] for i in pick],
-                            self.dist)
-        if self.small_ids:
-            self._add_small_(per)
+        large = [] if fused else self.large_ids
+        if self.small_ids and self.packed_z is None and self._small_z_with_large():
+            self._add_making_small_z_(large, per)
+        else:
+            if large:
+                add_noise_many_([self.tensors[i] for i in large], [self.keys[i] for i in large],
+                                [per[i] for i in large], self.dist)
+            if self.small_ids:
+                self._add_small_(per)
         for i in self.deferred_ids:
             self.deferred.push(self.tensors[i], self.keys[i], per[i])
 
+    def _small_z_with_large(self) -> bool:
+        """Whether the first pass hashes the small tensors' z with the large ones (Rademacher, CPU):
+        a generation of their own costs a dozen more calls, each slow from the caches the pass before
+        evicted (docs/performance.md, fifth session)."""
+        return self.dist == "rademacher" and self.tensors[self.small_ids[0]].is_cpu
+
+    def _add_making_small_z_(self, large: Sequence[int], per: Sequence[float]) -> None:
+        """The first pass: every tensor's add, with the small tensors' z made by the same hash calls as
+        the large ones' and kept (packed) for the other passes; packed small tensors get their add as
+        the one add of their buffer."""
+        scale = per[self.small_ids[0]]
+        one_add = self.packed is not None and all(per[i] == scale for i in self.small_ids)
+        small = [0.0] * len(self.small_ids) if one_add else [per[i] for i in self.small_ids]
+        ids = self.small_ids + list(large)
+        self.packed_z = add_noise_many_keeping_([self.tensors[i] for i in ids], [self.keys[i] for i in ids],
+                                                small + [per[i] for i in large], len(self.small_ids))
+        if one_add:
+            self._add_packed_(scale)
+
+    def _small_sizes(self) -> list[int]:
+        return self.packed.sizes if self.packed is not None else [self.tensors[i].numel() for i in self.small_ids]
+
     @torch.no_grad()
     def _add_small_(self, per: Sequence[float]) -> None:
-        if self.packed is not None and len({per[i] for i in self.small_ids}) == 1:
-            self._add_packed_(per[self.small_ids[0]])
+        scale = per[self.small_ids[0]]
+        if self.packed is not None and all(per[i] == scale for i in self.small_ids):
+            self._add_packed_(scale)
             return
         if self.small_z is None:
-            sizes, keys = [self.tensors[i].numel() for i in self.small_ids], [self.keys[i] for i in self.small_ids]
-            device = self.tensors[self.small_ids[0]].device
-            if self.dist == "rademacher":
-                self.small_z = noise_small(sizes, keys, device)
-            else:
-                self.small_z = [noise(n, k, self.dist, device) for n, k in zip(sizes, keys, strict=True)]
+            self.small_z = self._small_noise()
         groups: dict[float, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         for i, z in zip(self.small_ids, self.small_z, strict=True):
             t = self.tensors[i]
             if per[i] != 0.0 and t.dtype == torch.float32:
                 ts, zs = groups.setdefault(per[i], ([], []))
-                ts.append(t.view(-1))
+                ts.append(t if t.dim() == 1 else t.view(-1))
                 zs.append(z)
             elif per[i] != 0.0:
                 t.view(-1).add_(z.to(t.dtype), alpha=per[i])
-        for scale, (ts, zs) in groups.items():  # one call per scale: elementwise t + scale * z, as add_
-            torch._foreach_add_(ts, zs, alpha=scale)
+        for s, (ts, zs) in groups.items():  # one call per scale: elementwise t + s * z, as add_
+            torch._foreach_add_(ts, zs, alpha=s)
+
+    def _small_noise(self) -> list[torch.Tensor]:
+        sizes, keys = self._small_sizes(), [self.keys[i] for i in self.small_ids]
+        if self.dist != "rademacher":
+            device = self.tensors[self.small_ids[0]].device
+            return [noise(n, k, self.dist, device) for n, k in zip(sizes, keys, strict=True)]
+        if self.packed_z is not None:  # made by the first pass, with the large tensors' hash
+            return packed_views(self.packed_z, sizes)
+        return noise_small(sizes, keys, self.tensors[self.small_ids[0]].device)
 
     def _add_packed_(self, scale: float) -> None:
         if self.packed_z is None:

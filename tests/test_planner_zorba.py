@@ -122,3 +122,28 @@ def test_the_runner_builds_the_zorba_planner_for_a_real_model(tiny_models):
     plan = p.plan(0, [0, 1, 2, 3])
     assert set().union(*plan.values()) == set(range(len(lm.blocks)))
     memory_of(mem, plan, [0, 1, 2, 3], p.budgets)
+
+
+def test_progress_searches_are_remembered_but_bounded(monkeypatch):
+    """A repeated participant set reuses its progress search; many different sets (partial
+    participation over a long run) keep at most SEARCHES_KEPT of them."""
+    from itertools import combinations
+
+    from zorba.planner import zorba_planner
+    from zorba.planner.progress import ProgressConstants
+
+    SEARCHES_KEPT = 4
+    monkeypatch.setattr(zorba_planner, "SEARCHES_KEPT", SEARCHES_KEPT)
+
+    N, L = 8, len(SIZES)
+    p, _ = planner([3] * N)
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(N, L, 4))
+    p.use_progress(ProgressConstants(np.einsum("nld,mld->lnm", g, g), (g**2).sum(-1) + 1.0, np.full(L, 10.0),
+                                     np.full(N, 1 / N), 1e-3, 2))
+    sets = list(combinations(range(N), 3))[: SEARCHES_KEPT + 3]
+    first = p.plan(0, sets[0])
+    assert p.plan(1, sets[0]) == first and len(p._searched) == 1
+    for r, ids in enumerate(sets):
+        p.plan(r + 2, ids)
+    assert len(p._searched) == SEARCHES_KEPT

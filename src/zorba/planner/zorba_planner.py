@@ -26,6 +26,10 @@ from zorba.planner.progress_search import progress_search
 from zorba.planner.solve import DEFAULT_TOL, Schedule, plan_schedule, solver_for
 from zorba.plans import BlockPlanner
 
+# Progress searches remembered (oldest dropped first): a repeated participant set and start plan
+# (full participation: every round) reuses its search, and memory stays bounded over long runs.
+SEARCHES_KEPT = 32
+
 
 class ZorbaPlanner(BlockPlanner):
     name = "zorba"
@@ -128,6 +132,8 @@ class ZorbaPlanner(BlockPlanner):
         started, first = time.perf_counter(), schedule.plans[0]
         key = (ids, first.A.tobytes())  # the search is deterministic: same start, same end
         if key not in self._searched:
+            if len(self._searched) >= SEARCHES_KEPT:  # with partial participation every round may differ
+                self._searched.pop(next(iter(self._searched)))
             self._searched[key] = progress_search(problem, first.A, self.progress.subset(rows), seed=self.seed)
         A = self._searched[key]
         plan = problem.make_plan(A, f"{first.solver}+progress", first.seconds + time.perf_counter() - started)

@@ -171,9 +171,12 @@ PROBE_TRACE_EXAMPLES = 32  # public examples behind the server's Hessian traces 
 def check_probe_batch(cfg: RunConfig, examples: Sequence[int]) -> None:
     """A probe's two minibatches must leave some of the client's data out: with all of it the
     minibatch noise, which Phi's noise line needs at the training batch size, is not observed."""
-    small = [(c, n) for c, n in enumerate(examples) if n <= cfg.probe_batch]
-    if cfg.probes and small:
-        c, n = small[0]
+    if not cfg.probes or not examples:
+        return
+    c, n = min(enumerate(examples), key=lambda cn: cn[1])  # the smallest client names the limit
+    if n < 2:
+        raise UserError(f"client {c} has {n} example: probes need two different minibatches; use --probes 0")
+    if n <= cfg.probe_batch:
         raise UserError(f"--probe-batch {cfg.probe_batch} is not below client {c}'s {n} examples; "
                         f"use --probe-batch {max(1, n - 1)} or less")
 

@@ -57,9 +57,7 @@ from zorba.planner.progress import (  # noqa: E402
     GRAM_ESTIMATORS,
     ProgressConstants,
     aggregation_weights,
-    gram_from_probes,
     one_round_change,
-    second_at_batch,
     separable_gram,
 )
 from zorba.probes import probe_client  # noqa: E402
@@ -124,13 +122,11 @@ def probe_scalars(setup, n_probes: int, batch: int, probe_seed: int) -> tuple[np
 
 def constants_from_probes(ya: np.ndarray, yb: np.ndarray, estimator: str, probe_batch: int, saved: dict,
                           cfg) -> ProgressConstants:
-    """Phi's constants from probe scalars as runner.progress_from_probes builds them (same estimator,
-    second moments moved to the training batch size), with the traces measured at w0."""
-    gram, second = gram_from_probes(ya, yb, estimator)
-    sizes = np.array(saved["client_sizes"])
-    second = second_at_batch(second, gram, probe_batch, cfg.batch_size, sizes)
-    return ProgressConstants(gram, second, np.array(saved["traces_w0"]), np.array(saved["shares"]), cfg.lr,
-                             cfg.local_steps, cfg.q, saved["smooth"])
+    """Phi's constants from probe scalars as the runner builds them (runner.progress_constants: the
+    estimator, second moments at the training batch size), with the traces measured at w0."""
+    run_cfg = cfg.model_copy(update={"probe_estimator": estimator, "probe_batch": probe_batch})
+    consts = runner_mod.progress_constants(run_cfg, ya, yb, np.array(saved["traces_w0"]), saved["client_sizes"])
+    return dataclasses.replace(consts, smooth=saved["smooth"])
 
 
 def exact_bias(A: np.ndarray, c: ProgressConstants) -> np.ndarray:

@@ -181,6 +181,17 @@ def check_probe_batch(cfg: RunConfig, examples: Sequence[int]) -> None:
                         f"use --probe-batch {max(1, n - 1)} or less")
 
 
+def progress_constants(cfg: RunConfig, ya: np.ndarray, yb: np.ndarray, traces: np.ndarray,
+                       examples: Sequence[int]) -> ProgressConstants:
+    """Phi's constants from probe scalars (L, P, N), the server's Hessian traces and the clients'
+    numbers of examples (f's weights): cfg's Gram estimator, second moments at the training batch."""
+    gram, second = gram_from_probes(ya, yb, cfg.probe_estimator)
+    second = second_at_batch(second, gram, cfg.probe_batch, cfg.batch_size, np.asarray(examples))
+    shares = np.asarray(examples, float)
+    return ProgressConstants(gram, second, np.maximum(traces, 0.0), shares / shares.sum(), cfg.lr,
+                             cfg.local_steps, cfg.q)
+
+
 def progress_from_probes(
     cfg: RunConfig, lm: LoadedModel, public: Sequence, probes: Sequence[tuple[np.ndarray, np.ndarray]],
     examples: Sequence[int],
@@ -188,18 +199,14 @@ def progress_from_probes(
     """The server's side of --probes, shared by both engines: each client's (y^a, y^b) of shape
     (L, P), client order = ids, its number of examples (f's weights), and the Hessian traces the server
     measures on public examples -> Phi's constants and what result.json records of them."""
-    gram, second = gram_from_probes(np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1),
-                                    cfg.probe_estimator)
-    second = second_at_batch(second, gram, cfg.probe_batch, cfg.batch_size, np.asarray(examples))
     traces = _server_traces(cfg, lm, _public_batch(cfg, lm, public, PROBE_TRACE_EXAMPLES))
-    shares = np.asarray(examples, float)
-    consts = ProgressConstants(gram, second, np.maximum(traces, 0.0), shares / shares.sum(), cfg.lr,
-                               cfg.local_steps, cfg.q)
+    consts = progress_constants(cfg, np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1),
+                                traces, examples)
     L = len(lm.blocks)
     info = {"estimator": cfg.probe_estimator,
             "forwards_per_client": 4 * cfg.probes * L,
             "uplink_scalars_per_client": 2 * cfg.probes * L,
-            "alignment": consts.alignment.tolist(), "second_moments": second.tolist(),
+            "alignment": consts.alignment.tolist(), "second_moments": consts.second.tolist(),
             "curvature": consts.curvature.tolist()}
     return consts, info
 

@@ -103,23 +103,26 @@ class _Streams:
         """The first pass: every tensor's add, with the small tensors' z made by the same hash calls as
         the large ones' and kept (packed) for the other passes; packed small tensors get their add as
         the one add of their buffer."""
-        scale = per[self.small_ids[0]]
-        one_add = self.packed is not None and all(per[i] == scale for i in self.small_ids)
+        one_add = self._one_packed_add(per)
         small = [0.0] * len(self.small_ids) if one_add else [per[i] for i in self.small_ids]
         ids = self.small_ids + list(large)
         self.packed_z = add_noise_many_keeping_([self.tensors[i] for i in ids], [self.keys[i] for i in ids],
                                                 small + [per[i] for i in large], len(self.small_ids))
         if one_add:
-            self._add_packed_(scale)
+            self._add_packed_(per[self.small_ids[0]])
+
+    def _one_packed_add(self, per: Sequence[float]) -> bool:
+        """Whether the small tensors live in one packed buffer and share one scale: one add for all."""
+        scale = per[self.small_ids[0]]
+        return self.packed is not None and all(per[i] == scale for i in self.small_ids)
 
     def _small_sizes(self) -> list[int]:
         return self.packed.sizes if self.packed is not None else [self.tensors[i].numel() for i in self.small_ids]
 
     @torch.no_grad()
     def _add_small_(self, per: Sequence[float]) -> None:
-        scale = per[self.small_ids[0]]
-        if self.packed is not None and all(per[i] == scale for i in self.small_ids):
-            self._add_packed_(scale)
+        if self._one_packed_add(per):
+            self._add_packed_(per[self.small_ids[0]])
             return
         if self.small_z is None:
             self.small_z = self._small_noise()

@@ -71,7 +71,8 @@ def test_unknown_model(tmp_path, data_dir, run):
 
 @pytest.mark.parametrize("option,value,field", [("--clients", "0", "clients"), ("--lr", "-1", "lr"),
                                                 ("--planner", "magic", "planner"), ("--task", "mnli", "task"),
-                                                ("--participation", "1.5", "participation")])
+                                                ("--participation", "1.5", "participation"),
+                                                ("--precision", "int4", "precision")])
 def test_out_of_range_option(option, value, field, run):
     assert_clean_error(run(option, value), field)
 

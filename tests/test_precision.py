@@ -1,4 +1,4 @@
-"""Mixed precision clients: bf16 frozen blocks, fp32 active blocks, exact fp32 state offloaded."""
+"""Mixed precision clients: bf16 (or int8) frozen blocks, fp32 active blocks, exact fp32 state offloaded."""
 
 import copy
 
@@ -8,6 +8,7 @@ import torch
 from zorba.memprobe import load_probe_model
 from zorba.precision import MasterStore, TieredReplica, make_client_replica
 from zorba.protocol import ClientUpdate, LogEntry, StepReport
+from zorba.quant import INT8_MAX, SCALE_ATTR, dequantize_rows, int8_eligible, quantize_rows
 from zorba.replica import Replica
 from zorba.scoring import Scorer
 from zorba.tasks import get_task
@@ -87,9 +88,10 @@ def test_mixed_forward_keeps_fp32_activations_and_matches_rounded_weights(tiny):
     assert torch.allclose(scorer.logits(ids), ref_scorer.logits(ids), rtol=1e-4, atol=1e-5)
 
 
-def test_perturbation_signal_survives_frozen_blocks(tiny):
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_perturbation_signal_survives_frozen_blocks(tiny, precision):
     """The +mu / -mu loss difference on the first layer (upstream of frozen ones) is close to fp32's."""
-    rep = make_client_replica(copy.deepcopy(tiny), "bf16", "memory")
+    rep = make_client_replica(copy.deepcopy(tiny), precision, "memory")
     ref = Replica(copy.deepcopy(tiny))
     scorer, ids, labels = _batch(rep.lm, 8)
     ref_scorer, _, _ = _batch(ref.lm, 8)
@@ -113,3 +115,80 @@ def test_unknown_precision_is_a_user_error(tiny):
 
     with pytest.raises(UserError, match="unknown precision"):
         TieredReplica(copy.deepcopy(tiny), "int3")
+
+
+def _int8_replica(tiny, store="memory"):
+    return make_client_replica(copy.deepcopy(tiny), "int8", store)
+
+
+def _assert_int8_working_copy(rep, ref):
+    """Eligible weights: per-row int8 within half a step of the exact state; the rest: bf16-rounded."""
+    eligible = int8_eligible(rep.lm.model)
+    for ref_block, block in zip(ref.tensors, rep.tensors, strict=True):
+        for r, t in zip(ref_block, block, strict=True):
+            if id(t) in eligible:
+                assert t.dtype == torch.int8
+                scale = getattr(t, SCALE_ATTR)
+                err = (dequantize_rows(t, scale) - r).abs()
+                assert torch.all(err <= scale.unsqueeze(1) * (0.5 + 1e-5))
+            else:
+                assert t.dtype == torch.bfloat16 and torch.equal(t, r.to(torch.bfloat16))
+
+
+def test_int8_replay_is_bit_exact_and_working_copy_is_requantised(tiny):
+    ref, rep = Replica(copy.deepcopy(tiny)), _int8_replica(tiny, "file")
+    assert any(t.dtype == torch.int8 for block in rep.tensors for t in block)
+    entries = _entries(ref.num_blocks)
+    ref.sync(entries)
+    rep.sync(entries)
+    assert rep.digest() == ref.digest()
+    _assert_int8_working_copy(rep, ref)
+
+
+def test_int8_round_promotes_to_exact_fp32_and_requantises_identically(tiny):
+    ref, rep = Replica(copy.deepcopy(tiny)), _int8_replica(tiny)
+    before = [t.clone() for block in rep.tensors for t in block]
+    snap = rep.snapshot([1])
+    for r, t in zip(ref.tensors[1], rep.tensors[1], strict=True):
+        assert t.dtype == torch.float32 and torch.equal(t, r) and not hasattr(t, SCALE_ATTR)
+    rep.restore(snap)
+    after = [t for block in rep.tensors for t in block]
+    assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    _assert_int8_working_copy(rep, ref)
+
+
+def test_int8_forward_computes_the_dequantised_fp32_model(tiny):
+    """Mixed int8 / bf16 / fp32 forward == an fp32 model holding the dequantised (and rounded) weights:
+    the Linear row blocks, embedding rows and tied heads all apply their scales."""
+    rep = _int8_replica(tiny)
+    active = [rep.num_blocks - 2]
+    rep.snapshot(active)
+    plain = copy.deepcopy(tiny)
+    with torch.no_grad():
+        for block, ref_block in zip(rep.tensors, Replica(plain).tensors, strict=True):
+            for t, r in zip(block, ref_block, strict=True):
+                r.copy_(dequantize_rows(t, getattr(t, SCALE_ATTR)) if t.dtype == torch.int8 else t.float())
+    scorer, ids, _ = _batch(rep.lm)
+    ref_scorer, _, _ = _batch(plain)
+    assert torch.allclose(scorer.logits(ids), ref_scorer.logits(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_quantize_rows_bounds_zero_rows_and_symmetry():
+    w = torch.randn(5, 300) * torch.tensor([1e-4, 1.0, 30.0, 0.0, 2.0]).unsqueeze(1)
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and scale.shape == (5,)
+    assert torch.all((dequantize_rows(q, scale) - w).abs() <= scale.unsqueeze(1) * (0.5 + 1e-5))
+    assert torch.all(q[3] == 0) and scale[3] == 1.0  # an all-zero row stays zero, no division by zero
+    assert int(q.abs().max()) == INT8_MAX and int(q.min()) >= -INT8_MAX
+    neg_q, neg_scale = quantize_rows(-w)
+    assert torch.equal(neg_q, -q) and torch.equal(neg_scale, scale)
+
+
+def test_int8_keeps_parameters_of_other_modules_in_bf16():
+    """GPT-2's Conv1D and OPT's learned positions are not nn.Linear / nn.Embedding: no int8 for them."""
+    gpt2, opt = load_probe_model("random:gpt2-tiny").model, load_probe_model("random:opt-tiny").model
+    ok = int8_eligible(gpt2) | int8_eligible(opt)
+    conv = [m.weight for m in gpt2.modules() if type(m).__name__ == "Conv1D"]
+    positions = [m.weight for m in opt.modules() if type(m).__name__ == "OPTLearnedPositionalEmbedding"]
+    assert conv and positions and not any(id(p) in ok for p in conv + positions)
+    assert id(opt.get_input_embeddings().weight) in ok and id(opt.get_output_embeddings().weight) in ok

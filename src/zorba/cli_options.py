@@ -36,6 +36,8 @@ _SHARED = (  # name, type, default, help
      "the progress objective (docs/theory.md section 14) [0: off]"),
     ("probe_batch", int, None, "examples in each of a probe's two minibatches; below every client's size [32]"),
     ("probe_estimator", str, None, "separable (pools the blocks: docs/theory.md section 15) | raw [separable]"),
+    ("precision", str, None, "frozen blocks' dtype on clients: int8 (weight-only, per-row scales) | bf16 | "
+     "fp16 | fp32 [bf16]"),
     ("measure_memory", bool, True, "measure each client's peak memory in a fresh process"),
     ("overwrite", bool, False, "replace an existing output folder"),
 )

@@ -59,7 +59,7 @@ def profile_memory(
     task: str = typer.Option("sst2", help="sst2 or rte"),
     batch_size: int = typer.Option(16, help="mini-batch size"),
     max_len: int = typer.Option(64, help="max tokens per example"),
-    precision: str = typer.Option("bf16", help="frozen blocks' dtype on the client: bf16 | fp32"),
+    precision: str = typer.Option("bf16", help="frozen blocks' dtype on the client: int8 | bf16 | fp16 | fp32"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     data_dir: Path = typer.Option(None, help="folder with <task>/dev.tsv"),
     out: Path = typer.Option(Path("memory-model.json"), help="calibration JSON to write"),

@@ -38,7 +38,7 @@ class RunConfig(BaseModel):
     block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (profiles.py)
     profiles: str | None = None  # TOML file of client memory budgets and speeds
     memory_model: str | None = None  # calibration JSON from `zorba profile-memory`
-    precision: Literal["bf16", "fp32"] = "bf16"  # frozen blocks' dtype on clients (memory model)
+    precision: Literal["int8", "bf16", "fp16", "fp32"] = "bf16"  # frozen blocks' dtype on clients (precision.py)
     train_size: int | None = Field(None, ge=1)  # subsample the training split (seeded)
     eval_every: int = Field(3, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)

@@ -1,4 +1,4 @@
-"""Client-side precision: frozen blocks in bf16, active blocks in fp32, the exact fp32 state offloaded.
+"""Client-side precision: frozen blocks in bf16 (or int8), active blocks in fp32, exact fp32 state offloaded.
 
 A client's memory then depends on which blocks it trains (docs/memory.md). Three pieces:
 
@@ -10,8 +10,8 @@ A client's memory then depends on which blocks it trains (docs/memory.md). Three
   dtype and each active block in fp32; `snapshot(blocks)` promotes the round's blocks from the store,
   `restore` demotes them again (the store *is* the round-start snapshot, so none is kept in memory).
 - `attach_upcast_hooks`: frozen weights are only *stored* in low precision; each module upcasts its own
-  frozen weights to fp32 just for its forward (one module's weights at a time), and embeddings cast
-  their looked-up rows. Activations therefore stay fp32 everywhere: the tiny difference between the
+  frozen weights to fp32 just for its forward (one module's weights at a time; int8 ones dequantised
+  with their per-row scales, quant.py), and embeddings cast their looked-up rows. Activations therefore stay fp32 everywhere: the tiny difference between the
   +mu and -mu forwards survives the frozen layers downstream of an active block, which bf16
   activations would round away.
 """
@@ -33,10 +33,16 @@ from torch import nn
 from zorba.errors import UserError
 from zorba.models import LoadedModel
 from zorba.protocol import LogEntry
+from zorba.quant import SCALE_ATTR, dequantize_rows, fp32_rows, int8_eligible, quantize_rows
 from zorba.replica import Op, Replica, block_keys, replay_ops
 from zorba.rng import add_noise_sequences_, reserve_workspace
 
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# int8: weight-only, per-row scales (quant.py) for the Linear and Embedding weights; the rest of a frozen
+# block (norms, biases, other modules' weights) is then kept in bf16.
+PRECISIONS = {"int8": torch.int8, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Bytes per frozen parameter for the first-principles memory model (int8: scales and the bf16 rest are
+# under 1% of a transformer block).
+FROZEN_BYTES = {"int8": 1.0, "bf16": 2.0, "fp16": 2.0, "fp32": 4.0}
 _CHUNK = 1 << 20  # elements streamed between the store and the device at a time
 _SMALL = 1 << 14  # tensors below this size are replayed together (one packed noise call per step)
 _IO_LIMIT = 1 << 30  # bytes per pread/pwrite call (Linux caps one call at ~2 GiB)
@@ -135,7 +141,7 @@ def attach_upcast_hooks(model: nn.Module) -> list:
         if not any(True for _ in module.parameters(recurse=False)):
             continue
         if isinstance(module, nn.Embedding):
-            handles.append(module.register_forward_hook(_rows_to_fp32))
+            handles.append(module.register_forward_hook(_rows_to_fp32, with_kwargs=True))
         elif type(module) is nn.Linear:
             module.forward = types.MethodType(_mixed_linear, module)
             handles.append(_Restore(module))
@@ -155,12 +161,12 @@ def _mixed_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if w.dtype == torch.float32:
         return nn.functional.linear(x, w, b)
     if w.shape[0] <= _LINEAR_ROWS:  # one piece: no output buffer to copy into (an activation saved)
-        return nn.functional.linear(x, w.float(), None if b is None else b.float())
+        return nn.functional.linear(x, fp32_rows(w), None if b is None else b.float())
     out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32, device=x.device)
     for r in range(0, w.shape[0], _LINEAR_ROWS):
         rows = slice(r, r + _LINEAR_ROWS)
         bias = None if b is None else b[rows].float()
-        out[..., rows] = nn.functional.linear(x, w[rows].float(), bias)
+        out[..., rows] = nn.functional.linear(x, fp32_rows(w, rows), bias)
     return out
 
 
@@ -174,10 +180,13 @@ class _Restore:
         self.module.__dict__.pop("forward", None)
 
 
-def _rows_to_fp32(module: nn.Module, args, output):
-    if isinstance(output, torch.Tensor) and output.is_floating_point() and output.dtype != torch.float32:
-        return output.float()
-    return output
+def _rows_to_fp32(module: nn.Module, args, kwargs, output):
+    if not isinstance(output, torch.Tensor) or output.dtype == torch.float32:
+        return output
+    if output.dtype == torch.int8:  # int8 only on exact nn.Embedding (quant.int8_eligible): args are its ids
+        ids = args[0] if args else kwargs["input"]
+        return dequantize_rows(output, getattr(module.weight, SCALE_ATTR)[ids])
+    return output.float() if output.is_floating_point() else output
 
 
 def _upcast_weights(module: nn.Module, args) -> None:
@@ -220,6 +229,7 @@ class TieredReplica(Replica):
         super().__init__(lm)
         self.precision = precision
         self.frozen = frozen_dtype(precision)
+        self._int8 = int8_eligible(lm.model) if self.frozen == torch.int8 else set()
         self.store = MasterStore(self.tensors, store)
         self.active: set[int] = set()
         self._names = {n: (b, i) for b, blk in enumerate(lm.blocks) for i, n in enumerate(blk.param_names)}
@@ -229,18 +239,38 @@ class TieredReplica(Replica):
         reserve_workspace(self.store.device)
 
     def _set_working(self, b: int, dtype: torch.dtype) -> None:
-        """Re-derive block b's working tensors in `dtype` from the store, chunk by chunk."""
+        """Re-derive block b's working tensors in `dtype` from the store, chunk by chunk (int8: the
+        eligible weights quantised, the block's other tensors in bf16)."""
         for i, p in enumerate(self.tensors[b]):
-            same = p.dtype == dtype
-            target = p.data if same else torch.empty(p.shape, dtype=dtype, device=p.device)
-            flat = target.view(-1)
-            for start, n in self.store.chunks(b, i):
-                if dtype == torch.float32:
-                    self.store.read(b, i, start, n, out=flat[start : start + n])
-                else:
-                    flat[start : start + n].copy_(self.store.read(b, i, start, n))
-            if not same:
-                p.data = target
+            if dtype == torch.int8 and id(p) in self._int8:
+                self._quantize_working(b, i, p)
+            else:
+                self._convert_working(b, i, p, torch.bfloat16 if dtype == torch.int8 else dtype)
+
+    def _convert_working(self, b: int, i: int, p: torch.Tensor, dtype: torch.dtype) -> None:
+        same = p.dtype == dtype
+        target = p.data if same else torch.empty(p.shape, dtype=dtype, device=p.device)
+        flat = target.view(-1)
+        for start, n in self.store.chunks(b, i):
+            if dtype == torch.float32:
+                self.store.read(b, i, start, n, out=flat[start : start + n])
+            else:
+                flat[start : start + n].copy_(self.store.read(b, i, start, n))
+        if not same:
+            p.data = target
+            p.__dict__.pop(SCALE_ATTR, None)
+
+    def _quantize_working(self, b: int, i: int, p: torch.Tensor) -> None:
+        """Whole rows at a time (each row has one scale), about a store chunk of fp32 scratch."""
+        rows, cols = p.shape
+        q = torch.empty(p.shape, dtype=torch.int8, device=p.device)
+        scale = torch.empty(rows, dtype=torch.float32, device=p.device)
+        step = max(1, _CHUNK // cols)
+        for r in range(0, rows, step):
+            n = min(step, rows - r)
+            q[r : r + n], scale[r : r + n] = quantize_rows(self.store.read(b, i, r * cols, n * cols).view(n, cols))
+        p.data = q
+        setattr(p, SCALE_ATTR, scale)
 
     def apply(self, entry: LogEntry) -> None:
         """Replay on the store (bit-exact fp32), then re-derive the working copy of each changed block."""

@@ -32,7 +32,7 @@ def cli_run(tiny_models, data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     proc = zorba("run", "--model", str(tiny_models["gpt2"]), "--clients", "3", "--rounds", "2", "--local-steps", "2",
                  "--train-size", "100", "--data-dir", str(data_dir), "--out", str(out), "--max-len", "32",
-                 "--test-file", str(data_dir / "sst2" / "dev.tsv"))
+                 "--test-file", str(data_dir / "sst2" / "dev.tsv"), "--precision", "int8")
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -46,7 +46,8 @@ def test_run_writes_all_outputs(cli_run):
     assert set(r["accuracy"]) == {"initial", "final"} and set(r["test_file_accuracy"]) == {"initial", "final"}
     assert 0 < r["comm"]["uplink_bytes_per_client_round"] < 200
     assert all(p > 50 * 2**20 for p in r["memory"]["peak_bytes_per_client"])
-    assert r["clients_in_sync"] is True
+    assert r["clients_in_sync"] is True  # int8 working copies on clients; exact fp32 state everywhere
+    assert r["config"]["precision"] == "int8"
     assert len(r["history"]) == 2
 
 

@@ -119,3 +119,17 @@ def test_torch_paths_that_gpus_take_give_the_same_words():
     z, offsets = rng._packed_z(sizes, keys, torch.device("cpu"))
     for n, k, off in zip(sizes, keys, offsets, strict=True):
         assert torch.equal(z[32 * off : 32 * off + n], reference_z(n, k))
+
+
+def test_reserve_workspace_skips_gpus_the_fused_kernel_serves(monkeypatch):
+    """A GPU client with the fused kernel never uses the torch generator's scratch: none is reserved.
+    Where the kernel is off, the scratch is reserved as on the CPU (checked on the CPU: no GPU here)."""
+    from zorba import rng_triton
+
+    made = []
+    monkeypatch.setattr(rng, "_workspace", lambda device: made.append(device))
+    monkeypatch.setattr(rng_triton, "usable", lambda device: True)
+    assert rng.reserve_workspace("cuda:0") is False and made == []
+    assert rng.reserve_workspace("cpu") is True and made == [torch.device("cpu")]  # CPU: the torch path
+    monkeypatch.setattr(rng_triton, "usable", lambda device: False)
+    assert rng.reserve_workspace("cuda:0") is True and made[-1] == torch.device("cuda:0")

@@ -190,9 +190,17 @@ def _cpu_workspace() -> _Workspace:
     return ws
 
 
-def reserve_workspace(device: str | torch.device = "cpu") -> None:
-    """Allocate the generator's scratch buffers now (a client counts them in its fixed memory)."""
-    _workspace(torch.device(device))
+def reserve_workspace(device: str | torch.device = "cpu") -> bool:
+    """Allocate the generator's scratch buffers now (a client counts them in its fixed memory), except
+    on a GPU the fused kernel serves: its passes and replays never touch them, and on CUDA they are
+    ~17.5 MiB (a 2^22-element expansion), 13% of MiniLM's inference peak on an H200 (docs/performance.md).
+    If the kernel later fails to build, the torch path allocates them at its first call. Returns
+    whether it allocated."""
+    device = torch.device(device)
+    if device.type == "cuda" and _rng_triton().usable(device):
+        return False
+    _workspace(device)
+    return True
 
 
 def _rademacher_chunk(start: int, n: int, key: int, device: torch.device) -> torch.Tensor:

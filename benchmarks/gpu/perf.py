@@ -7,7 +7,7 @@
 - ZO step time / (2 x forward time), all blocks active, MiniLM and an OPT-125m-sized random model,
   with the fused generator and with the torch-op generator side by side (ZORBA_FUSED_RNG);
 - peak accelerator memory (max_memory_allocated, fresh process each, run concurrently) of the ZO
-  client with all blocks (fp32) and with a quarter of the blocks (bf16-frozen), first-order Adam
+  client with all blocks (fp32) and with a quarter of the blocks (bf16- and int8-frozen), first-order Adam
   FedAvg and fp32 inference, on the same batch;
 - replay of one (seed, scalar) on a block / torch normal_ and uniform_ fills of the same size, and
   per pair when a round's 40 pairs are replayed together (fused: one launch, one pass over memory).
@@ -164,13 +164,15 @@ def memory(name: str, device: str) -> dict:
         "adam_fedavg": MemoryProbe(spec, "sst2", every, 16, 64, 2, device, C.DATA, "fp32", "adam"),
         "zo_fp32_all": MemoryProbe(spec, "sst2", every, 16, 64, 2, device, C.DATA, "fp32"),
         "zo_bf16_quarter": MemoryProbe(spec, "sst2", quarter_blocks(L), 16, 64, 2, device, C.DATA, "bf16"),
+        "zo_int8_quarter": MemoryProbe(spec, "sst2", quarter_blocks(L), 16, 64, 2, device, C.DATA, "int8"),
     }
     with ThreadPoolExecutor(len(probes)) as pool:
         got = dict(zip(probes, pool.map(lambda p: measure(p, timeout=150), probes.values()), strict=True))
     mib = {k: v["peak_cuda_bytes"] / 2**20 for k, v in got.items()}
     return {"peak_mib": mib, "zo_all_over_inference": mib["zo_fp32_all"] / mib["inference_fp32"],
             "zo_bf16_quarter_over_inference": mib["zo_bf16_quarter"] / mib["inference_fp32"],
-            "zo_bf16_quarter_reduction_vs_adam": 1 - mib["zo_bf16_quarter"] / mib["adam_fedavg"]}
+            "zo_bf16_quarter_reduction_vs_adam": 1 - mib["zo_bf16_quarter"] / mib["adam_fedavg"],
+            "zo_int8_quarter_reduction_vs_adam": 1 - mib["zo_int8_quarter"] / mib["adam_fedavg"]}
 
 
 def main() -> None:

@@ -124,6 +124,21 @@ def test_the_runner_builds_the_zorba_planner_for_a_real_model(tiny_models):
     memory_of(mem, plan, [0, 1, 2, 3], p.budgets)
 
 
+def test_first_principles_memory_model_follows_the_frozen_precision(tiny_models):
+    """int8 frozen blocks cost 1 byte per parameter in the planner's default model, bf16 2, fp32 4; an
+    active block costs its fp32 weights plus snapshot whatever the frozen dtype (so its delta grows)."""
+    from zorba.config import make_config
+    from zorba.models import load_model
+    from zorba.runner import client_memory_model
+
+    lm = load_model(str(tiny_models["opt"]))
+    sizes = np.array([b.numel for b in lm.blocks], dtype=float)
+    for precision, frozen in (("int8", 1.0), ("bf16", 2.0), ("fp32", 4.0)):
+        mem = client_memory_model(make_config(model=str(tiny_models["opt"]), precision=precision), lm)
+        assert mem.base == pytest.approx(frozen * sizes.sum())
+        assert np.allclose(mem.delta, (8.0 - frozen) * sizes)
+
+
 def test_progress_searches_are_remembered_but_bounded(monkeypatch):
     """A repeated participant set reuses its progress search; many different sets (partial
     participation over a long run) keep at most SEARCHES_KEPT of them."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zorba.memprobe import load_probe_model
-from zorba.precision import MasterStore, TieredReplica, make_client_replica
+from zorba.precision import PRECISIONS, MasterStore, TieredReplica, make_client_replica
 from zorba.protocol import ClientUpdate, LogEntry, StepReport
 from zorba.quant import INT8_MAX, SCALE_ATTR, dequantize_rows, int8_eligible, quantize_rows
 from zorba.replica import Replica
@@ -39,7 +39,7 @@ def _batch(lm, n=4):
     return scorer, ids, [i % 2 for i in range(n)]
 
 
-@pytest.mark.parametrize(("precision", "store"), [("bf16", "file"), ("fp32", "memory")])
+@pytest.mark.parametrize(("precision", "store"), [("bf16", "file"), ("fp16", "memory"), ("fp32", "memory")])
 def test_tiered_replay_is_bit_exact_and_working_copy_follows(tiny, store, precision):
     plain, tiered_lm = copy.deepcopy(tiny), copy.deepcopy(tiny)
     ref, rep = Replica(plain), make_client_replica(tiered_lm, precision, store)
@@ -47,7 +47,7 @@ def test_tiered_replay_is_bit_exact_and_working_copy_follows(tiny, store, precis
     ref.sync(entries)
     assert rep.sync(entries) == len(entries) and rep.cursor == len(entries)
     assert rep.digest() == ref.digest()  # exact fp32 state, though the working copy is low precision
-    want = torch.bfloat16 if precision == "bf16" else torch.float32
+    want = PRECISIONS[precision]
     for ref_block, block in zip(ref.tensors, rep.tensors, strict=True):
         for r, t in zip(ref_block, block, strict=True):
             assert t.dtype == want

@@ -11,9 +11,9 @@ A client's memory then depends on which blocks it trains (docs/memory.md). Three
   `restore` demotes them again (the store *is* the round-start snapshot, so none is kept in memory).
 - `attach_upcast_hooks`: frozen weights are only *stored* in low precision; each module upcasts its own
   frozen weights to fp32 just for its forward (one module's weights at a time; int8 ones dequantised
-  with their per-row scales, quant.py), and embeddings cast their looked-up rows. Activations therefore stay fp32 everywhere: the tiny difference between the
-  +mu and -mu forwards survives the frozen layers downstream of an active block, which bf16
-  activations would round away.
+  with their per-row scales, quant.py), and embeddings cast their looked-up rows. Activations
+  therefore stay fp32 everywhere: the tiny difference between the +mu and -mu forwards survives the
+  frozen layers downstream of an active block, which bf16 activations would round away.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ the exact fp32 store whenever the log changes it (precision.TieredReplica), so q
 never accumulates: each forward sees round-to-nearest(w / s) * s of the current global weights. Rows
 are output features of a Linear and vocabulary entries of an Embedding, so the forward paths in
 precision.py dequantise a Linear a block of rows at a time and an Embedding only the rows it looks up.
-Per-row absmax is what LLM.int8()'s weight side and bitsandbytes' `Int8Params` use; we keep it in plain
-torch ops because the weights must be re-quantised from our own store after every replay, on CPU as
-well as GPU, which those kernels (CUDA-only, own storage format) do not offer.
+Per-row absmax is the weight side of LLM.int8() and of bitsandbytes' `Int8Params`. We keep it in plain
+torch ops (two of them each way) rather than depend on bitsandbytes: the weights are re-quantised from
+our own store after every replay, on CPU and GPU clients alike, and a forward only needs a
+dequantise-then-matmul per module, not int8 matmul kernels with their own storage format.
 """
 
 from __future__ import annotations

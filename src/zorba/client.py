@@ -9,6 +9,7 @@ import numpy as np
 from zorba.data import sample_batch
 from zorba.deferred import DeferredTables
 from zorba.packed import PackedSmallTensors
+from zorba.prefix import SharedPrefix
 from zorba.protocol import Report, RoundPlan, step_seed
 from zorba.replica import Replica
 from zorba.scoring import Scorer
@@ -35,14 +36,16 @@ def run_round(plan: RoundPlan, state: ClientState, replica: Replica, scorer: Sco
     snap = replica.snapshot(plan.blocks)
     steps, losses = [], []
     active = [t for b in plan.blocks for t in replica.tensors[b]]
-    with DeferredTables(replica.lm.model, active, h.dist) as deferred, PackedSmallTensors(active) as packed:
+    model = replica.lm.model
+    with (DeferredTables(model, active, h.dist) as deferred, PackedSmallTensors(active) as packed,
+          SharedPrefix(model, active) as prefix):
         for k in range(h.local_steps):
             batch = sample_batch(state.indices, h.batch_size, plan.round_seed, state.cid, k)
             ids = [data.ids[i] for i in batch]
             labels = [data.labels[i] for i in batch]
             sseed = step_seed(plan.round_seed, state.cid, k)
             step, loss = spsa_step(
-                lambda ids=ids, labels=labels: scorer.loss(ids, labels),
+                prefix.shared(lambda ids=ids, labels=labels: scorer.loss(ids, labels)),
                 replica.tensors, plan.blocks, sseed, h.mu, h.lr, h.q, h.dist, deferred=deferred, packed=packed,
             )
             steps.append(step)

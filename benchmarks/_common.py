@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Callable
@@ -80,3 +81,16 @@ def best_of(fns: dict[str, Callable[[], object]], reps: int = 5, device: str = "
             sync(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def timing_args(models: str = "minilm,opt125m") -> argparse.Namespace:
+    """--models, --reps, --threads: the options of a timing script; applies --threads (one thread is
+    steadier on a shared machine: a multi-threaded op stalls when one of its threads is descheduled)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=models)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args

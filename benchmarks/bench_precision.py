@@ -10,13 +10,11 @@ Usage: python benchmarks/bench_precision.py [--models minilm,opt125m] [--reps 5]
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 
 import _common as C
-import torch
 
 from zorba.precision import make_client_replica
 from zorba.scoring import Scorer
@@ -59,13 +57,7 @@ def precision_row(name: str, reps: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="minilm,opt125m")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = C.timing_args()
     worst = 0.0
     for name in args.models.split(","):
         row = precision_row(name, args.reps)

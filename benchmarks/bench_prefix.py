@@ -12,11 +12,9 @@ Prints one JSON line per model and, last, the step time ratio for the last layer
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import _common as C
-import torch
 
 from zorba.precision import make_client_replica
 from zorba.prefix import SharedPrefix
@@ -63,13 +61,7 @@ def prefix_row(name: str, reps: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--models", default="minilm,opt125m")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = C.timing_args()
     last = []
     for name in args.models.split(","):
         row = prefix_row(name, args.reps)

@@ -16,8 +16,8 @@ What it relies on, each checked rather than assumed:
   the layers would be missed, which no supported family does (tests/test_prefix.py);
 - each layer runs once per forward (a model that reuses a layer module, e.g. ALBERT's shared layer,
   turns sharing off for the round).
-Kept output: one clone of a layer's output (batch x sequence x hidden), returned as a fresh clone on
-every replay so no caller can modify the kept copy.
+Kept output: one clone of a layer's output (batch x sequence x hidden) per shared loss alive, returned
+as a fresh clone on every replay so no caller can modify the kept copy.
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ def _clone(output):
     return tree_map_only(torch.Tensor, torch.Tensor.clone, output)
 
 
+class _Slot:
+    """One shared loss's state: how often it ran, and the layer output its first forward kept."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.kept: tuple[int, object] | None = None  # (deepest shareable layer, its output)
+
+
 class SharedPrefix:
     """Context manager for a round: hooks on the model's layers and on the modules owning `active`."""
 
@@ -45,9 +53,8 @@ class SharedPrefix:
         owners = [m for m in model.modules() if any(id(p) in ids for p in m.parameters(recurse=False))]
         self._handles = [m.register_forward_pre_hook(self._active_ran) for m in owners]
         self._handles += [layer.register_forward_hook(self._layer_ran(i)) for i, layer in enumerate(self.layers)]
-        self.kept: tuple[int, object] | None = None  # (deepest shareable layer, its output)
         self.reused = 0  # forwards that skipped layers (tests and benchmarks read it)
-        self._recording = False
+        self._slot: _Slot | None = None  # the shared loss whose first forward is running
         self._ended = False
         self._calls = [0] * len(self.layers)
         self._off = False
@@ -57,39 +64,40 @@ class SharedPrefix:
 
     def _layer_ran(self, i: int):
         def hook(module: nn.Module, args, output) -> None:
-            if not self._recording:
+            if self._slot is None:
                 return
             self._calls[i] += 1
             if not self._ended:
-                self.kept = (i, _clone(output))  # the shallower one it replaces is freed
+                self._slot.kept = (i, _clone(output))  # the shallower one it replaces is freed
 
         return hook
 
     def shared(self, loss: Callable[[], float]) -> Callable[[], float]:
-        """`loss` (one step's batch) whose calls after the first reuse the frozen prefix."""
-        calls = 0
+        """`loss` (one batch, fixed frozen weights) whose calls after the first reuse the frozen prefix.
+        Each shared loss keeps its own layer output, so several may be used in turn (a probe's two
+        batches)."""
+        slot = _Slot()
 
         def run() -> float:
-            nonlocal calls
-            calls += 1
-            return self._record(loss) if calls == 1 else self._replay(loss)
+            slot.calls += 1
+            return self._record(loss, slot) if slot.calls == 1 else self._replay(loss, slot)
 
         return run
 
-    def _record(self, loss: Callable[[], float]) -> float:
-        self.kept, self._ended, self._calls = None, False, [0] * len(self.layers)
-        self._recording = not self._off and not self.model.training
+    def _record(self, loss: Callable[[], float], slot: _Slot) -> float:
+        self._ended, self._calls = False, [0] * len(self.layers)
+        self._slot = slot if not self._off and not self.model.training else None
         try:
             return loss()
         finally:
-            self._recording = False
+            self._slot = None
             if any(c > 1 for c in self._calls):  # a layer module reused within one forward
-                self._off, self.kept = True, None
+                self._off, slot.kept = True, None
 
-    def _replay(self, loss: Callable[[], float]) -> float:
-        if self.kept is None:
+    def _replay(self, loss: Callable[[], float], slot: _Slot) -> float:
+        if slot.kept is None or self._off:
             return loss()
-        deepest, output = self.kept
+        deepest, output = slot.kept
         skipped = self.layers[: deepest + 1]
         for layer in skipped:
             layer.forward = lambda *args, **kwargs: _clone(output)
@@ -103,7 +111,7 @@ class SharedPrefix:
     def close(self) -> None:
         for h in self._handles:
             h.remove()
-        self._handles, self.kept = [], None
+        self._handles = []
 
     def __enter__(self) -> SharedPrefix:
         return self

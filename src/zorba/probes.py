@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from zorba.client import TokenizedData
+from zorba.prefix import SharedPrefix
 from zorba.replica import Replica
 from zorba.rng import derive_key
 from zorba.scoring import Scorer
@@ -47,18 +48,20 @@ def probe_block(
     seed: int,
     batches: Sequence[np.ndarray],
     mu: float,
+    share: Callable[[Callable[[], float]], Callable[[], float]] = lambda f: f,
 ) -> tuple[list[float], list[float]]:
     """(y^a, y^b) for probes p = 0..len(batches)/2 - 1 of `block`: loss(batch) is the client's loss
-    on a minibatch; batches alternate a, b per probe. The block's weights are restored exactly."""
+    on a minibatch; batches alternate a, b per probe. The block's weights are restored exactly.
+    `share` (SharedPrefix.shared) lets each minibatch's -mu forward reuse its +mu one's frozen prefix."""
     saved = [t.detach().clone() for t in tensors[block]]
     ya, yb = [], []
     try:
         for p in range(len(batches) // 2):
-            pair = batches[2 * p : 2 * p + 2]
+            pair = [share(lambda b=b: loss(b)) for b in batches[2 * p : 2 * p + 2]]
             add_scaled_noise_(tensors, [block], seed, p, {block: mu}, "rademacher")
-            plus = [loss(b) for b in pair]
+            plus = [f() for f in pair]
             add_scaled_noise_(tensors, [block], seed, p, {block: -2 * mu}, "rademacher")
-            minus = [loss(b) for b in pair]
+            minus = [f() for f in pair]
             for t, s in zip(tensors[block], saved, strict=True):
                 t.copy_(s)
             ya.append(to_f32((plus[0] - minus[0]) / (2 * mu)))
@@ -70,9 +73,11 @@ def probe_block(
 
 
 def probe_client(replica: Replica, indices: np.ndarray, scorer: Scorer, data: TokenizedData, round_seed: int,
-                 client: int, n_probes: int, batch_size: int, mu: float) -> tuple[np.ndarray, np.ndarray]:
+                 client: int, n_probes: int, batch_size: int, mu: float,
+                 share_prefix: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(y^a, y^b), each (L, n_probes), for every block of a client's replica, one block at a time:
-    the block is promoted to fp32 for its probes (replica.snapshot) and brought back after."""
+    the block is promoted to fp32 for its probes (replica.snapshot) and brought back after.
+    `share_prefix`: each minibatch's -mu forward reuses the frozen layers before the block (same bits)."""
     batches = probe_batches(indices, batch_size, round_seed, client, n_probes)
 
     def loss(batch: np.ndarray) -> float:
@@ -83,7 +88,9 @@ def probe_client(replica: Replica, indices: np.ndarray, scorer: Scorer, data: To
     for b in range(L):
         snap = replica.snapshot([b])
         try:
-            ya[b], yb[b] = probe_block(loss, replica.tensors, b, probe_seed(round_seed, b), batches, mu)
+            with SharedPrefix(replica.lm.model, replica.tensors[b]) as prefix:
+                share = prefix.shared if share_prefix else (lambda f: f)
+                ya[b], yb[b] = probe_block(loss, replica.tensors, b, probe_seed(round_seed, b), batches, mu, share)
         finally:
             replica.restore(snap)
     return ya, yb

@@ -194,3 +194,14 @@ def test_probes_are_the_same_with_the_prefix_shared(monkeypatch):
     ya_full, yb_full = run(False)
     assert np.array_equal(ya, ya_full) and np.array_equal(yb, yb_full)
     assert reused > 0 and sum(p.reused for p in made) == reused  # the unshared run reused nothing
+
+
+def test_an_instance_level_forward_on_a_layer_is_put_back():
+    """Wrappers such as accelerate's offload hooks replace a module's forward on the instance."""
+    model = _Toy()
+    original = model.layers[0].forward
+    model.layers[0].forward = lambda h: original(h)  # an instance-level wrapper, as accelerate sets
+    wrapper = model.layers[0].forward
+    got, want, _, reused = _shared_losses(model, model.layers[2].weight)
+    assert got == want and reused == 2
+    assert model.layers[0].__dict__["forward"] is wrapper and "forward" not in model.layers[1].__dict__

@@ -99,14 +99,20 @@ class SharedPrefix:
             return loss()
         deepest, output = slot.kept
         skipped = self.layers[: deepest + 1]
+        # A layer may already carry an instance-level forward (accelerate's offload hooks set one):
+        # put back exactly what was there.
+        before = [layer.__dict__.get("forward") for layer in skipped]
         for layer in skipped:
             layer.forward = lambda *args, **kwargs: _clone(output)
         try:
             self.reused += 1
             return loss()
         finally:
-            for layer in skipped:
-                layer.__dict__.pop("forward", None)
+            for layer, forward in zip(skipped, before, strict=True):
+                if forward is None:
+                    del layer.forward
+                else:
+                    layer.forward = forward
 
     def close(self) -> None:
         for h in self._handles:

@@ -1,5 +1,6 @@
-"""A step's forwards share the frozen prefix (prefix.py): same losses, scalars and weights bit for bit
-as full forwards, with the prefix layers really skipped, and no sharing where it would be wrong."""
+"""A step's forwards share the frozen prefix (prefix.py): the same losses and scalars bit for bit as
+full forwards (the scalars are all the update is made of: seeds and scalars replay to the weights),
+with the prefix layers really skipped, and no sharing where it would be wrong."""
 
 import copy
 
@@ -31,7 +32,8 @@ class _NoSharing(SharedPrefix):
 
 
 def _round(lm, blocks, monkeypatch, share: bool, precision: str = "bf16"):
-    """One client round (3 steps, q = 2) on a fresh replica; its report, weights and SharedPrefix."""
+    """One client round (3 steps, q = 2) on a fresh replica; its report and SharedPrefix. Within the
+    round the local weights move (lr > 0), so later steps' forwards depend on earlier scalars."""
     made = []
     monkeypatch.setattr(client, "SharedPrefix", _Spy(made, SharedPrefix if share else _NoSharing))
     replica = make_client_replica(copy.deepcopy(lm), precision, "memory")
@@ -40,7 +42,7 @@ def _round(lm, blocks, monkeypatch, share: bool, precision: str = "bf16"):
     data = TokenizedData(scorer.encode(texts), [i % 2 for i in range(24)])
     plan = RoundPlan(0, 0, tuple(blocks), 11, Hyper(lr=1e-2, mu=1e-3, q=2, local_steps=3, batch_size=8))
     report = run_round(plan, ClientState(0, np.arange(24)), replica, scorer, data)
-    return report, replica.digest(), made[0]
+    return report, made[0]
 
 
 class _Spy:
@@ -56,25 +58,24 @@ class _Spy:
 
 def test_late_block_round_is_bit_identical_and_reuses_the_prefix(tiny, monkeypatch):
     late = [max(i for i, b in enumerate(tiny.blocks) if b.name.startswith("layer."))]  # the last layer
-    shared, digest, prefix = _round(tiny, late, monkeypatch, share=True)
-    full, full_digest, _ = _round(tiny, late, monkeypatch, share=False)
+    shared, prefix = _round(tiny, late, monkeypatch, share=True)
+    full, _ = _round(tiny, late, monkeypatch, share=False)
     assert shared.steps == full.steps and shared.loss == full.loss  # scalars are float32 values
-    assert digest == full_digest
     assert prefix.reused == 3 * (2 * 2 - 1)  # every forward of a step but its first
 
 
 def test_int8_frozen_blocks_share_too(monkeypatch):
     lm = load_probe_model("random:opt-tiny")
-    shared, digest, prefix = _round(lm, [2], monkeypatch, share=True, precision="int8")
-    full, full_digest, _ = _round(lm, [2], monkeypatch, share=False, precision="int8")
-    assert shared.steps == full.steps and digest == full_digest and prefix.reused > 0
+    shared, prefix = _round(lm, [2], monkeypatch, share=True, precision="int8")
+    full, _ = _round(lm, [2], monkeypatch, share=False, precision="int8")
+    assert shared.steps == full.steps and shared.loss == full.loss and prefix.reused > 0
 
 
 def test_no_prefix_when_the_embeddings_train(tiny, monkeypatch):
     blocks = [0, len(tiny.blocks) - 2]
-    shared, digest, prefix = _round(tiny, blocks, monkeypatch, share=True)
-    full, full_digest, _ = _round(tiny, blocks, monkeypatch, share=False)
-    assert shared.steps == full.steps and digest == full_digest
+    shared, prefix = _round(tiny, blocks, monkeypatch, share=True)
+    full, _ = _round(tiny, blocks, monkeypatch, share=False)
+    assert shared.steps == full.steps and shared.loss == full.loss
     assert prefix.reused == 0
 
 

@@ -25,7 +25,6 @@ from zorba.client import TokenizedData
 from zorba.precision import make_client_replica
 from zorba.prefix import SharedPrefix
 from zorba.probes import probe_client
-from zorba.scoring import Scorer
 from zorba.tasks import read_examples
 from zorba.zo import spsa_step
 
@@ -34,12 +33,17 @@ def layer_blocks(lm) -> list[int]:
     return [i for i, b in enumerate(lm.blocks) if b.name.startswith("layer.")]
 
 
+def step(replica, scorer, ids, labels, b: int, prefix: SharedPrefix, shared: bool, lr: float):
+    """One ZO step on block b, its forwards sharing the frozen prefix or not."""
+    fn = lambda: scorer.loss(ids, labels)  # noqa: E731
+    return spsa_step(prefix.shared(fn) if shared else fn, replica.tensors, [b], 3, 1e-3, lr)[0]
+
+
 def first_step(replica, scorer, ids, labels, b: int, shared: bool):
     """One step's report from the round-start weights (the store re-derives them exactly)."""
     snap = replica.snapshot([b])
     with SharedPrefix(replica.lm.model, replica.tensors[b]) as prefix:
-        fn = lambda: scorer.loss(ids, labels)  # noqa: E731
-        report, _ = spsa_step(prefix.shared(fn) if shared else fn, replica.tensors, [b], 3, 1e-3, 1e-3)
+        report = step(replica, scorer, ids, labels, b, prefix, shared, 1e-3)
     replica.restore(snap)
     return report
 
@@ -47,8 +51,7 @@ def first_step(replica, scorer, ids, labels, b: int, shared: bool):
 def prefix_row(name: str, reps: int) -> dict:
     lm = C.load(name)
     scorer, ids, labels = C.batch(lm)
-    replica = make_client_replica(lm, "bf16", "memory")
-    scorer = Scorer(replica.lm, scorer.task, scorer.max_len)
+    replica = make_client_replica(lm, "bf16", "memory")  # lm itself, frozen blocks now bf16: same scorer
     layers = layer_blocks(lm)
     rows = []
     for pos, b in enumerate(layers):
@@ -56,11 +59,10 @@ def prefix_row(name: str, reps: int) -> dict:
         snap = replica.snapshot([b])
         with SharedPrefix(replica.lm.model, replica.tensors[b]) as prefix:
 
-            def step(shared: bool, b=b, prefix=prefix):
-                fn = lambda: scorer.loss(ids, labels)  # noqa: E731
-                return spsa_step(prefix.shared(fn) if shared else fn, replica.tensors, [b], 3, 1e-3, 0.0)
+            def timed(shared: bool, b=b, prefix=prefix):
+                return lambda: step(replica, scorer, ids, labels, b, prefix, shared, 0.0)
 
-            t = C.best_of({"shared": lambda: step(True), "full": lambda: step(False)}, reps)
+            t = C.best_of({"shared": timed(True), "full": timed(False)}, reps)
         replica.restore(snap)
         rows.append({"layer": pos, "block": b, "shared_s": t["shared"], "full_s": t["full"],
                      "ratio": t["shared"] / t["full"], "expected": (2 * len(layers) - pos) / (2 * len(layers)),
@@ -75,7 +77,6 @@ def probe_row(name: str, reps: int) -> dict:
     scorer, _, _ = C.batch(lm)
     examples = read_examples(os.path.join(C.DATA, "sst2", "dev.tsv"), scorer.task)[:64]
     replica = make_client_replica(lm, "bf16", "memory")
-    scorer = Scorer(replica.lm, scorer.task, scorer.max_len)
     data = TokenizedData(scorer.encode(examples), [e.label for e in examples])
 
     def probe(shared: bool):

@@ -181,20 +181,13 @@ def _own_weights(lm) -> None:
 
 
 def _run(p: MemoryProbe, lm, scorer, batches, replica) -> None:
-    if p.mode == "zo":  # as client.run_round: deferred tables (queue dropped at the end), packed small tensors
-        from zorba.deferred import DeferredTables
-        from zorba.packed import PackedSmallTensors
-        from zorba.prefix import SharedPrefix
-        from zorba.zo import spsa_step
+    if p.mode == "zo":  # the client's own loop (client.local_steps)
+        from zorba.client import local_steps
+        from zorba.protocol import Hyper
 
         snap = replica.snapshot(p.blocks)
-        active = [t for b in p.blocks for t in replica.tensors[b]]
-        with (DeferredTables(lm.model, active) as deferred, PackedSmallTensors(active) as packed,
-              SharedPrefix(lm.model, active) as prefix):
-            for k, (ids, labels) in enumerate(batches):
-                spsa_step(prefix.shared(lambda ids=ids, labels=labels: scorer.loss(ids, labels)), replica.tensors,
-                          p.blocks, sseed=k, mu=1e-3, lr=1e-6, deferred=deferred, packed=packed)
-            deferred.discard()
+        local_steps(replica, p.blocks, scorer, [(ids, labels, k) for k, (ids, labels) in enumerate(batches)],
+                    Hyper(lr=1e-6, mu=1e-3))
         replica.restore(snap)
     elif p.mode == "inference":
         for ids, labels in batches:

@@ -40,12 +40,15 @@ from zorba.rng import add_noise_sequences_, reserve_workspace
 # int8: weight-only, per-row scales (quant.py) for the Linear and Embedding weights; the rest of a frozen
 # block (norms, biases, other modules' weights) is then kept in bf16.
 PRECISIONS = {"int8": torch.int8, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# Bytes per frozen parameter for the first-principles memory model (int8: scales and the bf16 rest are
-# under 1% of a transformer block).
-FROZEN_BYTES = {"int8": 1.0, "bf16": 2.0, "fp16": 2.0, "fp32": 4.0}
 _CHUNK = 1 << 20  # elements streamed between the store and the device at a time
 _SMALL = 1 << 14  # tensors below this size are replayed together (one packed noise call per step)
 _IO_LIMIT = 1 << 30  # bytes per pread/pwrite call (Linux caps one call at ~2 GiB)
+
+
+def frozen_bytes(precision: str) -> float:
+    """Bytes per frozen parameter for the first-principles memory model: the dtype's size (int8: its
+    scales and the bf16 rest are under 1% of a transformer block)."""
+    return float(frozen_dtype(precision).itemsize)
 
 
 def frozen_dtype(precision: str) -> torch.dtype:

@@ -10,6 +10,7 @@ reversible in floating point)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -48,7 +49,7 @@ def probe_block(
     seed: int,
     batches: Sequence[np.ndarray],
     mu: float,
-    share: Callable[[Callable[[], float]], Callable[[], float]] = lambda f: f,
+    share: Callable[[Callable[[], float]], Callable[[], float]] | None = None,
 ) -> tuple[list[float], list[float]]:
     """(y^a, y^b) for probes p = 0..len(batches)/2 - 1 of `block`: loss(batch) is the client's loss
     on a minibatch; batches alternate a, b per probe. The block's weights are restored exactly.
@@ -57,7 +58,8 @@ def probe_block(
     ya, yb = [], []
     try:
         for p in range(len(batches) // 2):
-            pair = [share(lambda b=b: loss(b)) for b in batches[2 * p : 2 * p + 2]]
+            pair = [lambda b=b: loss(b) for b in batches[2 * p : 2 * p + 2]]
+            pair = pair if share is None else [share(f) for f in pair]
             add_scaled_noise_(tensors, [block], seed, p, {block: mu}, "rademacher")
             plus = [f() for f in pair]
             add_scaled_noise_(tensors, [block], seed, p, {block: -2 * mu}, "rademacher")
@@ -88,8 +90,10 @@ def probe_client(replica: Replica, indices: np.ndarray, scorer: Scorer, data: To
     for b in range(L):
         snap = replica.snapshot([b])
         try:
-            with SharedPrefix(replica.lm.model, replica.tensors[b]) as prefix:
-                share = prefix.shared if share_prefix else (lambda f: f)
+            with contextlib.ExitStack() as stack:
+                share = None
+                if share_prefix:  # the prefix's hooks only when it is shared
+                    share = stack.enter_context(SharedPrefix(replica.lm.model, replica.tensors[b])).shared
                 ya[b], yb[b] = probe_block(loss, replica.tensors, b, probe_seed(round_seed, b), batches, mu, share)
         finally:
             replica.restore(snap)

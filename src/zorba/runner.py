@@ -28,7 +28,7 @@ from zorba.models import LoadedModel, load_model
 from zorba.planner.memory_model import MemoryModel
 from zorba.planner.progress import ProgressConstants, gram_from_probes, second_at_batch
 from zorba.plans import AllBlocks, BlockPlanner, RandomBlocks, RoundRobin
-from zorba.precision import FROZEN_BYTES, make_client_replica
+from zorba.precision import frozen_bytes, make_client_replica
 from zorba.probes import probe_client
 from zorba.profiles import ClientProfile, blocks_within_budget, default_profiles, load_profiles
 from zorba.protocol import Hyper
@@ -89,7 +89,7 @@ def client_memory_model(cfg: RunConfig, lm: LoadedModel) -> MemoryModel:
         if mem.n_blocks != len(lm.blocks):
             raise UserError(f"{cfg.memory_model}: {mem.n_blocks} blocks, model {cfg.model} has {len(lm.blocks)}")
         return mem
-    return MemoryModel.from_block_sizes([b.numel for b in lm.blocks], frozen_bytes=FROZEN_BYTES[cfg.precision])
+    return MemoryModel.from_block_sizes([b.numel for b in lm.blocks], frozen_bytes=frozen_bytes(cfg.precision))
 
 
 def client_profiles(cfg: RunConfig, mem: MemoryModel) -> list[ClientProfile]:

@@ -5,9 +5,11 @@ A1: ZO step time / (2 x forward time) on the same batch, all blocks active; targ
     K = 5 local steps as client.run_round runs it (large embedding tables deferred, deferred.py;
     small tensors in one buffer, packed.py).
 A2: perturbation cost on a fraction f of the parameters / (f x the all-blocks cost); target <= 1.2.
-    Two costs per subset: one pass (`add_scaled_noise_`: keys derived and small z generated for that
-    one pass) and a step's perturbation work (`spsa_step` with a constant loss: keys and small z once,
-    three passes), which is what a step spends on the fraction.
+    Three costs per subset: one pass (`add_scaled_noise_`: keys derived and small z generated for that
+    one pass); a step's perturbation work (`spsa_step` with a constant loss: keys and small z once,
+    three passes back to back); and the same three passes timed inside real steps, with the two
+    forwards between them (`ratio_in_step`): the forwards evict the generator's buffers and code, so
+    each pass after one starts cold, as it does in training (docs/performance.md, seventh session).
 
 Usage: python benchmarks/bench_zo_step.py [--models tiny,minilm,opt125m] [--reps 5] [--threads N]
        [--client-malloc]   (glibc's mmap threshold fixed at 1 MiB first, as a client's TieredReplica does)
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from contextlib import contextmanager
 
 import _common as C
 import _legacy_rng as legacy
 import torch
 
+from zorba import zo
 from zorba.deferred import DeferredTables
 from zorba.packed import PackedSmallTensors
 from zorba.precision import return_freed_memory_promptly
@@ -66,17 +71,21 @@ def step_ratios(name: str, reps: int, device: str) -> dict:
         "ratio": times["step"] / two, "ratio_cache_z": times["step_cache_z"] / two,
         "ratio_round_eager": times["round_eager"] / ROUND_STEPS / two,
         "ratio_round_deferred": times["round_deferred"] / ROUND_STEPS / two,
-        "ratio_legacy": times["step_legacy"] / two, "tensors": tensors,
+        "ratio_legacy": times["step_legacy"] / two, "tensors": tensors, "loss": loss,
     }
+
+
+def block_subsets(n: int) -> dict[str, list[int]]:
+    """The block subsets A2 compares (block 0 is the embeddings)."""
+    return {"all": list(range(n)), "half": list(range(0, n, 2)), "quarter": list(range(0, n, 4)),
+            "one layer": [1 if n > 2 else 0], "quarter (no embeddings)": list(range(1, n, 4))}
 
 
 def fraction_ratios(tensors, reps: int, device: str) -> list[dict]:
     """Cost of one perturbation pass, and of a step's three, on block subsets, against f x the
     all-blocks cost measured the same way (interleaved, one best_of)."""
     sizes = [sum(t.numel() for t in block) for block in tensors]
-    n = len(sizes)
-    subsets = {"all": list(range(n)), "half": list(range(0, n, 2)), "quarter": list(range(0, n, 4)),
-               "one layer": [1 if n > 2 else 0], "quarter (no embeddings)": list(range(1, n, 4))}
+    subsets = block_subsets(len(sizes))
     fns = {k: (lambda b=b: add_scaled_noise_(tensors, b, 7, 0, dict.fromkeys(b, 1e-3), "rademacher"))
            for k, b in subsets.items()}
     no_forward = lambda: 0.0  # noqa: E731  the step's perturbation work alone
@@ -92,6 +101,41 @@ def fraction_ratios(tensors, reps: int, device: str) -> list[dict]:
     return out
 
 
+@contextmanager
+def timed_passes():
+    """Time every perturbation pass (`zo._Streams.add_`) while inside: benchmark-only instrumentation,
+    so the passes of a real step can be timed without the forwards between them."""
+    spent = [0.0]
+    original = zo._Streams.add_
+
+    def add_(self, scales):
+        start = time.perf_counter()
+        original(self, scales)
+        spent[0] += time.perf_counter() - start
+
+    zo._Streams.add_ = add_
+    try:
+        yield spent
+    finally:
+        zo._Streams.add_ = original
+
+
+def in_step_ratios(loss, tensors, reps: int) -> dict[str, float]:
+    """A2 as training pays it: the passes' time inside `spsa_step` on the real loss (forward, pass,
+    forward between them), per subset, best of `reps` interleaved steps, against f x all blocks."""
+    sizes = [sum(t.numel() for t in block) for block in tensors]
+    subsets = {k: b for k, b in block_subsets(len(sizes)).items() if k in ("all", "one layer", "quarter (no embeddings)")}
+    best = dict.fromkeys(subsets, float("inf"))
+    with timed_passes() as spent:
+        for r in range(reps + 1):  # the first round warms up
+            for k, b in subsets.items():
+                spent[0] = 0.0
+                spsa_step(loss, tensors, b, r, 1e-3, 0.0)
+                best[k] = best[k] if r == 0 else min(best[k], spent[0])
+    f = {k: sum(sizes[i] for i in b) / sum(sizes) for k, b in subsets.items()}
+    return {k: best[k] / (f[k] * best["all"]) for k in subsets if k != "all"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="tiny,minilm,opt125m")
@@ -104,19 +148,26 @@ def main() -> None:
         return_freed_memory_promptly()
     if args.threads:
         torch.set_num_threads(args.threads)
-    worst, worst_f, one_layer = 0.0, 0.0, []
+    worst, worst_f, one_layer, in_steps = 0.0, 0.0, [], []
     for name in args.models.split(","):
         r = step_ratios(name, args.reps, args.device)
-        fr = fraction_ratios(r.pop("tensors"), args.reps, args.device)
+        loss, tensors = r.pop("loss"), r.pop("tensors")
+        fr = fraction_ratios(tensors, args.reps, args.device)
+        in_step = in_step_ratios(loss, tensors, args.reps)
+        for x in fr:
+            x["ratio_in_step"] = in_step.get(x["subset"])
         print(json.dumps(r))
         print(json.dumps({"model": name, "fraction_scaling": fr}))
         worst = max(worst, r["ratio_round_deferred"])
         # A2 is about realistic blocks: subsets under 1M parameters are all fixed per-call cost
         worst_f = max([worst_f] + [x["ratio"] for x in fr if x["subset"] != "one layer" and x["params"] >= 1e6])
-        one_layer += [f"{name} {x['ratio']:.3f} (per step {x['ratio_step']:.3f})" for x in fr
-                      if x["subset"] == "one layer" and x["params"] >= 1e6]
+        one_layer += [f"{name} {x['ratio']:.3f} (per step {x['ratio_step']:.3f}, in real steps {x['ratio_in_step']:.3f})"
+                      for x in fr if x["subset"] == "one layer" and x["params"] >= 1e6]
+        in_steps += [f"{name} {k} {v:.3f}" for k, v in in_step.items()
+                     if next(x["params"] for x in fr if x["subset"] == k) >= 1e6]
     print(f"A2 worst perturbation-cost scaling ratio, subsets >= 1M parameters (target <= 1.2): {worst_f:.3f}")
     print(f"A2 one layer >= 1M parameters, one pass (per step of three passes): {', '.join(one_layer) or '-'}")
+    print(f"A2 in real steps (each pass after a forward), subsets >= 1M parameters: {', '.join(in_steps) or '-'}")
     print(f"A1 worst ZO-step (in a client round) / 2-forward ratio (target <= 1.10): {worst:.3f}")
 
 

@@ -3,8 +3,12 @@ planned block set, taken from the round history the engines record."""
 
 from types import SimpleNamespace
 
+import numpy as np
+
 from zorba import memprobe
 from zorba.config import make_config
+from zorba.planner.memory_model import MemoryModel
+from zorba.profiles import ClientProfile
 
 
 def test_planned_client_peaks_probes_each_clients_largest_set_once(monkeypatch):
@@ -33,9 +37,15 @@ def test_simulation_results_carry_measured_memory_deployment_results_do_not(monk
 
     monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: {"peak_rss_bytes": 5})
     blocks = [SimpleNamespace(numel=1), SimpleNamespace(numel=1)]
+    mem = MemoryModel(base=100.0, delta=np.array([1.0, 2.0]))
     run = SimpleNamespace(cfg=make_config(clients=2), lm=SimpleNamespace(blocks=blocks),
-                          history=[{"blocks": {"0": [0], "1": [1]}}])
+                          history=[{"blocks": {"0": [0], "1": [1]}}], memory_model=mem,
+                          profiles=[ClientProfile("a", 101.0), ClientProfile("b", 102.0)])
     assert outputs.client_memory(run, "flower-simulation")["peak_bytes_per_client"] == [5, 5]
-    assert outputs.client_memory(run, "flower-deployment")["peak_bytes_per_client"] is None
+    deployed = outputs.client_memory(run, "flower-deployment")
+    assert deployed["peak_bytes_per_client"] is None
+    # the server knows budgets and predictions whether or not it can measure the clients
+    assert deployed["budget_bytes_per_client"] == [101.0, 102.0]
+    assert deployed["predicted_bytes_per_client"] == [101.0, 102.0]
     run.cfg = make_config(clients=2, measure_memory=False)
     assert outputs.client_memory(run, "flower-simulation")["peak_bytes_per_client"] is None

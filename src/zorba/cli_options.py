@@ -38,6 +38,10 @@ _SHARED = (  # name, type, default, help
     ("probe_estimator", str, None, "separable (pools the blocks: docs/theory.md section 15) | raw [separable]"),
     ("precision", str, None, "frozen blocks' dtype on clients: int8 (weight-only, per-row scales) | bf16 | "
      "fp16 | fp32 [bf16]"),
+    ("profiles", Path, None, "TOML of the clients' memory budgets and speeds (format: src/zorba/profiles.py) "
+     "[four default device classes]"),
+    ("memory_model", Path, None, "calibration JSON from `zorba profile-memory`: budgets and predictions in "
+     "measured bytes [first principles: tensors only]"),
     ("measure_memory", bool, True, "measure each client's peak memory in a fresh process"),
     ("overwrite", bool, False, "replace an existing output folder"),
 )
@@ -63,5 +67,6 @@ def training_options(**help_overrides: str) -> Callable[[Callable], Callable]:
 def config_values(options: dict) -> dict:
     """The shared options that are RunConfig fields, as make_config takes them (paths as strings)."""
     values = {k: v for k, v in options.items() if k not in _NOT_CONFIG}
-    values["data_dir"] = str(values["data_dir"]) if values.get("data_dir") else None
+    for key in ("data_dir", "profiles", "memory_model"):  # RunConfig keeps paths as strings (JSON-able)
+        values[key] = str(values[key]) if values.get(key) else None
     return values

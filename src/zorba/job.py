@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zorba.config import RunConfig, resolve_device
-from zorba.memprobe import planned_client_peaks
+from zorba.memprobe import memory_section
 from zorba.models import load_model, state_digest
 from zorba.reliability import Reliability
 from zorba.results import prepare_out_dir, versions, write_outputs
@@ -87,12 +87,10 @@ def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:
             "uplink_bytes_total": sum(up) * cfg.clients,
             "fedavg_bytes_per_client_round": 4 * n_params,
         },
-        "memory": {
-            "peak_bytes_per_client": (
-                planned_client_peaks(cfg, state.lm.blocks, state.history) if cfg.measure_memory else None
-            ),
-            "how": "peak RSS (VmHWM) of a fresh process running one local round on the client's largest block set",
-        },
+        "memory": memory_section(
+            cfg, state.lm.blocks, state.history, state.profiles, state.memory_model, cfg.measure_memory,
+            "peak RSS (VmHWM) of a fresh process running one local round on the client's largest block set",
+        ),
         "probes": state.probes,
         "seconds": state.seconds,
         "history": state.history,

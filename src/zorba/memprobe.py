@@ -225,10 +225,9 @@ def measure(p: MemoryProbe, timeout: float = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def planned_client_peaks(cfg, blocks: Sequence, history: Sequence[dict]) -> list[int]:
-    """Per client, the peak RSS of a fresh process running its largest block set planned in `history`
-    (round records with a "blocks" map, as the in-process runner and the Flower engines write them);
-    one probe per distinct set. 0 for a client never planned."""
+def largest_block_sets(blocks: Sequence, history: Sequence[dict]) -> dict[int, tuple[int, ...]]:
+    """Per client planned at least once, the largest block set (in parameters) `history` planned for
+    it (round records with a "blocks" map, as the in-process runner and the Flower engines write them)."""
     sizes = [b.numel for b in blocks]
     largest: dict[int, tuple[int, ...]] = {}
     for rec in history:
@@ -236,12 +235,32 @@ def planned_client_peaks(cfg, blocks: Sequence, history: Sequence[dict]) -> list
             cur = largest.get(int(c), ())
             if sum(sizes[b] for b in planned) > sum(sizes[b] for b in cur) or not cur:
                 largest[int(c)] = tuple(planned)
+    return largest
+
+
+def planned_client_peaks(cfg, blocks: Sequence, history: Sequence[dict]) -> list[int]:
+    """Per client, the peak RSS of a fresh process running its largest planned block set; one probe
+    per distinct set. 0 for a client never planned."""
+    largest = largest_block_sets(blocks, history)
     cache: dict[tuple[int, ...], int] = {}
     for planned in set(largest.values()):
         probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir,
                             precision=cfg.precision)
         cache[planned] = measure(probe)["peak_rss_bytes"]
     return [cache[largest[c]] if c in largest else 0 for c in range(cfg.clients)]
+
+
+def memory_section(cfg, blocks: Sequence, history: Sequence[dict], profiles, mem, measured: bool, how: str) -> dict:
+    """result.json's "memory", for either engine: each client's class, budget and the memory model's
+    prediction (profiles.budget_report), its measured peak when `measured`, and whether that peak
+    stayed within the budget (only where both are measured bytes: a calibrated model)."""
+    from zorba.profiles import budget_report, within_budget
+
+    section = budget_report(profiles, mem, largest_block_sets(blocks, history), calibrated=bool(cfg.memory_model))
+    section["peak_bytes_per_client"] = planned_client_peaks(cfg, blocks, history) if measured else None
+    section["how"] = how
+    section["within_budget"] = within_budget(section)
+    return section
 
 
 if __name__ == "__main__":

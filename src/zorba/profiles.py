@@ -13,7 +13,7 @@ assigned cyclically:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +100,32 @@ def blocks_within_budget(profiles: Sequence[ClientProfile], mem: MemoryModel) ->
                 f"{need / MIB:.1f} MiB needed to train even the smallest block"
             )
     return [int(k) for k in counts]
+
+
+def budget_report(
+    profiles: Sequence[ClientProfile], mem: MemoryModel, largest: Mapping[int, Sequence[int]], calibrated: bool
+) -> dict:
+    """What result.json says of each client's memory: its device class and budget, and the memory
+    model's prediction for the largest block set it was planned (0 for a client never planned). Only
+    a calibrated model (`zorba profile-memory`) predicts a process's measured peak; the first-principles
+    one counts tensors, not the Python and torch runtime, so its numbers sit below any measurement."""
+    A = np.zeros((len(profiles), mem.n_blocks))
+    for c, blocks in largest.items():
+        A[c, list(blocks)] = 1.0
+    predicted = mem.client_memory(A)
+    return {
+        "profile_per_client": [p.name for p in profiles],
+        "budget_bytes_per_client": [float(b) for b in budgets(profiles)],
+        "predicted_bytes_per_client": [float(predicted[c]) if c in largest else 0.0 for c in range(len(profiles))],
+        "memory_model": "calibrated (zorba profile-memory): measured bytes" if calibrated
+        else "first principles: tensors only, without the Python / torch runtime",
+    }
+
+
+def within_budget(report: dict) -> list[bool | None] | None:
+    """Per client, measured peak <= budget (None for a client never planned); None unless both are in
+    measured bytes, i.e. the budgets come with a calibrated model."""
+    peaks = report.get("peak_bytes_per_client")
+    if not peaks or not report.get("memory_model", "").startswith("calibrated"):
+        return None
+    return [None if m == 0 else bool(m <= b) for m, b in zip(peaks, report["budget_bytes_per_client"], strict=True)]

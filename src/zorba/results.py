@@ -102,8 +102,25 @@ def render_report(r: dict) -> str:
     if mem.get("peak_bytes_per_client"):
         peaks = ", ".join(f"{b / 2**20:.0f}" for b in mem["peak_bytes_per_client"])
         lines.append(f"- measured peak memory per client (MiB, fresh process each): {peaks}")
+    lines += _budget_lines(mem)
     lines += ["", "![loss and accuracy](plot.png)", ""]
     return "\n".join(lines)
+
+
+def _budget_lines(mem: dict) -> list[str]:
+    """The clients' budgets against the planner's memory model, and against the measured peaks when
+    the model is calibrated (results of earlier versions have no budgets: nothing to say)."""
+    if not mem.get("budget_bytes_per_client"):
+        return []
+    mib = lambda xs: ", ".join(f"{x / 2**20:.0f}" for x in xs)  # noqa: E731
+    lines = [f"- budget per client (MiB): {mib(mem['budget_bytes_per_client'])}; "
+             f"memory model's prediction for its largest planned block set: {mib(mem['predicted_bytes_per_client'])} "
+             f"({mem['memory_model']})"]
+    ok = mem.get("within_budget")
+    if ok is not None:
+        planned = [x for x in ok if x is not None]
+        lines.append(f"- measured peak within budget: {sum(planned)} of {len(planned)} clients")
+    return lines
 
 
 def verify(run_dir: Path) -> tuple[bool, str]:

@@ -65,6 +65,8 @@ class RunState:
     seconds: float = 0.0
     torch_device: str = "cpu"  # where the clients trained (cfg.device resolved)
     probes: dict | None = None  # what --probes measured before round 0 (cost and Phi's constants)
+    profiles: list[ClientProfile] = field(default_factory=list)  # each client's class, budget and speed
+    memory_model: MemoryModel | None = None  # what the planner predicts client memory with
 
 
 def read_inputs(cfg: RunConfig) -> Inputs:
@@ -243,7 +245,8 @@ class Runner:
         server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy())
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)
-        self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device)
+        self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device,
+                              profiles=self.profiles, memory_model=self.memory_model)
         check_probe_batch(cfg, [len(c.indices) for c in clients])
         if cfg.probes:  # before round 0, at the base weights: a resumed run measures the same values
             planner.use_progress(self.measure_progress())

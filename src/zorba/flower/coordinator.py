@@ -22,7 +22,8 @@ from zorba.errors import UserError
 from zorba.flower import wire
 from zorba.flower.settings import FlowerOptions, config_to_json
 from zorba.models import LoadedModel, load_model, state_digest
-from zorba.profiles import blocks_within_budget
+from zorba.planner.memory_model import MemoryModel
+from zorba.profiles import ClientProfile, blocks_within_budget
 from zorba.protocol import Hyper
 from zorba.replica import Replica
 from zorba.runner import (
@@ -55,6 +56,8 @@ class FlowerRun:
     final_sync: dict = field(default_factory=dict)
     probes: dict | None = None  # what --probes measured before round 0
     seconds: float = 0.0
+    profiles: list[ClientProfile] = field(default_factory=list)  # each client's class, budget and speed
+    memory_model: MemoryModel | None = None  # what the planner predicts client memory with
 
 
 def build_run(cfg: RunConfig, opts: FlowerOptions) -> FlowerRun:
@@ -65,7 +68,8 @@ def build_run(cfg: RunConfig, opts: FlowerOptions) -> FlowerRun:
     profiles = client_profiles(cfg, mem)
     hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
     server = Server(make_planner(cfg, lm, profiles, mem, public=inputs.dev), hyper, cfg.seed, Replica(lm))
-    return FlowerRun(cfg, opts, lm, server, state_digest(lm.model), blocks_within_budget(profiles, mem))
+    return FlowerRun(cfg, opts, lm, server, state_digest(lm.model), blocks_within_budget(profiles, mem),
+                     profiles=profiles, memory_model=mem)
 
 
 def wait_for_nodes(grid: Grid, count: int, seconds: float) -> list[int]:

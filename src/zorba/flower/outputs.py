@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from zorba.flower.coordinator import FlowerRun
-from zorba.memprobe import planned_client_peaks
+from zorba.memprobe import memory_section
 from zorba.results import publish, staging_dir, versions, write_outputs
 
 
@@ -59,10 +59,10 @@ def build_result(run: FlowerRun, engine: str) -> dict:
 def client_memory(run: FlowerRun, engine: str) -> dict:
     """Simulation: measured as `zorba run` does, on this machine. Deployment: not measured (the
     clients are other machines; a probe here would measure the server's)."""
-    if engine != "flower-simulation" or not run.cfg.measure_memory:
-        return {"peak_bytes_per_client": None, "how": "not measured (deployment engine, or --no-measure-memory)"}
-    return {"peak_bytes_per_client": planned_client_peaks(run.cfg, run.lm.blocks, run.history),
-            "how": "peak RSS of a fresh process running each client's largest planned block set (as `zorba run`)"}
+    measured = engine == "flower-simulation" and run.cfg.measure_memory
+    how = ("peak RSS of a fresh process running each client's largest planned block set (as `zorba run`)"
+           if measured else "not measured (deployment engine, or --no-measure-memory)")
+    return memory_section(run.cfg, run.lm.blocks, run.history, run.profiles, run.memory_model, measured, how)
 
 
 def write_run(run: FlowerRun, result: dict, out: Path) -> None:

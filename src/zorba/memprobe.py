@@ -241,7 +241,10 @@ def largest_block_sets(blocks: Sequence, history: Sequence[dict]) -> dict[int, t
 def planned_client_peaks(cfg, blocks: Sequence, history: Sequence[dict]) -> list[int]:
     """Per client, the peak RSS of a fresh process running its largest planned block set; one probe
     per distinct set. 0 for a client never planned."""
-    largest = largest_block_sets(blocks, history)
+    return _peaks_of_sets(cfg, largest_block_sets(blocks, history))
+
+
+def _peaks_of_sets(cfg, largest: dict[int, tuple[int, ...]]) -> list[int]:
     cache: dict[tuple[int, ...], int] = {}
     for planned in set(largest.values()):
         probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir,
@@ -256,8 +259,9 @@ def memory_section(cfg, blocks: Sequence, history: Sequence[dict], profiles, mem
     stayed within the budget (only where both are measured bytes: a calibrated model)."""
     from zorba.profiles import budget_report, within_budget
 
-    section = budget_report(profiles, mem, largest_block_sets(blocks, history), calibrated=bool(cfg.memory_model))
-    section["peak_bytes_per_client"] = planned_client_peaks(cfg, blocks, history) if measured else None
+    largest = largest_block_sets(blocks, history)
+    section = budget_report(profiles, mem, largest, calibrated=bool(cfg.memory_model))
+    section["peak_bytes_per_client"] = _peaks_of_sets(cfg, largest) if measured else None
     section["how"] = how
     section["within_budget"] = within_budget(section)
     return section

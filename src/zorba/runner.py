@@ -237,16 +237,16 @@ class Runner:
         self.dev = (self.eval_scorer.encode(inputs.dev), [e.label for e in inputs.dev])
         self.test = (self.eval_scorer.encode(inputs.test), [e.label for e in inputs.test]) if inputs.test else None
         parts = dirichlet_partition(self.train.labels, cfg.clients, cfg.alpha, cfg.seed)
-        self.memory_model = client_memory_model(cfg, lm)
-        self.profiles = client_profiles(cfg, self.memory_model)
-        counts = blocks_within_budget(self.profiles, self.memory_model)
+        mem = client_memory_model(cfg, lm)
+        profiles = client_profiles(cfg, mem)
+        counts = blocks_within_budget(profiles, mem)
         hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
-        planner = make_planner(cfg, lm, self.profiles, self.memory_model, public=inputs.dev)
+        planner = make_planner(cfg, lm, profiles, mem, public=inputs.dev)
         server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy())
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)
         self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device,
-                              profiles=self.profiles, memory_model=self.memory_model)
+                              profiles=profiles, memory_model=mem)
         check_probe_batch(cfg, [len(c.indices) for c in clients])
         if cfg.probes:  # before round 0, at the base weights: a resumed run measures the same values
             planner.use_progress(self.measure_progress())
@@ -268,6 +268,14 @@ class Runner:
         if self.test is not None:
             out["test_file_accuracy"] = self.eval_scorer.accuracy(*self.test)
         return out
+
+    @property
+    def profiles(self) -> list[ClientProfile]:
+        return self.state.profiles
+
+    @property
+    def memory_model(self) -> MemoryModel:
+        return self.state.memory_model
 
     def present_clients(self, round_idx: int) -> list[int]:
         """This round's participants minus the (seeded) dropouts: whom the server plans for."""

@@ -2,7 +2,9 @@
 fill of the same number of elements (normal_, and uniform_ for reference); target <= 1.3.
 
 Also reports the same replay on a client's TieredReplica (exact fp32 state in a temp file on CPU):
-that path adds the store's read/write and the re-derivation of the bf16 working copy.
+that path adds the store's read/write and the re-derivation of the bf16 working copy. The server's
+replay is also timed through rng.py's torch path (`ratio_normal_torch_path`), on CPUs where the
+compiled loop (rng_native.py) would serve it.
 
 Usage: python benchmarks/bench_replay.py [--model minilm] [--reps 7] [--threads N] [--device cpu]
 """
@@ -16,6 +18,7 @@ import json
 import _common as C
 import torch
 
+from zorba import rng_native
 from zorba.precision import make_client_replica
 from zorba.protocol import ClientUpdate, LogEntry, StepReport
 from zorba.replica import Replica
@@ -23,6 +26,12 @@ from zorba.replica import Replica
 
 def one_scalar_entry(block: int) -> LogEntry:
     return LogEntry(0, 1e-6, 1, "rademacher", (ClientUpdate(0, (block,), (StepReport(12345, (0.5,)),)),))
+
+
+def _torch_path(fn, *args):
+    """rng.py's torch path instead of the compiled CPU loop: the eighth session's before, same run."""
+    with rng_native.off():
+        fn(*args)
 
 
 def main() -> None:
@@ -46,12 +55,14 @@ def main() -> None:
             "replay": lambda e=entry: server.apply(e),
             "normal_": lambda f=fill: f.normal_(),
             "uniform_": lambda f=fill: f.uniform_(),
+            "replay_torch_path": lambda e=entry: _torch_path(server.apply, e),
         }
         if client is not None:
             fns["client_replay"] = lambda e=entry: client.apply(e)
         t = C.best_of(fns, args.reps, args.device)
         row = {"block": lm.blocks[b].name, "numel": numel, **{k + "_s": v for k, v in t.items()},
-               "ratio_normal": t["replay"] / t["normal_"], "ratio_uniform": t["replay"] / t["uniform_"]}
+               "ratio_normal": t["replay"] / t["normal_"], "ratio_uniform": t["replay"] / t["uniform_"],
+               "ratio_normal_torch_path": t["replay_torch_path"] / t["normal_"]}
         if client is not None:
             row["client_ratio_normal"] = t["client_replay"] / t["normal_"]
         print(json.dumps(row))

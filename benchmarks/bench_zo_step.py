@@ -10,6 +10,8 @@ A2: perturbation cost on a fraction f of the parameters / (f x the all-blocks co
     three passes back to back); and the same three passes timed inside real steps, with the two
     forwards between them (`ratio_in_step`): the forwards evict the generator's buffers and code, so
     each pass after one starts cold, as it does in training (docs/performance.md, seventh session).
+    The round (A1) and the in-step passes (A2) are also timed through rng.py's torch path
+    (`*_torch_path`), the eighth session's "before" for its compiled CPU loop (rng_native.py, _rng_native.c).
 
 Usage: python benchmarks/bench_zo_step.py [--models tiny,minilm,opt125m] [--reps 5] [--threads N]
        [--client-malloc]   (glibc's mmap threshold fixed at 1 MiB first, as a client's TieredReplica does)
@@ -21,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import _common as C
 import _legacy_rng as legacy
 import torch
 
-from zorba import zo
+from zorba import rng_native, zo
 from zorba.deferred import DeferredTables
 from zorba.packed import PackedSmallTensors
 from zorba.precision import return_freed_memory_promptly
@@ -64,6 +66,7 @@ def step_ratios(name: str, reps: int, device: str) -> dict:
         "round_deferred": client_round(True),
         "step_cache_z": lambda: spsa_step(loss, tensors, blocks, 1, 1e-3, 0.0, cache_z=True),
         "step_legacy": lambda: legacy.spsa_step(loss, tensors, blocks, 1, 1e-3, 0.0),
+        "round_deferred_torch_path": torch_path(client_round(True)),
     }, reps, device)
     two = 2 * times["forward"]
     return {
@@ -71,8 +74,20 @@ def step_ratios(name: str, reps: int, device: str) -> dict:
         "ratio": times["step"] / two, "ratio_cache_z": times["step_cache_z"] / two,
         "ratio_round_eager": times["round_eager"] / ROUND_STEPS / two,
         "ratio_round_deferred": times["round_deferred"] / ROUND_STEPS / two,
-        "ratio_legacy": times["step_legacy"] / two, "tensors": tensors, "loss": loss,
+        "ratio_legacy": times["step_legacy"] / two,
+        "ratio_round_deferred_torch_path": times["round_deferred_torch_path"] / ROUND_STEPS / two,
+        "tensors": tensors, "loss": loss,
     }
+
+
+def torch_path(fn):
+    """fn run through rng.py's torch path instead of the compiled CPU loop (rng_native.py, _rng_native.c): the
+    eighth session's before and after, side by side."""
+    def run():
+        with rng_native.off():
+            return fn()
+
+    return run
 
 
 def block_subsets(n: int) -> dict[str, list[int]]:
@@ -90,7 +105,8 @@ def fraction_ratios(tensors, reps: int, device: str) -> list[dict]:
            for k, b in subsets.items()}
     no_forward = lambda: 0.0  # noqa: E731  the step's perturbation work alone
     fns |= {f"step: {k}": (lambda b=b: spsa_step(no_forward, tensors, b, 7, 1e-3, 0.0)) for k, b in subsets.items()}
-    times = C.best_of(fns, reps, device)
+    # a pass is milliseconds and one event: more rounds than a step needs to find its quiet best
+    times = C.best_of(fns, 4 * reps, device)
     total = sum(sizes)
     out = []
     for k, b in subsets.items():
@@ -120,20 +136,20 @@ def timed_passes():
         zo._Streams.add_ = original
 
 
-def in_step_ratios(loss, tensors, reps: int) -> dict[str, float]:
+def in_step_ratios(loss, tensors, reps: int, torch_path: bool = False) -> dict[str, float]:
     """A2 as training pays it: the passes' time inside `spsa_step` on the real loss (forward, pass,
     forward between them), per subset, best of `reps` interleaved steps, against f x all blocks."""
     sizes = [sum(t.numel() for t in block) for block in tensors]
     subsets = {k: b for k, b in block_subsets(len(sizes)).items() if k in ("all", "one layer", "quarter (no embeddings)")}
     best = dict.fromkeys(subsets, float("inf"))
-    with timed_passes() as spent:
+    with timed_passes() as spent, (rng_native.off() if torch_path else nullcontext()):
         for r in range(reps + 1):  # the first round warms up
             for k, b in subsets.items():
                 spent[0] = 0.0
                 spsa_step(loss, tensors, b, r, 1e-3, 0.0)
                 best[k] = best[k] if r == 0 else min(best[k], spent[0])
     f = {k: sum(sizes[i] for i in b) / sum(sizes) for k, b in subsets.items()}
-    return {k: best[k] / (f[k] * best["all"]) for k in subsets if k != "all"}
+    return {k: best[k] / (f[k] * best["all"]) for k in subsets if k != "all"} | {"all_passes_s": best["all"]}
 
 
 def main() -> None:
@@ -148,26 +164,31 @@ def main() -> None:
         return_freed_memory_promptly()
     if args.threads:
         torch.set_num_threads(args.threads)
-    worst, worst_f, one_layer, in_steps = 0.0, 0.0, [], []
+    worst, worst_f, one_layer, in_steps, a1_paths = 0.0, 0.0, [], [], []
     for name in args.models.split(","):
         r = step_ratios(name, args.reps, args.device)
         loss, tensors = r.pop("loss"), r.pop("tensors")
         fr = fraction_ratios(tensors, args.reps, args.device)
+        in_step_torch = in_step_ratios(loss, tensors, args.reps, torch_path=True)
         in_step = in_step_ratios(loss, tensors, args.reps)
         for x in fr:
             x["ratio_in_step"] = in_step.get(x["subset"])
+            x["ratio_in_step_torch_path"] = in_step_torch.get(x["subset"])
+        r["in_step_all_passes_s"] = {"compiled": in_step.pop("all_passes_s"), "torch_path": in_step_torch.pop("all_passes_s")}
         print(json.dumps(r))
         print(json.dumps({"model": name, "fraction_scaling": fr}))
         worst = max(worst, r["ratio_round_deferred"])
+        a1_paths.append(f"{name} {r['ratio_round_deferred']:.3f} (torch path {r['ratio_round_deferred_torch_path']:.3f})")
         # A2 is about realistic blocks: subsets under 1M parameters are all fixed per-call cost
         worst_f = max([worst_f] + [x["ratio"] for x in fr if x["subset"] != "one layer" and x["params"] >= 1e6])
         one_layer += [f"{name} {x['ratio']:.3f} (per step {x['ratio_step']:.3f}, in real steps {x['ratio_in_step']:.3f})"
                       for x in fr if x["subset"] == "one layer" and x["params"] >= 1e6]
-        in_steps += [f"{name} {k} {v:.3f}" for k, v in in_step.items()
+        in_steps += [f"{name} {k} {v:.3f} (torch path {in_step_torch[k]:.3f})" for k, v in in_step.items()
                      if next(x["params"] for x in fr if x["subset"] == k) >= 1e6]
     print(f"A2 worst perturbation-cost scaling ratio, subsets >= 1M parameters (target <= 1.2): {worst_f:.3f}")
     print(f"A2 one layer >= 1M parameters, one pass (per step of three passes): {', '.join(one_layer) or '-'}")
     print(f"A2 in real steps (each pass after a forward), subsets >= 1M parameters: {', '.join(in_steps) or '-'}")
+    print(f"A1 in a client round, compiled CPU loop (torch path): {', '.join(a1_paths)}")
     print(f"A1 worst ZO-step (in a client round) / 2-forward ratio (target <= 1.10): {worst:.3f}")
 
 

@@ -1,6 +1,7 @@
 """Deferred embedding perturbation (deferred.py): the same forwards, scalars and weights as eager
 passes, bit for bit; only untied tables qualify."""
 
+import pytest
 import torch
 
 from zorba import deferred as deferred_mod
@@ -9,6 +10,25 @@ from zorba.deferred import DeferredTables
 from zorba.models import load_model, state_digest
 from zorba.replica import Replica
 from zorba.zo import spsa_step
+
+
+@pytest.fixture(autouse=True)
+def _defer_tiny_tables(monkeypatch):
+    """The tiny models' tables are below the size the compiled loop perturbs eagerly: defer them anyway."""
+    monkeypatch.setattr(deferred_mod, "_MIN_ELEMENTS_NATIVE", 0)
+
+
+def test_small_tables_stay_eager_with_the_compiled_loop(tiny_models, monkeypatch):
+    lm = load_model(str(tiny_models["bert"]))
+    params = list(lm.model.parameters())
+    def deferred_tables() -> int:
+        with DeferredTables(lm.model, params) as d:
+            return len(d.tables)
+
+    monkeypatch.setattr(deferred_mod, "_MIN_ELEMENTS_NATIVE", 1 << 22)
+    with deferred_mod.rng_native.off():
+        assert deferred_tables() == 1  # the torch path defers the word embeddings
+    assert deferred_tables() == (0 if deferred_mod.rng_native.usable() else 1)
 
 
 def test_rows_of_the_stream_match_the_whole_stream():

@@ -6,12 +6,19 @@ import random
 import pytest
 import torch
 
-from zorba import rng
+from zorba import rng, rng_native
 from zorba.models import load_model, state_digest
 from zorba.packed import PackedSmallTensors
 from zorba.protocol import stream_key, stream_keys
 from zorba.replica import Replica
 from zorba.zo import spsa_step
+
+
+@pytest.fixture(autouse=True)
+def _torch_path():
+    """Packing serves rng.py's torch path only (with the compiled loop a pass is one call anyway)."""
+    with rng_native.off():
+        yield
 
 
 def test_packed_noise_matches_each_stream_and_the_pack_layout():

@@ -123,8 +123,13 @@ def test_torch_paths_that_gpus_take_give_the_same_words():
 
 def test_reserve_workspace_skips_gpus_the_fused_kernel_serves(monkeypatch):
     """A GPU client with the fused kernel never uses the torch generator's scratch: none is reserved.
-    Where the kernel is off, the scratch is reserved as on the CPU (checked on the CPU: no GPU here)."""
-    from zorba import rng_triton
+    Where the kernel is off, the scratch is reserved as on the CPU (checked on the CPU: no GPU here).
+    A CPU the compiled loop serves reserves none either."""
+    from zorba import rng_native, rng_triton
+
+    if rng_native.usable():
+        assert rng.reserve_workspace("cpu") is False
+    monkeypatch.setattr(rng_native, "usable", lambda: False)
 
     made = []
     monkeypatch.setattr(rng, "_workspace", lambda device: made.append(device))

@@ -28,9 +28,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from zorba import rng_native
 from zorba.rng import add_noise_sequences_, rademacher_rows
 
 _MIN_ROWS = 4096  # smaller tables are perturbed eagerly
+# With the compiled CPU loop (rng_native.py) a pass costs ~0.15 ns an element, and a table under
+# ~4M elements is cheaper to perturb eagerly than to look up row by row (tiny BERT's 1M-element table:
+# a step in a client round 1.18 -> 1.10 x two forwards; MiniLM's 11.7M and OPT-125m's 38.6M stay
+# deferred, 1-2% faster that way; docs/performance.md, eighth session).
+_MIN_ELEMENTS_NATIVE = 1 << 22
 _Z_ELEMENTS = 1 << 20  # z generated per call for queued adds (bounds the transient to 4 MiB)
 
 
@@ -135,6 +141,7 @@ def _untied_embeddings(model: nn.Module) -> Sequence[nn.Embedding]:
     return [
         m for m in model.modules()
         if type(m) is nn.Embedding and m.num_embeddings >= _MIN_ROWS and m.max_norm is None
+        and (m.weight.numel() >= _MIN_ELEMENTS_NATIVE or not rng_native.usable())
         and uses.get(id(m.weight), 0) == 1
         and m.weight.dtype == torch.float32 and m.weight.is_contiguous() and m.weight.device.type == "cpu"
     ]

@@ -11,7 +11,8 @@ packed z to the buffer. The parameters become views of the buffer (`param.data`)
 their own again on close, so nothing outside the round sees the aliasing. The adds are the same fp32
 `w + s * z` per element as tensor by tensor: weights stay bit-identical (tests/test_packed.py).
 
-CPU only: on a GPU the fused kernel (rng_triton.py) applies a whole pass in one launch anyway.
+CPU only, and only on rng.py's torch path: on a GPU the fused kernel (rng_triton.py), and on a CPU
+with the compiled loop (rng_native.py), a whole pass is one call anyway, so nothing is packed there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from zorba import rng_native
 from zorba.rng import PACK_LIMIT, fits_one_pack, pack_offsets
 
 
@@ -30,7 +32,7 @@ class PackedSmallTensors:
         self.members: list[torch.Tensor] = [t for t in _unique(tensors) if _eligible(t)]
         self.sizes = [t.numel() for t in self.members]
         self.buffer: torch.Tensor | None = None
-        if len(self.members) < 2 or not fits_one_pack(self.sizes):  # nothing to gain / too big for one z
+        if len(self.members) < 2 or not fits_one_pack(self.sizes) or rng_native.usable():  # nothing to gain
             self.members, self.sizes = [], []
             return
         offsets, words = pack_offsets(self.sizes)

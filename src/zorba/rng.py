@@ -19,6 +19,11 @@ together in one packed call so that a block costs a few dozen torch calls, not a
 the CPU the hash runs in numpy uint32 (about 0.6 us a call against torch's 2) on views of the same
 buffers, and the streams of one `add_noise_many_` call are hashed end to end in chunk-sized runs, so a
 layer of mid-sized tensors pays a few calls per chunk, not a dozen per tensor.
+
+Where the C extension was built (rng_native.py), float32 CPU tensors skip all of that: one compiled
+loop per pass hashes and adds without writing z anywhere, at twice the speed and without the cold
+cost that a pass following a forward pays in the library calls above. This file's torch path stays
+the reference (and the path for other dtypes, Gaussian z, and installs without a C compiler).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from zorba import rng_native
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 _CHUNK = 1 << 20  # elements per generation call on CPU: the z chunk (4 MiB) stays in cache
@@ -192,12 +199,14 @@ def _cpu_workspace() -> _Workspace:
 
 def reserve_workspace(device: str | torch.device = "cpu") -> bool:
     """Allocate the generator's scratch buffers now (a client counts them in its fixed memory), except
-    on a GPU the fused kernel serves: its passes and replays never touch them, and on CUDA they are
-    ~17.5 MiB (a 2^22-element expansion), 13% of MiniLM's inference peak on an H200 (docs/performance.md).
-    If the kernel later fails to build, the torch path allocates them at its first call. Returns
-    whether it allocated."""
+    on a GPU the fused kernel serves or a CPU the compiled loop serves: their Rademacher passes and
+    replays never touch them (4.4 MiB on a CPU; on CUDA ~17.5 MiB, a 2^22-element expansion, 13% of
+    MiniLM's inference peak on an H200, docs/performance.md). Gaussian z, other dtypes, or a kernel
+    that fails to build later allocate them at their first call. Returns whether it allocated."""
     device = torch.device(device)
     if device.type == "cuda" and _rng_triton().usable(device):
+        return False
+    if device.type == "cpu" and rng_native.usable():
         return False
     _workspace(device)
     return True
@@ -253,6 +262,9 @@ def add_noise_(tensor: torch.Tensor, key: int, scale: float, dist: str = "radema
     if offset % 32:
         raise ValueError(f"offset {offset} is not a multiple of 32")
     flat = tensor.view(-1)
+    if dist == "rademacher" and rng_native.serves([flat]):
+        rng_native.add_([flat], [key], [scale], [offset // 32])
+        return
     make = _rademacher_chunk if dist == "rademacher" else _gaussian_chunk
     for start, n in _chunks(flat.numel(), _chunk_size(flat.device)):
         _add_(flat[start : start + n], make(offset + start, n, key, flat.device), scale)
@@ -440,10 +452,14 @@ def add_noise_many_(
 ) -> None:
     """tensors[i] += scales[i] * z(keys[i]) for all i; identical to add_noise_ one by one, faster.
 
-    Tensors with a zero scale are skipped. Small tensors on the same device are packed into one call;
-    on a GPU all of them go through one fused kernel launch (rng_triton.py).
+    Tensors with a zero scale are skipped. float32 CPU tensors go through one call of the compiled
+    loop (rng_native.py); elsewhere small tensors on the same device are packed into one call, and on
+    a GPU all of them go through one fused kernel launch (rng_triton.py).
     """
     _check_dist(dist)
+    if dist == "rademacher" and tensors and rng_native.serves(tensors):  # one compiled call for all
+        rng_native.add_(tensors, keys, scales)
+        return
     if dist == "rademacher" and tensors and _fused(tensors):
         live = [(t, k, s) for t, k, s in zip(tensors, keys, scales, strict=True) if s != 0.0]
         if not live or _run_fused(_rng_triton().add_rademacher_, *zip(*live, strict=True)):
@@ -477,6 +493,8 @@ def _add_rademacher_cpu_(todo: Sequence[tuple[torch.Tensor, int, float]], lead: 
     and a layer of mid-sized tensors paid a dozen per tensor (docs/performance.md, A2). `lead`: small
     streams hashed in front of the first chunk by the same calls; their packed z is returned (a new
     tensor in packed_noise's layout)."""
+    if rng_native.serves([t for t, _, _ in todo]):
+        return _add_rademacher_native_(todo, lead)
     ws = _cpu_workspace()
     limit = ws.chunk // 32
     pieces: list[tuple[torch.Tensor, int, float, int, int]] = []  # (flat tensor, key, scale, first word, words)
@@ -494,6 +512,20 @@ def _add_rademacher_cpu_(todo: Sequence[tuple[torch.Tensor, int, float]], lead: 
     if used:
         z = _add_pieces_(ws, pieces, lead)
         kept = kept if lead is None else z
+    return kept
+
+
+def _add_rademacher_native_(todo: Sequence[tuple[torch.Tensor, int, float]], lead: _Lead | None) -> torch.Tensor | None:
+    """_add_rademacher_cpu_ through the compiled loop (rng_native.py): z is never materialised, so a
+    pass that follows a forward pays no cold buffers or library code (docs/performance.md, eighth
+    session). The lead's z is made by one call too, for the other passes to reuse."""
+    kept = None
+    if lead is not None:
+        kept = rng_native.packed_words(lead.counters, lead.halves)
+        for flat, first, s in lead.adds:
+            _add_(flat, kept[first : first + flat.numel()], s)
+    if todo:
+        rng_native.add_(*zip(*todo, strict=True))
     return kept
 
 

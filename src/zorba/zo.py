@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from zorba import rng_native
 from zorba.deferred import DeferredTables
 from zorba.packed import PackedSmallTensors
 from zorba.protocol import StepReport, stream_key, stream_keys
@@ -43,7 +44,8 @@ def add_scaled_noise_(
 class _Streams:
     """The active tensors of one perturbation with their stream keys, derived once: a step makes
     three passes with the same keys, and on a GPU hashing ~100 keys per pass is host time that the
-    one fused launch would otherwise wait for. Off the fused path, z of the small tensors (biases,
+    one fused launch would otherwise wait for. On the CPU with the compiled loop (rng_native.py) each
+    pass is one call for all tensors. Off both, z of the small tensors (biases,
     norms, small tables: under rng.PACK_LIMIT elements each) is generated on the first pass and kept
     for the other two, since for them the per-call cost of hashing dominates, not memory; when a
     round has packed them into one buffer (packed.py), each pass over them is a single add."""
@@ -68,7 +70,10 @@ class _Streams:
             eager_tensors, eager_keys = [self.tensors[i] for i in self.eager_ids], [self.keys[i] for i in self.eager_ids]
         rademacher = dist == "rademacher" and bool(eager_tensors)  # the fused kernel draws Rademacher z only
         self.fused = fused_pass(eager_tensors, eager_keys) if rademacher else None
-        small = [self.fused is None and t.numel() < PACK_LIMIT for t in eager_tensors]
+        # The compiled CPU loop adds a small tensor's z for the price of a call (rng_native.py):
+        # nothing is worth keeping across passes then, and each pass is one call for all tensors.
+        keeps = self.fused is None and not (dist == "rademacher" and rng_native.serves(eager_tensors))
+        small = [keeps and t.numel() < PACK_LIMIT for t in eager_tensors]
         self.small_ids = [i for i, s in zip(self.eager_ids, small, strict=True) if s]
         self.large_ids = [i for i, s in zip(self.eager_ids, small, strict=True) if not s]
         self.small_z: list[torch.Tensor] | None = None

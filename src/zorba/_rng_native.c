@@ -1,0 +1,111 @@
+/* Compiled Rademacher perturbation for CPUs: w += s * z in one loop, z never written to memory.
+ *
+ * Why C (docs/performance.md, eighth session): rng.py's numpy/torch path runs at memory speed when
+ * warm, but a ZO step's second and third passes follow a forward that has streamed the model through
+ * the caches, and then each of its few dozen library calls runs cold (~+0.4 ms a pass, whatever its
+ * size). This loop is a few KiB of code and touches nothing but the weights and a 1 KiB scratch.
+ * numba compiled the same loop but cost ~120 MiB of resident LLVM per client process, against a
+ * memory-poor client's whole point; this extension costs ~20 KiB.
+ *
+ * The bits are rng.py's: element i of stream (k0, k1) is bit i % 32 of
+ * lowbias32(lowbias32((i / 32) * G + k0) ^ k1), +s for a clear bit and -s for a set one, added in
+ * float32 with one rounding, as torch's `w.add_(z, alpha=s)` does (s * z is exact for z = +-1).
+ * Built without -ffast-math so that the add is plain IEEE; tests/test_rng_native.py checks the bits.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__) && !defined(__clang__)
+/* One binary for every x86-64 machine: the loader picks the widest vector unit at load time. */
+#define ZORBA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ZORBA_CLONES
+#endif
+
+#define WORDS_PER_BLOCK 256 /* 1 KiB of hashes, then 8192 adds that read them from L1 */
+
+static inline uint32_t lowbias32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return x;
+}
+
+static inline uint32_t word_hash(uint64_t word, uint32_t k0, uint32_t k1) {
+    return lowbias32(lowbias32((uint32_t)word * 0x9E3779B9u + k0) ^ k1);
+}
+
+ZORBA_CLONES
+static void add_stream(float *w, int64_t n, uint64_t first_word, uint32_t k0, uint32_t k1, float s) {
+    uint32_t hashes[WORDS_PER_BLOCK];
+    const int64_t full = n / 32;
+    for (int64_t w0 = 0; w0 < full; w0 += WORDS_PER_BLOCK) {
+        const int64_t m = full - w0 < WORDS_PER_BLOCK ? full - w0 : WORDS_PER_BLOCK;
+        for (int64_t i = 0; i < m; i++) hashes[i] = word_hash(first_word + w0 + i, k0, k1);
+        for (int64_t i = 0; i < m; i++) { /* a fixed 32-wide loop: compiled to vector selects */
+            const uint32_t h = hashes[i];
+            float *row = w + (w0 + i) * 32;
+            for (int j = 0; j < 32; j++) row[j] += ((h >> j) & 1u) ? -s : s;
+        }
+    }
+    if (full * 32 < n) { /* the stream's last, partial word */
+        const uint32_t h = word_hash(first_word + full, k0, k1);
+        float *row = w + full * 32;
+        for (int64_t j = 0; j < n - full * 32; j++) row[j] += ((h >> j) & 1u) ? -s : s;
+    }
+}
+
+static void fill_words(float *out, const uint32_t *counters, const uint32_t *halves, int64_t n_words) {
+    for (int64_t i = 0; i < n_words; i++) {
+        const uint32_t h = lowbias32(lowbias32(counters[i] + halves[2 * i]) ^ halves[2 * i + 1]);
+        for (int j = 0; j < 32; j++) out[32 * i + j] = ((h >> j) & 1u) ? -1.0f : 1.0f;
+    }
+}
+
+/* add_streams(items): items is a sequence of (address, numel, first_word, key, scale); each adds
+ * scale * z(key)[32 * first_word:][:numel] to the contiguous float32 buffer at that address. The
+ * caller (rng_native.py) owns the checks: CPU, contiguous, float32, alive for the call. */
+static PyObject *add_streams(PyObject *self, PyObject *items) {
+    PyObject *seq = PySequence_Fast(items, "add_streams takes a sequence of tuples");
+    if (seq == NULL) return NULL;
+    const Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        unsigned long long address, first_word, key;
+        long long numel;
+        double scale;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "KLKKd", &address, &numel, &first_word, &key, &scale)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        const float s = (float)scale; /* torch rounds alpha to the tensor's dtype the same way */
+        Py_BEGIN_ALLOW_THREADS
+        add_stream((float *)(uintptr_t)address, numel, first_word, (uint32_t)key, (uint32_t)(key >> 32), s);
+        Py_END_ALLOW_THREADS
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
+/* fill_words(out, counters, halves, n_words): z of packed small streams (rng.packed_noise's layout)
+ * into float32 out[32 * n_words]; counters: uint32 word index * G; halves: uint32 (n_words, 2) keys. */
+static PyObject *fill_words_py(PyObject *self, PyObject *args) {
+    unsigned long long out, counters, halves;
+    long long n_words;
+    if (!PyArg_ParseTuple(args, "KKKL", &out, &counters, &halves, &n_words)) return NULL;
+    fill_words((float *)(uintptr_t)out, (const uint32_t *)(uintptr_t)counters, (const uint32_t *)(uintptr_t)halves,
+               n_words);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"add_streams", add_streams, METH_O, "Add scale * z(key) to float32 buffers, stream by stream."},
+    {"fill_words", fill_words_py, METH_VARARGS, "z of packed words into a float32 buffer."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rng_native", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__rng_native(void) { return PyModule_Create(&module); }

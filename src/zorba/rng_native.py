@@ -1,0 +1,76 @@
+"""The compiled CPU perturbation (_rng_native.c) behind rng.py: w += s * z in one loop per tensor.
+
+rng.py's CPU path builds z from numpy and torch calls: hash a chunk of words into a buffer, expand it
+into a 4 MiB float buffer, add that to the weights. A ZO step's second and third passes follow a
+forward that streamed the whole model through the caches, and then each of those few dozen calls
+runs cold (its library code, its buffers): about +0.4 ms a pass whatever its size, which is why
+perturbing one MiniLM layer cost 1.45-1.54x its share of perturbing all of them (issue 7, A2). The C
+loop touches only the weights, and runs the all-blocks pass at twice the speed as well
+(docs/performance.md, eighth session).
+
+The extension is optional (setup.py): where it was not built (no C compiler at install) or
+`ZORBA_CPU_KERNEL=torch` is set, rng.py keeps its torch path, which gives the same bits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+try:
+    from zorba import _rng_native
+except ImportError:  # built at install when a C compiler is there; the torch path otherwise
+    _rng_native = None
+
+_WHY_OFF = (
+    "ZORBA_CPU_KERNEL=torch" if os.environ.get("ZORBA_CPU_KERNEL", "native") == "torch"
+    else None if _rng_native is not None else "the C extension zorba._rng_native was not built"
+)
+_state = {"off": _WHY_OFF}
+
+
+def usable() -> bool:
+    """Whether the compiled loop serves rng.py's CPU Rademacher adds."""
+    return _state["off"] is None
+
+
+def why_off() -> str | None:
+    return _state["off"]
+
+
+@contextmanager
+def off() -> Iterator[None]:
+    """rng.py's torch path for a while: tests and benchmarks compare the two paths in one process."""
+    before = _state["off"]
+    _state["off"] = "turned off by rng_native.off()"
+    try:
+        yield
+    finally:
+        _state["off"] = before
+
+
+def serves(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether the loop takes these tensors: contiguous float32 on the CPU (other dtypes round
+    s * z to their own precision through the torch path)."""
+    return usable() and all(t.dtype == torch.float32 and t.is_cpu and t.is_contiguous() for t in tensors)
+
+
+def add_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float],
+         first_words: Sequence[int] | None = None) -> None:
+    """tensors[i] += scales[i] * z(keys[i])[32 * first_words[i]:][:numel] in place; `serves` must hold."""
+    words = first_words or [0] * len(tensors)
+    _rng_native.add_streams([(t.data_ptr(), t.numel(), w, k, s)
+                             for t, k, s, w in zip(tensors, keys, scales, words, strict=True) if s != 0.0])
+
+
+def packed_words(counters: np.ndarray, halves: np.ndarray) -> torch.Tensor:
+    """z of packed small streams, float32 (32 per word), in rng.packed_noise's layout: counters uint32
+    (word index * G, wrapped), halves uint32 (words, 2), each word's key (low, high)."""
+    counters, halves = np.ascontiguousarray(counters, np.uint32), np.ascontiguousarray(halves, np.uint32)
+    out = torch.empty(32 * len(counters), dtype=torch.float32)
+    _rng_native.fill_words(out.data_ptr(), counters.ctypes.data, halves.ctypes.data, len(counters))
+    return out

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from zorba import rng_native
 from zorba.errors import UserError
 from zorba.logio import read_log, write_log
 from zorba.models import load_model, state_digest
@@ -27,6 +28,8 @@ def versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "absent"
+    # Same bits either way; recorded so a timing can be read against the path that produced it.
+    out["cpu_perturbation"] = "compiled loop" if rng_native.usable() else f"torch path ({rng_native.why_off()})"
     return out
 
 

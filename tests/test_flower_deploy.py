@@ -23,5 +23,7 @@ def test_deployment_runs_a_round_over_tls_with_node_auth(tiny_models, data_dir, 
     assert result["clients_in_sync"] is True
     assert result["final_model_sha256"] != result["base_model_sha256"]
     assert 0 < result["comm"]["uplink_bytes_per_client_round"] < 5000
+    peaks = result["memory"]["peak_bytes_per_client"]  # each SuperNode's ClientApp process, self-reported
+    assert len(peaks) == 3 and all(100 * 2**20 < p < 8 * 2**30 for p in peaks)
     left = {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)} - before
     assert not left, f"processes left running: {left}"

@@ -43,9 +43,33 @@ def test_simulation_results_carry_measured_memory_deployment_results_do_not(monk
                           profiles=[ClientProfile("a", 101.0), ClientProfile("b", 102.0)])
     assert outputs.client_memory(run, "flower-simulation")["peak_bytes_per_client"] == [5, 5]
     deployed = outputs.client_memory(run, "flower-deployment")
-    assert deployed["peak_bytes_per_client"] is None
+    assert deployed["peak_bytes_per_client"] is None  # no client reported its peak
     # the server knows budgets and predictions whether or not it can measure the clients
     assert deployed["budget_bytes_per_client"] == [101.0, 102.0]
     assert deployed["predicted_bytes_per_client"] == [101.0, 102.0]
     run.cfg = make_config(clients=2, measure_memory=False)
     assert outputs.client_memory(run, "flower-simulation")["peak_bytes_per_client"] is None
+
+
+def test_deployment_results_carry_the_peaks_clients_reported(monkeypatch):
+    from zorba.flower import outputs
+
+    monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: 1 / 0)  # never probes here
+    blocks = [SimpleNamespace(numel=1), SimpleNamespace(numel=1)]
+    mem = MemoryModel(base=100.0, delta=np.array([1.0, 2.0]))
+    history = [{"blocks": {"0": [0], "1": [1], "2": [0]}, "client_peak_rss_bytes": {"0": 90, "1": 130}},
+               {"blocks": {"0": [0, 1]}, "client_peak_rss_bytes": {"0": 120, "7": 5}}]
+    run = SimpleNamespace(cfg=make_config(clients=3, memory_model="mm.json"), lm=SimpleNamespace(blocks=blocks),
+                          history=history, memory_model=mem,
+                          profiles=[ClientProfile("a", 125.0), ClientProfile("b", 125.0), ClientProfile("c", 125.0)])
+    section = outputs.client_memory(run, "flower-deployment")
+    assert section["peak_bytes_per_client"] == [120, 130, 0]  # each client's largest; 2 never reported
+    assert section["within_budget"] == [True, False, None]
+    assert "reported" in section["how"]
+
+
+def test_process_peak_rss_is_this_process_peak():
+    import resource
+
+    peak = memprobe.process_peak_rss()
+    assert peak >= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 * 0.99 > 0

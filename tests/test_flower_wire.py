@@ -24,6 +24,10 @@ def test_plan_and_report_round_trip_through_records():
     content = wire.report_to_records(report)
     assert wire.records_to_report(content) == report
     assert content[wire.METRICS]["train-loss"] == 0.75
+    assert wire.reported_peak(content) is None  # nothing claimed
+    assert wire.reported_peak(wire.report_to_records(report, 123_456_789)) == 123_456_789
+    content[wire.METRICS]["peak-rss-bytes"] = -5.0
+    assert wire.reported_peak(content) is None  # a malformed claim is dropped
     first, entries = wire.records_to_entries(wire.entries_to_records([entry(3), entry(4)], 3))
     assert first == 3 and entries == [entry(3), entry(4)]
     with pytest.raises(wire.WireError):

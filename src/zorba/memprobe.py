@@ -89,6 +89,17 @@ def _status_bytes(field: str) -> int:
     return 0
 
 
+def process_peak_rss() -> int:
+    """This process's peak resident memory so far, bytes: VmHWM on Linux, getrusage elsewhere
+    (a Flower deployment client reports it with each round's report)."""
+    if sys.platform.startswith("linux"):
+        return _status_bytes("VmHWM")
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on the BSDs
+
+
 def reset_peak_rss() -> bool:
     """Return freed heap to the OS, then reset VmHWM to the current RSS (Linux >= 4.0)."""
     gc.collect()
@@ -253,15 +264,17 @@ def _peaks_of_sets(cfg, largest: dict[int, tuple[int, ...]]) -> list[int]:
     return [cache[largest[c]] if c in largest else 0 for c in range(cfg.clients)]
 
 
-def memory_section(cfg, blocks: Sequence, history: Sequence[dict], profiles, mem, measured: bool, how: str) -> dict:
+def memory_section(cfg, blocks: Sequence, history: Sequence[dict], profiles, mem, measured: bool, how: str,
+                   reported: list[int] | None = None) -> dict:
     """result.json's "memory", for either engine: each client's class, budget and the memory model's
-    prediction (profiles.budget_report), its measured peak when `measured`, and whether that peak
-    stayed within the budget (only where both are measured bytes: a calibrated model)."""
+    prediction (profiles.budget_report), its measured peak when `measured` (or the peaks the clients
+    `reported`, 0 for one that never did), and whether that peak stayed within the budget (only where
+    both are measured bytes: a calibrated model)."""
     from zorba.profiles import budget_report, within_budget
 
     largest = largest_block_sets(blocks, history)
     section = budget_report(profiles, mem, largest, calibrated=bool(cfg.memory_model))
-    section["peak_bytes_per_client"] = _peaks_of_sets(cfg, largest) if measured else None
+    section["peak_bytes_per_client"] = reported if reported is not None else _peaks_of_sets(cfg, largest) if measured else None
     section["how"] = how
     section["within_budget"] = within_budget(section)
     return section

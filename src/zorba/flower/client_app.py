@@ -12,6 +12,7 @@ from zorba.flower import device as dev
 from zorba.flower import wire
 from zorba.flower.faults import inject, parse_faults
 from zorba.flower.settings import config_from_json
+from zorba.memprobe import process_peak_rss
 from zorba.probes import probe_client
 
 SETUP_RECORD = "zorba.setup"
@@ -80,7 +81,7 @@ def train(msg: Message, context: Context) -> Message:
         dev.forget_device()  # a failure mid-step may leave perturbed weights behind
         raise
     dev.store_log(context, log)
-    return Message(wire.report_to_records(report), reply_to=msg)
+    return Message(wire.report_to_records(report, process_peak_rss()), reply_to=msg)
 
 
 @app.query("sync")

@@ -175,7 +175,7 @@ def run_round(grid: Grid, run: FlowerRun) -> dict:
 
     msgs = {c: plan_message(c) for c in plans}
     replies, sent = exchange(grid, msgs, run.node_of, run.opts.round_timeout, plan_message)
-    up, losses, failed = {}, [], {}
+    up, losses, failed, peaks = {}, [], {}, {}
     for c, reply in sorted(replies.items()):
         reason = _accept(server, reply)
         if reason:
@@ -183,6 +183,7 @@ def run_round(grid: Grid, run: FlowerRun) -> dict:
             continue
         up[c] = wire.message_bytes(reply)
         losses.append(server.reports[c].loss)
+        peaks[c] = wire.reported_peak(reply.content)
     for c in plans:
         if c not in up and c not in failed:
             failed[c] = f"no reply within {run.opts.round_timeout:g} s"
@@ -190,7 +191,9 @@ def run_round(grid: Grid, run: FlowerRun) -> dict:
     for c in failed:  # never confirmed: resend those entries with its next plan
         server.undeliver(c, delivered_before[c])
     down = {c: _sum_bytes(wire.message_bytes(m) for m in ms) for c, ms in sent.items()}
-    return _round_record(entry.round, plans, up, down, losses, failed, time.perf_counter() - started)
+    record = _round_record(entry.round, plans, up, down, losses, failed, time.perf_counter() - started)
+    record["client_peak_rss_bytes"] = {str(c): p for c, p in peaks.items() if p is not None}
+    return record
 
 
 def _sum_bytes(sizes) -> dict[str, int]:

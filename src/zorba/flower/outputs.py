@@ -57,12 +57,30 @@ def build_result(run: FlowerRun, engine: str) -> dict:
 
 
 def client_memory(run: FlowerRun, engine: str) -> dict:
-    """Simulation: measured as `zorba run` does, on this machine. Deployment: not measured (the
-    clients are other machines; a probe here would measure the server's)."""
-    measured = engine == "flower-simulation" and run.cfg.measure_memory
+    """Simulation: measured as `zorba run` does, on this machine (the simulated clients share worker
+    processes, so their own peaks would mix). Deployment: the peak each client's process reported
+    with its reports (a probe here would measure the server's machine)."""
+    if engine == "flower-deployment":
+        reported = reported_peaks(run.history, run.cfg.clients)
+        how = ("peak RSS (VmHWM) each client's own process reported with its round reports: its whole life "
+               "on its own machine (model and data loaded, every round it trained)" if reported
+               else "not measured (no client reported its peak)")
+        return memory_section(run.cfg, run.lm.blocks, run.history, run.profiles, run.memory_model, False, how,
+                              reported)
+    measured = run.cfg.measure_memory
     how = ("peak RSS of a fresh process running each client's largest planned block set (as `zorba run`)"
-           if measured else "not measured (deployment engine, or --no-measure-memory)")
+           if measured else "not measured (--no-measure-memory)")
     return memory_section(run.cfg, run.lm.blocks, run.history, run.profiles, run.memory_model, measured, how)
+
+
+def reported_peaks(history: list[dict], clients: int) -> list[int] | None:
+    """Each client's largest reported peak over the rounds (0: never reported); None if none did."""
+    peaks = [0] * clients
+    for record in history:
+        for c, peak in record.get("client_peak_rss_bytes", {}).items():
+            if 0 <= int(c) < clients:
+                peaks[int(c)] = max(peaks[int(c)], int(peak))
+    return peaks if any(peaks) else None
 
 
 def write_run(run: FlowerRun, result: dict, out: Path) -> None:

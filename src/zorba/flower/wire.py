@@ -34,9 +34,21 @@ def records_to_plan(content: RecordDict) -> RoundPlan:
     return codec.decode_plan(_field(content, PLAN, "plan"))
 
 
-def report_to_records(report: Report) -> RecordDict:
-    metrics = MetricRecord({"train-loss": float(report.loss), "num-examples": int(report.num_examples)})
-    return RecordDict({REPORT: ConfigRecord({"report": codec.encode_report(report)}), METRICS: metrics})
+def report_to_records(report: Report, peak_rss_bytes: int = 0) -> RecordDict:
+    metrics = {"train-loss": float(report.loss), "num-examples": int(report.num_examples)}
+    if peak_rss_bytes > 0:  # the client process's own peak so far (deployment: its machine's memory)
+        metrics["peak-rss-bytes"] = int(peak_rss_bytes)
+    return RecordDict({REPORT: ConfigRecord({"report": codec.encode_report(report)}), METRICS: MetricRecord(metrics)})
+
+
+def reported_peak(content: RecordDict) -> int | None:
+    """The peak RSS a client reported with its report; None where absent or not a positive integer
+    (a client's claim about itself: recorded, never trusted for anything but the report)."""
+    try:
+        value = content[METRICS]["peak-rss-bytes"]
+    except KeyError:
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def records_to_report(content: RecordDict) -> Report:

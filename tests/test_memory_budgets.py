@@ -90,3 +90,22 @@ def test_bad_profiles_or_memory_model_fail_in_one_line_before_any_output(tiny_mo
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert str(profiles if case == "missing profiles" else model) in proc.stderr
     assert not out.exists()
+
+
+def test_plans_over_budget_are_listed_and_warned_about_once(monkeypatch):
+    from zorba.job import _budget_warning
+    from zorba.profiles import over_budget
+
+    mem = MemoryModel(base=1000.0, delta=np.array([300.0, 20.0, 30.0]), activation=5.0)
+    profiles = [ClientProfile("big", 2000.0), ClientProfile("small", 1040.0), ClientProfile("idle", 9000.0)]
+    # predicted: base + activation + delta of the set; client 1 with all blocks: 1355 > 1040
+    assert over_budget(profiles, mem, {0: [0, 1, 2], 1: [0, 1, 2]}) == [1]
+    assert over_budget(profiles, mem, {1: [1]}) == []  # 1025 fits
+    assert over_budget(profiles, mem, {}) == []
+    assert _section(monkeypatch, {(0,): 1500, (1, 2): 1100}, calibrated=True)["predicted_over_budget_clients"] == [1]
+    runner = SimpleNamespace(profiles=profiles, memory_model=mem, cfg=make_config(clients=3, planner="all"))
+    warn = _budget_warning(runner)
+    assert warn({"round": 0, "blocks": {"0": [0], "1": [1]}}) == ""
+    first = warn({"round": 1, "blocks": {"1": [0, 1, 2]}})
+    assert "round 1" in first and "[1]" in first and "'all'" in first
+    assert warn({"round": 2, "blocks": {"1": [0, 1, 2]}}) == ""  # once per run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -10,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from zorba.config import RunConfig, resolve_device
 from zorba.memprobe import memory_section
 from zorba.models import load_model, state_digest
+from zorba.profiles import over_budget
 from zorba.reliability import Reliability
 from zorba.results import prepare_out_dir, versions, write_outputs
 from zorba.resume import DurableRun, clear_for_overwrite, publish_beside_state
@@ -32,7 +34,7 @@ def run_job(
     if overwrite and not resume:
         clear_for_overwrite(out)
     durable = DurableRun(runner, out, base_digest, reliability, resume)
-    state = _run_with_progress(durable, cfg) if progress else durable.run()
+    state = _run_with_progress(durable, cfg, _budget_warning(runner)) if progress else durable.run()
     result = build_result(cfg, state, base_digest)
     result["reliability"] = reliability.model_dump(mode="json")
     publish_beside_state(out, lambda tmp: write_outputs(tmp, result, state.server.replica, state.server.log))
@@ -48,7 +50,24 @@ def _build_runner(cfg: RunConfig, inputs, lm, reliability: Reliability, progress
         return Runner(cfg, inputs, lm, reliability)
 
 
-def _run_with_progress(runner: Runner | DurableRun, cfg: RunConfig) -> RunState:
+def _budget_warning(runner: Runner) -> Callable[[dict], str]:
+    """A warning for the first round whose plans the memory model puts above a client's budget
+    (budget-blind ablations can; the zorba planner cannot), then silence: result.json lists them all."""
+    warned = []
+
+    def check(rec: dict) -> str:
+        planned = {int(c): blocks for c, blocks in rec.get("blocks", {}).items()}
+        over = over_budget(runner.profiles, runner.memory_model, planned)
+        if not over or warned:
+            return ""
+        warned.append(rec["round"])
+        return (f"warning: round {rec['round']}'s plans exceed the memory budget of clients {over} by the memory "
+                f"model's prediction (planner {runner.cfg.planner!r} does not plan against budgets)")
+
+    return check
+
+
+def _run_with_progress(runner: Runner | DurableRun, cfg: RunConfig, warn: Callable[[dict], str] | None = None) -> RunState:
     columns = (TextColumn("[bold]round"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with Progress(*columns, transient=False) as bar:
@@ -59,6 +78,9 @@ def _run_with_progress(runner: Runner | DurableRun, cfg: RunConfig) -> RunState:
             if "dev_accuracy" in rec:
                 status += f"  dev acc {100 * rec['dev_accuracy']:.2f}%"
             bar.update(task, advance=1, status=status)
+            message = warn(rec) if warn else ""
+            if message:
+                bar.console.print(f"[yellow]{message}[/yellow]")
 
         return runner.run(on_round)
 

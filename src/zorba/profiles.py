@@ -119,7 +119,22 @@ def budget_report(
         "predicted_bytes_per_client": [float(predicted[c]) if c in largest else 0.0 for c in range(len(profiles))],
         "memory_model": "calibrated (zorba profile-memory): measured bytes" if calibrated
         else "first principles: tensors only, without the Python / torch runtime",
+        "predicted_over_budget_clients": over_budget(profiles, mem, largest),
     }
+
+
+def over_budget(profiles: Sequence[ClientProfile], mem: MemoryModel, planned: Mapping[int, Sequence[int]]) -> list[int]:
+    """Clients whose planned block set the memory model predicts above their budget (both in the
+    model's units): what a budget-blind ablation planner (--planner all, random) can produce."""
+    if not planned:
+        return []
+    ids = sorted(planned)
+    A = np.zeros((len(ids), mem.n_blocks))
+    for row, c in enumerate(ids):
+        A[row, list(planned[c])] = 1.0
+    limit = budgets([profiles[c] for c in ids])
+    predicted = mem.subset(ids).client_memory(A)
+    return [c for c, m, b in zip(ids, predicted, limit, strict=True) if m > b * (1 + 1e-9)]
 
 
 def within_budget(report: dict) -> list[bool | None] | None:

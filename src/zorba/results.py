@@ -119,6 +119,9 @@ def _budget_lines(mem: dict) -> list[str]:
     lines = [f"- budget per client (MiB): {mib(mem['budget_bytes_per_client'])}; "
              f"memory model's prediction for its largest planned block set: {mib(mem['predicted_bytes_per_client'])} "
              f"({mem['memory_model']})"]
+    if mem.get("predicted_over_budget_clients"):
+        lines.append(f"- **planned over budget** by the memory model's prediction: clients "
+                     f"{mem['predicted_over_budget_clients']} (a budget-blind planner, e.g. --planner all)")
     ok = mem.get("within_budget")
     if ok is not None:
         planned = [x for x in ok if x is not None]

@@ -83,6 +83,27 @@ def test_many_with_kept_small_z_equals_torch_path():
     assert torch.equal(kept1, rng.packed_noise(small, keys[3:])[0])
 
 
+@pytest.mark.parametrize("offsets", [None, [0, 3, 1000]])
+def test_sequences_in_one_pass_equal_pass_by_pass(offsets):
+    """A replayed round: each tensor's pairs in order, zero scales skipped (a -0.0 weight stays -0.0)."""
+    gen = random.Random(2)
+    sizes = [5, 8193, 100_003]
+    start = [torch.randn(n) for n in sizes]
+    start[0][1] = -0.0
+    keys = [[gen.getrandbits(64) for _ in range(9)] for _ in sizes]
+    scales = [[gen.choice([0.0, 1e-3, -2.5e-4, 0.3]) for _ in range(9)] for _ in sizes]
+    scales[0][0] = 0.0
+
+    def run():
+        w = [t.clone() for t in start]
+        rng.add_noise_sequences_(w, keys, scales, word_offsets=offsets)
+        return w
+
+    compiled, reference = _both(run)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, reference, strict=True))
+    assert all(not torch.equal(a, b) for a, b in zip(compiled, start, strict=True))
+
+
 def test_non_float32_weights_take_the_torch_path():
     w = torch.randn(70_000).to(torch.bfloat16)
     expected = w.clone()

@@ -58,6 +58,36 @@ static void add_stream(float *w, int64_t n, uint64_t first_word, uint32_t k0, ui
     }
 }
 
+/* A round's replay on one tensor: pairs (key, scale) in order, each element rounded to float32
+ * after every add exactly as separate passes would, but block by block, so that a block of the
+ * weights stays in L1 across all pairs and memory is read and written once, not once a pair. */
+ZORBA_CLONES
+static void add_sequence(float *w, int64_t n, uint64_t first_word, const uint64_t *keys, const float *scales,
+                         int64_t pairs) {
+    uint32_t hashes[WORDS_PER_BLOCK];
+    const int64_t full = n / 32;
+    for (int64_t w0 = 0; w0 < full; w0 += WORDS_PER_BLOCK) {
+        const int64_t m = full - w0 < WORDS_PER_BLOCK ? full - w0 : WORDS_PER_BLOCK;
+        for (int64_t p = 0; p < pairs; p++) {
+            const uint32_t k0 = (uint32_t)keys[p], k1 = (uint32_t)(keys[p] >> 32);
+            const float s = scales[p];
+            for (int64_t i = 0; i < m; i++) hashes[i] = word_hash(first_word + w0 + i, k0, k1);
+            for (int64_t i = 0; i < m; i++) {
+                const uint32_t h = hashes[i];
+                float *row = w + (w0 + i) * 32;
+                for (int j = 0; j < 32; j++) row[j] += ((h >> j) & 1u) ? -s : s;
+            }
+        }
+    }
+    if (full * 32 < n) {
+        float *row = w + full * 32;
+        for (int64_t p = 0; p < pairs; p++) {
+            const uint32_t h = word_hash(first_word + full, (uint32_t)keys[p], (uint32_t)(keys[p] >> 32));
+            for (int64_t j = 0; j < n - full * 32; j++) row[j] += ((h >> j) & 1u) ? -scales[p] : scales[p];
+        }
+    }
+}
+
 static void fill_words(float *out, const uint32_t *counters, const uint32_t *halves, int64_t n_words) {
     for (int64_t i = 0; i < n_words; i++) {
         const uint32_t h = lowbias32(lowbias32(counters[i] + halves[2 * i]) ^ halves[2 * i + 1]);
@@ -89,6 +119,41 @@ static PyObject *add_streams(PyObject *self, PyObject *items) {
     Py_RETURN_NONE;
 }
 
+/* add_sequences(items): items is a sequence of (address, numel, first_word, keys, scales) with keys
+ * the pairs' uint64 keys and scales their float32 scales (native-endian bytes, same count), in
+ * replay order; zero scales already dropped by the caller (w + 0 * z can turn -0.0 into +0.0). */
+static PyObject *add_sequences(PyObject *self, PyObject *items) {
+    PyObject *seq = PySequence_Fast(items, "add_sequences takes a sequence of tuples");
+    if (seq == NULL) return NULL;
+    const Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        unsigned long long address, first_word;
+        long long numel;
+        Py_buffer keys, scales;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, k), "KLKy*y*", &address, &numel, &first_word, &keys,
+                              &scales)) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        const int64_t pairs = keys.len / 8;
+        if (keys.len % 8 || scales.len != pairs * 4) {
+            PyBuffer_Release(&keys);
+            PyBuffer_Release(&scales);
+            Py_DECREF(seq);
+            PyErr_SetString(PyExc_ValueError, "add_sequences: keys are 8 bytes and scales 4 bytes a pair");
+            return NULL;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        add_sequence((float *)(uintptr_t)address, numel, first_word, (const uint64_t *)keys.buf,
+                     (const float *)scales.buf, pairs);
+        Py_END_ALLOW_THREADS
+        PyBuffer_Release(&keys);
+        PyBuffer_Release(&scales);
+    }
+    Py_DECREF(seq);
+    Py_RETURN_NONE;
+}
+
 /* fill_words(out, counters, halves, n_words): z of packed small streams (rng.packed_noise's layout)
  * into float32 out[32 * n_words]; counters: uint32 word index * G; halves: uint32 (n_words, 2) keys. */
 static PyObject *fill_words_py(PyObject *self, PyObject *args) {
@@ -102,6 +167,7 @@ static PyObject *fill_words_py(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"add_streams", add_streams, METH_O, "Add scale * z(key) to float32 buffers, stream by stream."},
+    {"add_sequences", add_sequences, METH_O, "Replay (key, scale) pairs in order on float32 buffers, one pass each."},
     {"fill_words", fill_words_py, METH_VARARGS, "z of packed words into a float32 buffer."},
     {NULL, NULL, 0, NULL},
 };

@@ -620,9 +620,13 @@ def add_noise_sequences_(
     word_offsets: Sequence[int] | None = None,
 ) -> None:
     """For each tensor t, in order: t += scales[t][p] * z(keys[t][p]), starting at element
-    32 * word_offsets[t] of each stream. Replay of a round: on a GPU one fused launch applies every
-    pair while reading the weights once; elsewhere the adds run pair by pair (same bits)."""
+    32 * word_offsets[t] of each stream. Replay of a round: on a GPU one fused launch, and on a CPU
+    the compiled loop (rng_native.py), apply every pair while reading the weights once; elsewhere the
+    adds run pair by pair (same bits)."""
     _check_dist(dist)
+    if dist == "rademacher" and tensors and rng_native.serves(tensors):
+        rng_native.add_sequences_(tensors, keys, scales, word_offsets)
+        return
     if dist == "rademacher" and tensors and _fused(tensors):
         if _run_fused(_rng_triton().add_rademacher_sequences_, tensors, keys, scales, word_offsets):
             return

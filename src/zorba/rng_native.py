@@ -67,6 +67,21 @@ def add_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[
                              for t, k, s, w in zip(tensors, keys, scales, words, strict=True) if s != 0.0])
 
 
+def add_sequences_(tensors: Sequence[torch.Tensor], keys: Sequence[Sequence[int]], scales: Sequence[Sequence[float]],
+                   first_words: Sequence[int] | None = None) -> None:
+    """For each tensor, its pairs in order: t += s_p * z(k_p), rounded to float32 after every add as
+    separate passes would be, in one pass over its memory (a round's replay, or a client's catch-up);
+    `serves` must hold. Zero scales are skipped, as the per-pass path skips them."""
+    words = first_words or [0] * len(tensors)
+    items = []
+    for t, ks, ss, w in zip(tensors, keys, scales, words, strict=True):
+        live = [(k, s) for k, s in zip(ks, ss, strict=True) if s != 0.0]
+        if live:
+            k, s = zip(*live, strict=True)
+            items.append((t.data_ptr(), t.numel(), w, np.array(k, np.uint64).tobytes(), np.array(s, np.float32).tobytes()))
+    _rng_native.add_sequences(items)
+
+
 def packed_words(counters: np.ndarray, halves: np.ndarray) -> torch.Tensor:
     """z of packed small streams, float32 (32 per word), in rng.packed_noise's layout: counters uint32
     (word index * G, wrapped), halves uint32 (words, 2), each word's key (low, high)."""

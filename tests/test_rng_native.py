@@ -104,6 +104,38 @@ def test_sequences_in_one_pass_equal_pass_by_pass(offsets):
     assert all(not torch.equal(a, b) for a, b in zip(compiled, start, strict=True))
 
 
+def test_threads_cut_passes_at_words_and_give_the_same_bits(monkeypatch):
+    items = [(1000, 70_001, 3, "a"), (9000, 5, 0, "b"), (20_000, 1_000_003, 10, "c")]
+    parts = rng_native._split(items, 3, sum(i[1] for i in items))
+    assert len(parts) == 3
+    pieces = [p for part in parts for p in part]
+    for address, numel, first_word, tag in items:  # each tensor covered once, in order, cut at words
+        own = [p for p in pieces if p[3] == tag]
+        assert sum(p[1] for p in own) == numel
+        for p in own:
+            offset = (p[0] - address) // 4
+            assert offset % 32 == 0 and p[2] == first_word + offset // 32
+    monkeypatch.setattr(rng_native, "_PARALLEL_MIN", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        gen = random.Random(4)
+        start = [torch.randn(n) for n in (31, 70_001, 1_000_003)]
+        keys = [[gen.getrandbits(64) for _ in range(4)] for _ in start]
+        scales = [[0.5, 0.0, -1e-3, 2e-3] for _ in start]
+
+        def run():
+            w = [t.clone() for t in start]
+            rng.add_noise_many_(w, [k[0] for k in keys], [0.25, -0.5, 1e-3])
+            rng.add_noise_sequences_(w, keys, scales)
+            return w
+
+        compiled, reference = _both(run)
+        assert all(torch.equal(a, b) for a, b in zip(compiled, reference, strict=True))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_non_float32_weights_take_the_torch_path():
     w = torch.randn(70_000).to(torch.bfloat16)
     expected = w.clone()

@@ -8,6 +8,9 @@ perturbing one MiniLM layer cost 1.45-1.54x its share of perturbing all of them 
 loop touches only the weights, and runs the all-blocks pass at twice the speed as well
 (docs/performance.md, eighth session).
 
+A pass of at least 2M elements is cut into word-aligned pieces run on torch's thread count (the
+loop releases the GIL); smaller passes stay on the calling thread.
+
 The extension is optional (setup.py): where it was not built (no C compiler at install) or
 `ZORBA_CPU_KERNEL=torch` is set, rng.py keeps its torch path, which gives the same bits.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -63,8 +67,8 @@ def add_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[
          first_words: Sequence[int] | None = None) -> None:
     """tensors[i] += scales[i] * z(keys[i])[32 * first_words[i]:][:numel] in place; `serves` must hold."""
     words = first_words or [0] * len(tensors)
-    _rng_native.add_streams([(t.data_ptr(), t.numel(), w, k, s)
-                             for t, k, s, w in zip(tensors, keys, scales, words, strict=True) if s != 0.0])
+    _run(_rng_native.add_streams, [(t.data_ptr(), t.numel(), w, k, s)
+                                   for t, k, s, w in zip(tensors, keys, scales, words, strict=True) if s != 0.0])
 
 
 def add_sequences_(tensors: Sequence[torch.Tensor], keys: Sequence[Sequence[int]], scales: Sequence[Sequence[float]],
@@ -79,7 +83,46 @@ def add_sequences_(tensors: Sequence[torch.Tensor], keys: Sequence[Sequence[int]
         if live:
             k, s = zip(*live, strict=True)
             items.append((t.data_ptr(), t.numel(), w, np.array(k, np.uint64).tobytes(), np.array(s, np.float32).tobytes()))
-    _rng_native.add_sequences(items)
+    _run(_rng_native.add_sequences, items)
+
+
+# Threads: the loop releases the GIL, so torch's thread count (OMP_NUM_THREADS, torch.set_num_threads)
+# is honoured by cutting the pass into word-aligned pieces run on a pool. Below _PARALLEL_MIN elements a
+# pass stays on the calling thread: the pool's hand-off (~50 us) would cost more than it saves.
+_PARALLEL_MIN = 1 << 21
+_pools: dict[int, ThreadPoolExecutor] = {}
+os.register_at_fork(after_in_child=_pools.clear)  # a forked child has none of the pool's threads
+
+
+def _run(fn, items: list[tuple]) -> None:
+    threads = torch.get_num_threads()
+    total = sum(item[1] for item in items)
+    if threads < 2 or total < _PARALLEL_MIN:
+        fn(items)
+        return
+    pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPoolExecutor(threads, "zorba-rng"))
+    for done in [pool.submit(fn, part) for part in _split(items, threads, total)]:
+        done.result()
+
+
+def _split(items: list[tuple], parts: int, total: int) -> list[list[tuple]]:
+    """`parts` lists of about total / parts elements each; a tensor cut at a word boundary keeps its
+    stream position through the item's first word (field 2) and address (field 0, float32 bytes)."""
+    share = (total + parts - 1) // parts
+    out: list[list[tuple]] = [[]]
+    room = share
+    for address, numel, first_word, *rest in items:
+        start = 0
+        while start < numel:
+            n = numel - start
+            if n > room:  # cut inside the tensor: at a whole word, so the piece's stream starts at a word
+                n = max(32, room // 32 * 32)
+            out[-1].append((address + 4 * start, n, first_word + start // 32, *rest))
+            start, room = start + n, room - n
+            if room <= 0:
+                out.append([])
+                room = share
+    return [part for part in out if part]
 
 
 def packed_words(counters: np.ndarray, halves: np.ndarray) -> torch.Tensor:

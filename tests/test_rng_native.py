@@ -200,3 +200,10 @@ def test_federated_rounds_equal_torch_path(tiny_models, data_dir):
     (w1, loss1), (w2, loss2) = _both(run)
     assert loss1 == loss2
     assert w1.keys() == w2.keys() and all(torch.equal(w1[n], w2[n]) for n in w1)
+
+
+def test_a_build_of_another_version_is_ignored(monkeypatch):
+    monkeypatch.setattr(rng_native._rng_native, "VERSION", rng_native._VERSION + 1)
+    assert "reinstall" in rng_native._why_off()
+    monkeypatch.setattr(rng_native, "_rng_native", None)
+    assert "not built" in rng_native._why_off()

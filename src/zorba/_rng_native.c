@@ -174,4 +174,15 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rng_native", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__rng_native(void) { return PyModule_Create(&module); }
+/* Bumped with every change to what Python sees: an editable install keeps an old build until
+ * `pip install -e .` runs again, and rng_native.py ignores a build of another version. */
+#define ZORBA_NATIVE_VERSION 2
+
+PyMODINIT_FUNC PyInit__rng_native(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VERSION", ZORBA_NATIVE_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -25,15 +25,25 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+_VERSION = 2  # _rng_native.c's ZORBA_NATIVE_VERSION
+
 try:
     from zorba import _rng_native
 except ImportError:  # built at install when a C compiler is there; the torch path otherwise
     _rng_native = None
 
-_WHY_OFF = (
-    "ZORBA_CPU_KERNEL=torch" if os.environ.get("ZORBA_CPU_KERNEL", "native") == "torch"
-    else None if _rng_native is not None else "the C extension zorba._rng_native was not built"
-)
+
+def _why_off() -> str | None:
+    if os.environ.get("ZORBA_CPU_KERNEL", "native") == "torch":
+        return "ZORBA_CPU_KERNEL=torch"
+    if _rng_native is None:
+        return "the C extension zorba._rng_native was not built (no C compiler at install?)"
+    if getattr(_rng_native, "VERSION", 0) != _VERSION:  # an editable install's stale build
+        return f"zorba._rng_native is version {getattr(_rng_native, 'VERSION', 0)}, not {_VERSION}: reinstall zorba"
+    return None
+
+
+_WHY_OFF = _why_off()
 _state = {"off": _WHY_OFF}
 
 

@@ -274,7 +274,9 @@ def memory_section(cfg, blocks: Sequence, history: Sequence[dict], profiles, mem
 
     largest = largest_block_sets(blocks, history)
     section = budget_report(profiles, mem, largest, calibrated=bool(cfg.memory_model))
-    section["peak_bytes_per_client"] = reported if reported is not None else _peaks_of_sets(cfg, largest) if measured else None
+    if reported is None and measured:
+        reported = _peaks_of_sets(cfg, largest)
+    section["peak_bytes_per_client"] = reported
     section["how"] = how
     section["within_budget"] = within_budget(section)
     return section

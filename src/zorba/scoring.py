@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +29,7 @@ class Scorer:
             if len(set(self.label_ids)) != len(self.label_ids):
                 raise ValueError(f"task {task.name}: label words share a first token under this tokenizer")
         else:
-            self.label_batch = self._pad([self._ids(s) for s in task.label_sentences])
+            self.label_seqs = [self._ids(s) for s in task.label_sentences]  # scored in every batch
 
     def _ids(self, text: str) -> list[int]:
         special = self.lm.kind == "encoder"
@@ -51,14 +52,15 @@ class Scorer:
         return next(self.lm.model.parameters()).device
 
     def _pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        # Filled in numpy: a torch.tensor per row was an eighth of a tiny model's forward.
         width = max(len(s) for s in seqs)
-        pad = self.lm.tokenizer.pad_token_id or 0
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        ids = np.full((len(seqs), width), self.lm.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
         for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            ids[i, : len(s)] = s
             mask[i, : len(s)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        device = self.device
+        return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
     @torch.inference_mode()
     def logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -86,9 +88,8 @@ class Scorer:
 
     def _encoder_logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
         # Label sentences go through the same (perturbed) model in the same batch: both ends move.
-        n_labels = self.label_batch[0].shape[0]
-        label_seqs = [row[m.bool()].tolist() for row, m in zip(*(t.cpu() for t in self.label_batch), strict=True)]
-        ids, mask = self._pad(list(seqs) + label_seqs)
+        n_labels = len(self.label_seqs)
+        ids, mask = self._pad(list(seqs) + self.label_seqs)
         hidden = self.lm.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)

@@ -37,7 +37,7 @@ def _causal_logits(scorer: Scorer, model: nn.Module, seqs: Sequence[Sequence[int
 
 def _encoder_logits(scorer: Scorer, model: nn.Module, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
     # As in Scorer: label sentences share the batch, so gradients move both ends of the cosine.
-    label_seqs = [row[m.bool()].tolist() for row, m in zip(*scorer.label_batch, strict=True)]
+    label_seqs = scorer.label_seqs
     ids, mask = (t.to(_device(model)) for t in scorer._pad(list(seqs) + label_seqs))
     hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
     weights = mask.unsqueeze(-1).to(hidden.dtype)

@@ -81,6 +81,20 @@ def add_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[
                                    for t, k, s, w in zip(tensors, keys, scales, words, strict=True) if s != 0.0])
 
 
+class Passes:
+    """Repeated passes over the same tensors and keys (a ZO step's three): addresses, sizes and keys
+    are gathered once, so a pass only pairs them with its scales. The tensors must keep their storage
+    in between (they do within a step) and `serves` must hold for them."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor], keys: Sequence[int]) -> None:
+        self.items = [(t.data_ptr(), t.numel(), 0, k) for t, k in zip(tensors, keys, strict=True)]
+        self.total = sum(item[1] for item in self.items)
+
+    def add_(self, scales: Sequence[float]) -> None:
+        _run(_rng_native.add_streams, [(*item, s) for item, s in zip(self.items, scales, strict=True) if s != 0.0],
+             self.total)
+
+
 def add_sequences_(tensors: Sequence[torch.Tensor], keys: Sequence[Sequence[int]], scales: Sequence[Sequence[float]],
                    first_words: Sequence[int] | None = None) -> None:
     """For each tensor, its pairs in order: t += s_p * z(k_p), rounded to float32 after every add as
@@ -104,9 +118,9 @@ _pools: dict[int, ThreadPoolExecutor] = {}
 os.register_at_fork(after_in_child=_pools.clear)  # a forked child has none of the pool's threads
 
 
-def _run(fn, items: list[tuple]) -> None:
+def _run(fn, items: list[tuple], total: int | None = None) -> None:
     threads = torch.get_num_threads()
-    total = sum(item[1] for item in items)
+    total = sum(item[1] for item in items) if total is None else total
     if threads < 2 or total < _PARALLEL_MIN:
         fn(items)
         return

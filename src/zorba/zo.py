@@ -72,8 +72,9 @@ class _Streams:
         self.fused = fused_pass(eager_tensors, eager_keys) if rademacher else None
         # The compiled CPU loop adds a small tensor's z for the price of a call (rng_native.py):
         # nothing is worth keeping across passes then, and each pass is one call for all tensors.
-        keeps = self.fused is None and not (dist == "rademacher" and rng_native.serves(eager_tensors))
-        small = [keeps and t.numel() < PACK_LIMIT for t in eager_tensors]
+        native = self.fused is None and dist == "rademacher" and rng_native.serves(eager_tensors)
+        self.native = rng_native.Passes(eager_tensors, eager_keys) if native else None
+        small = [not native and self.fused is None and t.numel() < PACK_LIMIT for t in eager_tensors]
         self.small_ids = [i for i, s in zip(self.eager_ids, small, strict=True) if s]
         self.large_ids = [i for i, s in zip(self.eager_ids, small, strict=True) if not s]
         self.small_z: list[torch.Tensor] | None = None
@@ -85,8 +86,12 @@ class _Streams:
 
     def add_(self, scales: dict[int, float] | float) -> None:
         per = [scales[b] for b in self.blocks] if isinstance(scales, dict) else [scales] * len(self.tensors)
-        fused = self.fused is not None and self.fused([per[i] for i in self.eager_ids])  # one launch for all
-        large = [] if fused else self.large_ids
+        if self.native is not None:  # one compiled call for all
+            self.native.add_([per[i] for i in self.eager_ids])
+            done = True
+        else:  # one launch for all, unless the kernel cannot be built here
+            done = self.fused is not None and self.fused([per[i] for i in self.eager_ids])
+        large = [] if done else self.large_ids
         if self.small_ids and self.packed_z is None and self._small_z_with_large():
             self._add_making_small_z_(large, per)
         else:

@@ -140,13 +140,13 @@ def timed_passes():
         zo._Streams.add_ = original
 
 
-def in_step_ratios(loss, tensors, reps: int, torch_path: bool = False) -> dict[str, float]:
+def in_step_ratios(loss, tensors, reps: int, via_torch: bool = False) -> dict[str, float]:
     """A2 as training pays it: the passes' time inside `spsa_step` on the real loss (forward, pass,
     forward between them), per subset, best of `reps` interleaved steps, against f x all blocks."""
     sizes = [sum(t.numel() for t in block) for block in tensors]
     subsets = {k: b for k, b in block_subsets(len(sizes)).items() if k in ("all", "one layer", "quarter (no embeddings)")}
     best = dict.fromkeys(subsets, float("inf"))
-    with timed_passes() as spent, (rng_native.off() if torch_path else nullcontext()):
+    with timed_passes() as spent, (rng_native.off() if via_torch else nullcontext()):
         for r in range(reps + 1):  # the first round warms up
             for k, b in subsets.items():
                 spent[0] = 0.0
@@ -173,7 +173,7 @@ def main() -> None:
         r = step_ratios(name, args.reps, args.device)
         loss, tensors = r.pop("loss"), r.pop("tensors")
         fr = fraction_ratios(tensors, args.reps, args.device)
-        in_step_torch = in_step_ratios(loss, tensors, args.reps, torch_path=True)
+        in_step_torch = in_step_ratios(loss, tensors, args.reps, via_torch=True)
         in_step = in_step_ratios(loss, tensors, args.reps)
         for x in fr:
             x["ratio_in_step"] = in_step.get(x["subset"])

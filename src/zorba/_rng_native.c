@@ -38,26 +38,6 @@ static inline uint32_t word_hash(uint64_t word, uint32_t k0, uint32_t k1) {
     return lowbias32(lowbias32((uint32_t)word * 0x9E3779B9u + k0) ^ k1);
 }
 
-ZORBA_CLONES
-static void add_stream(float *w, int64_t n, uint64_t first_word, uint32_t k0, uint32_t k1, float s) {
-    uint32_t hashes[WORDS_PER_BLOCK];
-    const int64_t full = n / 32;
-    for (int64_t w0 = 0; w0 < full; w0 += WORDS_PER_BLOCK) {
-        const int64_t m = full - w0 < WORDS_PER_BLOCK ? full - w0 : WORDS_PER_BLOCK;
-        for (int64_t i = 0; i < m; i++) hashes[i] = word_hash(first_word + w0 + i, k0, k1);
-        for (int64_t i = 0; i < m; i++) { /* a fixed 32-wide loop: compiled to vector selects */
-            const uint32_t h = hashes[i];
-            float *row = w + (w0 + i) * 32;
-            for (int j = 0; j < 32; j++) row[j] += ((h >> j) & 1u) ? -s : s;
-        }
-    }
-    if (full * 32 < n) { /* the stream's last, partial word */
-        const uint32_t h = word_hash(first_word + full, k0, k1);
-        float *row = w + full * 32;
-        for (int64_t j = 0; j < n - full * 32; j++) row[j] += ((h >> j) & 1u) ? -s : s;
-    }
-}
-
 /* A round's replay on one tensor: pairs (key, scale) in order, each element rounded to float32
  * after every add exactly as separate passes would, but block by block, so that a block of the
  * weights stays in L1 across all pairs and memory is read and written once, not once a pair. */
@@ -88,13 +68,6 @@ static void add_sequence(float *w, int64_t n, uint64_t first_word, const uint64_
     }
 }
 
-static void fill_words(float *out, const uint32_t *counters, const uint32_t *halves, int64_t n_words) {
-    for (int64_t i = 0; i < n_words; i++) {
-        const uint32_t h = lowbias32(lowbias32(counters[i] + halves[2 * i]) ^ halves[2 * i + 1]);
-        for (int j = 0; j < 32; j++) out[32 * i + j] = ((h >> j) & 1u) ? -1.0f : 1.0f;
-    }
-}
-
 /* add_streams(items): items is a sequence of (address, numel, first_word, key, scale); each adds
  * scale * z(key)[32 * first_word:][:numel] to the contiguous float32 buffer at that address. The
  * caller (rng_native.py) owns the checks: CPU, contiguous, float32, alive for the call. */
@@ -110,9 +83,10 @@ static PyObject *add_streams(PyObject *self, PyObject *items) {
             Py_DECREF(seq);
             return NULL;
         }
+        const uint64_t key64 = key;
         const float s = (float)scale; /* torch rounds alpha to the tensor's dtype the same way */
         Py_BEGIN_ALLOW_THREADS
-        add_stream((float *)(uintptr_t)address, numel, first_word, (uint32_t)key, (uint32_t)(key >> 32), s);
+        add_sequence((float *)(uintptr_t)address, numel, first_word, &key64, &s, 1); /* a pass: one pair */
         Py_END_ALLOW_THREADS
     }
     Py_DECREF(seq);
@@ -154,21 +128,9 @@ static PyObject *add_sequences(PyObject *self, PyObject *items) {
     Py_RETURN_NONE;
 }
 
-/* fill_words(out, counters, halves, n_words): z of packed small streams (rng.packed_noise's layout)
- * into float32 out[32 * n_words]; counters: uint32 word index * G; halves: uint32 (n_words, 2) keys. */
-static PyObject *fill_words_py(PyObject *self, PyObject *args) {
-    unsigned long long out, counters, halves;
-    long long n_words;
-    if (!PyArg_ParseTuple(args, "KKKL", &out, &counters, &halves, &n_words)) return NULL;
-    fill_words((float *)(uintptr_t)out, (const uint32_t *)(uintptr_t)counters, (const uint32_t *)(uintptr_t)halves,
-               n_words);
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
     {"add_streams", add_streams, METH_O, "Add scale * z(key) to float32 buffers, stream by stream."},
     {"add_sequences", add_sequences, METH_O, "Replay (key, scale) pairs in order on float32 buffers, one pass each."},
-    {"fill_words", fill_words_py, METH_VARARGS, "z of packed words into a float32 buffer."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -176,7 +138,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rng_native", NULL, 
 
 /* Bumped with every change to what Python sees: an editable install keeps an old build until
  * `pip install -e .` runs again, and rng_native.py ignores a build of another version. */
-#define ZORBA_NATIVE_VERSION 2
+#define ZORBA_NATIVE_VERSION 3
 
 PyMODINIT_FUNC PyInit__rng_native(void) {
     PyObject *m = PyModule_Create(&module);

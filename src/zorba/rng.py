@@ -518,10 +518,11 @@ def _add_rademacher_cpu_(todo: Sequence[tuple[torch.Tensor, int, float]], lead: 
 def _add_rademacher_native_(todo: Sequence[tuple[torch.Tensor, int, float]], lead: _Lead | None) -> torch.Tensor | None:
     """_add_rademacher_cpu_ through the compiled loop (rng_native.py): z is never materialised, so a
     pass that follows a forward pays no cold buffers or library code (docs/performance.md, eighth
-    session). The lead's z is made by one call too, for the other passes to reuse."""
+    session). The lead's z is made in numpy, as packed_noise makes it, for the other passes to reuse."""
     kept = None
     if lead is not None:
-        kept = rng_native.packed_words(lead.counters, lead.halves)
+        x = _finish_hash_numpy(lead.counters + lead.halves[:, 0], lead.halves[:, 1])
+        kept = torch.from_numpy(_expand_numpy(x).reshape(-1))
         for flat, first, s in lead.adds:
             _add_(flat, kept[first : first + flat.numel()], s)
     if todo:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-_VERSION = 2  # _rng_native.c's ZORBA_NATIVE_VERSION
+_VERSION = 3  # _rng_native.c's ZORBA_NATIVE_VERSION
 
 try:
     from zorba import _rng_native
@@ -76,9 +76,7 @@ def serves(tensors: Sequence[torch.Tensor]) -> bool:
 def add_(tensors: Sequence[torch.Tensor], keys: Sequence[int], scales: Sequence[float],
          first_words: Sequence[int] | None = None) -> None:
     """tensors[i] += scales[i] * z(keys[i])[32 * first_words[i]:][:numel] in place; `serves` must hold."""
-    words = first_words or [0] * len(tensors)
-    _run(_rng_native.add_streams, [(t.data_ptr(), t.numel(), w, k, s)
-                                   for t, k, s, w in zip(tensors, keys, scales, words, strict=True) if s != 0.0])
+    Passes(tensors, keys, first_words).add_(scales)
 
 
 class Passes:
@@ -86,8 +84,9 @@ class Passes:
     are gathered once, so a pass only pairs them with its scales. The tensors must keep their storage
     in between (they do within a step) and `serves` must hold for them."""
 
-    def __init__(self, tensors: Sequence[torch.Tensor], keys: Sequence[int]) -> None:
-        self.items = [(t.data_ptr(), t.numel(), 0, k) for t, k in zip(tensors, keys, strict=True)]
+    def __init__(self, tensors: Sequence[torch.Tensor], keys: Sequence[int], first_words: Sequence[int] | None = None) -> None:
+        words = first_words or [0] * len(tensors)
+        self.items = [(t.data_ptr(), t.numel(), w, k) for t, k, w in zip(tensors, keys, words, strict=True)]
         self.total = sum(item[1] for item in self.items)
 
     def add_(self, scales: Sequence[float]) -> None:
@@ -147,12 +146,3 @@ def _split(items: list[tuple], parts: int, total: int) -> list[list[tuple]]:
                 out.append([])
                 room = share
     return [part for part in out if part]
-
-
-def packed_words(counters: np.ndarray, halves: np.ndarray) -> torch.Tensor:
-    """z of packed small streams, float32 (32 per word), in rng.packed_noise's layout: counters uint32
-    (word index * G, wrapped), halves uint32 (words, 2), each word's key (low, high)."""
-    counters, halves = np.ascontiguousarray(counters, np.uint32), np.ascontiguousarray(halves, np.uint32)
-    out = torch.empty(32 * len(counters), dtype=torch.float32)
-    _rng_native.fill_words(out.data_ptr(), counters.ctypes.data, halves.ctypes.data, len(counters))
-    return out

@@ -82,7 +82,7 @@ def test_probes_travel_over_flower_and_give_the_runners_plans_and_weights(tiny_m
     """--probes on Flower: query.probe before round 0, the server's Phi constants and hence the
     plans and the final weights are the in-process runner's, bit for bit."""
     cfg = make_config(model=str(tiny_models["opt"]), clients=3, rounds=2, local_steps=1, train_size=60,
-                      planner="zorba", data_dir=str(data_dir), batch_size=8, max_len=32, lr=3e-3,
+                      planner="bound", data_dir=str(data_dir), batch_size=8, max_len=32, lr=3e-3,
                       measure_memory=False, eval_every=100, probes=2, probe_batch=4)
     result = run_flower_simulation(cfg, FlowerOptions(round_timeout=120), tmp_path / "out", actors=1)
     state = Runner(cfg, check_inputs(cfg)).run()

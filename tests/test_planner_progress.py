@@ -282,7 +282,7 @@ def test_a_run_with_probes_plans_by_progress_and_records_the_probes(tiny_models,
 
     out = tmp_path / "run"
     r = zorba("run", "--model", str(tiny_models["bert"]), "--clients", "3", "--rounds", "2", "--local-steps", "1",
-              "--train-size", "120", "--probes", "2", "--probe-batch", "4", "--no-measure-memory", "--out", str(out))
+              "--planner", "bound", "--train-size", "120", "--probes", "2", "--probe-batch", "4", "--no-measure-memory", "--out", str(out))
     assert r.returncode == 0, r.stderr
     result = json.loads((out / "result.json").read_text())
     L = len(result["blocks"])
@@ -295,7 +295,7 @@ def test_a_run_with_probes_plans_by_progress_and_records_the_probes(tiny_models,
     bad = zorba("run", "--model", str(tiny_models["bert"]), "--planner", "all", "--probes", "2", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "probes" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "x").exists()
-    whole = zorba("run", "--model", str(tiny_models["bert"]), "--clients", "3", "--train-size", "120", "--probes", "2",
+    whole = zorba("run", "--model", str(tiny_models["bert"]), "--clients", "3", "--train-size", "120", "--planner", "bound", "--probes", "2",
                   "--probe-batch", "500", "--no-measure-memory", "--out", str(tmp_path / "y"))
     assert whole.returncode == 2 and "--probe-batch 500 is not below client" in whole.stderr
     assert "Traceback" not in whole.stderr and not (tmp_path / "y").exists()

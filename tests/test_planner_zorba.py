@@ -113,7 +113,7 @@ def test_the_runner_builds_the_zorba_planner_for_a_real_model(tiny_models):
     from zorba.models import load_model
     from zorba.runner import client_memory_model, client_profiles, make_planner
 
-    cfg = make_config(model=str(tiny_models["opt"]), clients=4, planner="zorba", local_steps=2)
+    cfg = make_config(model=str(tiny_models["opt"]), clients=4, planner="bound", local_steps=2)
     lm = load_model(cfg.model)
     mem = client_memory_model(cfg, lm)
     profiles = client_profiles(cfg, mem)

@@ -90,6 +90,10 @@ from zorba.cli_plan import plan  # noqa: E402
 
 app.command("plan")(plan)
 
+from zorba.cli_study import study  # noqa: E402
+
+app.command("study")(study)
+
 
 def main() -> None:
     """Entry point: usage errors and UserErrors become one line and exit code 2."""

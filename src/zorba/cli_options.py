@@ -8,6 +8,7 @@ the options of its own engine.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,16 +20,23 @@ _SHARED = (  # name, type, default, help
     ("clients", int, None, "number of clients [8]"),
     ("rounds", int, None, "federated rounds [30]"),
     ("local_steps", int, None, "local ZO steps per round [5]"),
-    ("lr", float, None, "learning rate"),
+    ("lr", float, None, "learning rate (of a client perturbing every block)"),
+    ("lr_exponent", float, None, "step rule: a client perturbing d of the model's D weights steps with "
+     "lr (D/d)^this; 0 = one lr for all"),
+    ("coverage_exponent", float, None, "step rule: a block covered by c clients moves by their mean times c^this"),
     ("mu", float, None, "perturbation scale"),
     ("q", int, None, "perturbations per step [1]"),
     ("batch_size", int, None, "mini-batch size [16]"),
     ("max_len", int, None, "max tokens per example [64]"),
     ("alpha", float, None, "Dirichlet label-skew concentration [0.5]"),
-    ("planner", str, None, "zorba | all | random | round-robin"),
+    ("planner", str, None, "zorba | fill | feasible-random | feasible-round-robin | fedra | all | bound | "
+     "random | round-robin (docs/theory.md)"),
+    ("memory_cap_mib", float, None, "zorba planner: cap on the clients' total memory, MiB (epsilon) [none]"),
     ("dist", str, None, "perturbation distribution: rademacher | gaussian"),
     ("participation", float, None, "fraction of clients per round [1.0]"),
-    ("train_size", int, None, "subsample the training split to this many examples"),
+    ("train_size", int, None, "subsample the training split to this many examples [all]"),
+    ("validation_size", int, None, "hold this many training examples out of every client, evaluated "
+     "beside dev (where step sizes are chosen)"),
     ("eval_every", int, None, "evaluate on dev every this many rounds"),
     ("seed", int, None, "run seed: every random choice derives from it"),
     ("data_dir", Path, None, "folder with <task>/train.tsv and dev.tsv"),
@@ -55,13 +63,26 @@ def training_options(**help_overrides: str) -> Callable[[Callable], Callable]:
         own = [p for p in inspect.signature(command).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
         shared = [
             inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=kind,
-                              default=typer.Option(default, help=help_overrides.get(name, text)))
+                              default=typer.Option(default, help=with_default(name, help_overrides.get(name, text))))
             for name, kind, default, text in _SHARED
         ]
         command.__signature__ = inspect.Signature(shared + own)
         return command
 
     return graft
+
+
+_HAND_WRITTEN_DEFAULT = re.compile(r" *\[[^\]]*\]$")
+
+
+def with_default(name: str, text: str) -> str:
+    """The help text with RunConfig's default appended: the one place defaults are written."""
+    from zorba.config import RunConfig
+
+    field = RunConfig.model_fields.get(name)
+    if field is None or field.default is None:
+        return text
+    return f"{_HAND_WRITTEN_DEFAULT.sub('', text)} [{field.default}]"
 
 
 def config_values(options: dict) -> dict:

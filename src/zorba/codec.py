@@ -12,8 +12,11 @@ import struct
 from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport
 from zorba.rng import DISTRIBUTIONS
 
-_PLAN, _REPORT, _ENTRY = b"ZP1", b"ZR1", b"ZL1"
+_PLAN, _REPORT, _ENTRY = b"ZP2", b"ZR1", b"ZL2"
+_ENTRY_V1 = b"ZL1"  # before the step rule: decoded with lr_scale 1 and no coverage factor (old logs stay readable)
 MAX_ITEMS = 1 << 20  # any count above this is a corrupt or hostile message
+MAX_LR_SCALE = 1e6  # a step rule's factor beyond this is a corrupt or hostile entry
+MAX_COVERAGE_EXPONENT = 2.0
 
 
 class DecodeError(ValueError):
@@ -99,26 +102,31 @@ def _get_blocks(r: _Reader) -> tuple[int, ...]:
 
 
 def _put_entry(w: _Writer, e: LogEntry) -> None:
-    w.put("IdHBI", e.round, e.lr, e.q, _dist_code(e.dist), len(e.updates))
+    w.put("IdHBdI", e.round, e.lr, e.q, _dist_code(e.dist), e.coverage_exponent, len(e.updates))
     for u in e.updates:
-        w.put("Id", u.client, u.weight)
+        w.put("Idd", u.client, u.weight, u.lr_scale)
         _put_blocks(w, u.blocks)
         _put_steps(w, u.steps, e.q)
 
 
-def _get_entry(r: _Reader) -> LogEntry:
+def _get_entry(r: _Reader, scaled: bool = True) -> LogEntry:
     rnd, lr, q = r.get("IdH")
     dist = _dist(r)
+    (beta,) = r.get("d") if scaled else (0.0,)
     if q < 1:
         raise DecodeError("q must be >= 1")
+    if not (math.isfinite(beta) and 0.0 <= beta <= MAX_COVERAGE_EXPONENT):
+        raise DecodeError(f"coverage exponent {beta} is not in [0, {MAX_COVERAGE_EXPONENT}]")
     updates = []
     for _ in range(r.count()):
-        client, weight = r.get("Id")
+        client, weight, lr_scale = r.get("Idd") if scaled else (*r.get("Id"), 1.0)
         if not (math.isfinite(weight) and weight > 0):
             raise DecodeError(f"client {client}: weight {weight} is not a positive finite number")
+        if not (math.isfinite(lr_scale) and 0 < lr_scale <= MAX_LR_SCALE):
+            raise DecodeError(f"client {client}: lr_scale {lr_scale} is not in (0, {MAX_LR_SCALE}]")
         blocks = _get_blocks(r)
-        updates.append(ClientUpdate(client, blocks, _get_steps(r, q), weight))
-    return LogEntry(rnd, lr, q, dist, tuple(updates))
+        updates.append(ClientUpdate(client, blocks, _get_steps(r, q), weight, lr_scale))
+    return LogEntry(rnd, lr, q, dist, tuple(updates), beta)
 
 
 def encode_entry(e: LogEntry) -> bytes:
@@ -128,8 +136,9 @@ def encode_entry(e: LogEntry) -> bytes:
 
 
 def decode_entry(data: bytes) -> LogEntry:
-    r = _Reader(data, _ENTRY)
-    e = _get_entry(r)
+    v1 = isinstance(data, bytes | bytearray | memoryview) and bytes(data[: len(_ENTRY_V1)]) == _ENTRY_V1
+    r = _Reader(data, _ENTRY_V1 if v1 else _ENTRY)
+    e = _get_entry(r, scaled=not v1)
     r.end()
     return e
 

@@ -11,7 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zorba.errors import UserError
 
-PLANNERS = ("zorba", "all", "random", "round-robin")
+# zorba: the energy planner (planner/energy.py); bound: the convergence-bound planner (planner/zorba_planner.py);
+# fill, feasible-random, feasible-round-robin, fedra: budget-feasible baselines; all, random, round-robin:
+# budget-blind ablations (plans.py)
+PLANNERS = ("zorba", "bound", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random", "round-robin")
+Planner = Literal["zorba", "bound", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random",
+                  "round-robin"]
 _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 
@@ -28,18 +33,28 @@ class RunConfig(BaseModel):
     rounds: int = Field(30, ge=1, le=1_000_000)
     local_steps: int = Field(5, ge=1, le=10_000)
     lr: float = Field(5e-5, gt=0.0, le=1.0)
+    # step rule (steprule.py): a client perturbing d_n of the model's D weights steps with
+    # lr * (D / d_n)^lr_exponent; 0 = one lr for every plan
+    lr_exponent: float = Field(0.5, ge=0.0, le=2.0)
+    # a block covered by c clients moves by their average times c^coverage_exponent (the noise of
+    # an average of c clients is 1/c of one client's); 0 = the plain average
+    coverage_exponent: float = Field(0.0, ge=0.0, le=2.0)
     mu: float = Field(1e-3, gt=0.0, le=1.0)
     q: int = Field(1, ge=1, le=64)
     batch_size: int = Field(16, ge=1, le=4096)
     max_len: int = Field(64, ge=8, le=4096)
     alpha: float = Field(0.5, gt=0.0, le=1e6)
     dist: Literal["rademacher", "gaussian"] = "rademacher"
-    planner: Literal["zorba", "all", "random", "round-robin"] = "zorba"
+    planner: Planner = "zorba"
+    memory_cap_mib: float | None = Field(None, gt=0.0)  # zorba planner: cap on the clients' total memory (eps)
     block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (profiles.py)
     profiles: str | None = None  # TOML file of client memory budgets and speeds
     memory_model: str | None = None  # calibration JSON from `zorba profile-memory`
     precision: Literal["int8", "bf16", "fp16", "fp32"] = "bf16"  # frozen blocks' dtype on clients (precision.py)
     train_size: int | None = Field(None, ge=1)  # subsample the training split (seeded)
+    # examples carved from the training split (seeded, after train_size) and held out from every
+    # client: where step sizes are chosen (zorba study), never the dev split
+    validation_size: int = Field(0, ge=0)
     eval_every: int = Field(3, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
     measure_memory: bool = True
@@ -71,8 +86,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_probes(self) -> RunConfig:
-        if self.probes and self.planner != "zorba":
-            raise ValueError("probes feed the zorba planner's progress objective; use --planner zorba or --probes 0")
+        if self.probes and self.planner != "bound":
+            raise ValueError("probes feed the bound planner's progress objective; use --planner bound or --probes 0")
         return self
 
     @model_validator(mode="after")

@@ -21,11 +21,12 @@ def entry_from_dict(d: dict) -> LogEntry:
         ClientUpdate(
             int(u["client"]), tuple(int(b) for b in u["blocks"]),
             tuple(StepReport(int(s["seed"]), tuple(float(g) for g in s["scalars"])) for s in u["steps"]),
-            float(u["weight"]),
+            float(u["weight"]), float(u.get("lr_scale", 1.0)),
         )
         for u in d["updates"]
     )
-    return LogEntry(int(d["round"]), float(d["lr"]), int(d["q"]), str(d["dist"]), updates)
+    return LogEntry(int(d["round"]), float(d["lr"]), int(d["q"]), str(d["dist"]), updates,
+                    float(d.get("coverage_exponent", 0.0)))
 
 
 def write_log(path: Path, entries: Iterable[LogEntry]) -> None:

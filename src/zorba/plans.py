@@ -65,3 +65,77 @@ class RoundRobin(BlockPlanner):
     def plan(self, round_idx: int, clients: Sequence[int]) -> dict[int, tuple[int, ...]]:
         L = self.num_blocks
         return {c: tuple(sorted({(c + round_idx + i) % L for i in range(min(self.counts[c], L))})) for c in clients}
+
+
+class BudgetFeasible(BlockPlanner):
+    """Base of the planners that give a client only blocks its memory budget holds: each client walks
+    an order of the blocks and takes every block that still fits (memory is affine in the blocks:
+    planner/memory_model.py). `spare[n]` = budget - fixed memory, `delta[l]` = block l's cost."""
+
+    def __init__(self, spare: Sequence[float], delta: Sequence[float], seed: int = 0) -> None:
+        self.spare, self.delta, self.seed = [float(s) for s in spare], [float(d) for d in delta], seed
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.delta)
+
+    def plan(self, round_idx: int, clients: Sequence[int]) -> dict[int, tuple[int, ...]]:
+        return {c: self.fill(self.order(round_idx, c), self.spare[c]) for c in clients}
+
+    def fill(self, order: Sequence[int], spare: float) -> tuple[int, ...]:
+        taken, used = [], 0.0
+        for b in order:
+            if used + self.delta[b] <= spare:
+                taken.append(int(b))
+                used += self.delta[b]
+        return tuple(sorted(taken))
+
+    def rng(self, round_idx: int, client: int) -> np.random.Generator:
+        return np.random.default_rng(derive_key(self.seed, round_idx, client))
+
+    @abstractmethod
+    def order(self, round_idx: int, client: int) -> Sequence[int]:
+        """The order in which client `client` takes blocks this round."""
+
+
+class FillBudget(BudgetFeasible):
+    """The last blocks first, as many as fit: the plan a practitioner writes by hand (the layers
+    nearest the output adapt a pretrained model most), the same every round."""
+
+    name = "fill"
+
+    def order(self, round_idx: int, client: int) -> Sequence[int]:
+        return range(self.num_blocks - 1, -1, -1)
+
+
+class FeasibleRandom(BudgetFeasible):
+    """A random order redrawn every round: a random maximal set that fits."""
+
+    name = "feasible-random"
+
+    def order(self, round_idx: int, client: int) -> Sequence[int]:
+        return self.rng(round_idx, client).permutation(self.num_blocks)
+
+
+class FeasibleRoundRobin(BudgetFeasible):
+    """Consecutive blocks from (client + round) mod L on, cyclically, as many as fit."""
+
+    name = "feasible-round-robin"
+
+    def order(self, round_idx: int, client: int) -> Sequence[int]:
+        L = self.num_blocks
+        return [(client + round_idx + i) % L for i in range(L)]
+
+
+class FedRA(BudgetFeasible):
+    """FedRA-style random allocation (Su et al., 2023): every round each client gets a random subset
+    of the transformer layers, as many as its budget holds; embeddings and head stay frozen."""
+
+    name = "fedra"
+
+    def __init__(self, spare: Sequence[float], delta: Sequence[float], layers: Sequence[int], seed: int = 0) -> None:
+        super().__init__(spare, delta, seed)
+        self.layers = list(layers)
+
+    def order(self, round_idx: int, client: int) -> Sequence[int]:
+        return [self.layers[i] for i in self.rng(round_idx, client).permutation(len(self.layers))]

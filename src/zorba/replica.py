@@ -26,7 +26,7 @@ def replay_ops(entry: LogEntry) -> dict[int, list[Op]]:
         for step in u.steps:
             for j, g in enumerate(step.scalars):
                 for b in sorted(u.blocks):
-                    ops.setdefault(b, []).append((step.seed, j, -entry.lr * coef[(u.client, b)] * g / entry.q))
+                    ops.setdefault(b, []).append((step.seed, j, -entry.lr * u.lr_scale * coef[(u.client, b)] * g / entry.q))
     return dict(sorted(ops.items()))
 
 
@@ -48,7 +48,7 @@ class Replica:
         return len(self.tensors)
 
     def apply(self, entry: LogEntry) -> None:
-        """w_l -= lr * coef(n, l) * g / q * z for every client, step, perturbation and block, in log
+        """w_l -= lr * s_n * coef(n, l) * g / q * z for every client, step, perturbation and block, in log
         order; each block's whole sequence goes to the generator at once (one launch on a GPU)."""
         for b, ops in replay_ops(entry).items():
             n = len(self.tensors[b])

@@ -25,18 +25,29 @@ from zorba.config import RunConfig, find_data_dir, resolve_device
 from zorba.data import dirichlet_partition
 from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
+from zorba.planner.energy import EnergyPlanner, NoFeasiblePlan
 from zorba.planner.memory_model import MemoryModel
 from zorba.planner.progress import ProgressConstants, gram_from_probes, second_at_batch
-from zorba.plans import AllBlocks, BlockPlanner, RandomBlocks, RoundRobin
+from zorba.plans import (
+    AllBlocks,
+    BlockPlanner,
+    FeasibleRandom,
+    FeasibleRoundRobin,
+    FedRA,
+    FillBudget,
+    RandomBlocks,
+    RoundRobin,
+)
 from zorba.precision import frozen_bytes, make_client_replica
 from zorba.probes import probe_client
-from zorba.profiles import ClientProfile, blocks_within_budget, default_profiles, load_profiles
+from zorba.profiles import MIB, ClientProfile, blocks_within_budget, budgets, default_profiles, load_profiles
 from zorba.protocol import Hyper
 from zorba.reliability import Reliability, is_late, online
 from zorba.replica import Replica
 from zorba.rng import derive_key
 from zorba.scoring import Scorer
 from zorba.server import ReportRejected, Server
+from zorba.steprule import StepRule
 from zorba.tasks import Example, get_task, read_examples
 
 
@@ -47,6 +58,7 @@ class Inputs:
     train: list[Example]
     dev: list[Example]
     test: list[Example] | None
+    validation: list[Example] = field(default_factory=list)  # carved from train, held out from clients
 
 
 @dataclass
@@ -67,6 +79,7 @@ class RunState:
     probes: dict | None = None  # what --probes measured before round 0 (cost and Phi's constants)
     profiles: list[ClientProfile] = field(default_factory=list)  # each client's class, budget and speed
     memory_model: MemoryModel | None = None  # what the planner predicts client memory with
+    dev_predictions: list[int] = field(default_factory=list)  # at the last evaluation
 
 
 def read_inputs(cfg: RunConfig) -> Inputs:
@@ -76,9 +89,17 @@ def read_inputs(cfg: RunConfig) -> Inputs:
     if cfg.train_size and cfg.train_size < len(train):
         keep = np.random.default_rng(derive_key(cfg.seed, 7)).choice(len(train), cfg.train_size, replace=False)
         train = [train[i] for i in sorted(keep)]
+    validation = []
+    if cfg.validation_size:
+        if cfg.validation_size >= len(train):
+            raise UserError(f"validation_size {cfg.validation_size} leaves no training examples (of {len(train)})")
+        held = set(np.random.default_rng(derive_key(cfg.seed, 13)).choice(len(train), cfg.validation_size,
+                                                                          replace=False).tolist())
+        validation = [e for i, e in enumerate(train) if i in held]
+        train = [e for i, e in enumerate(train) if i not in held]
     dev = read_examples(data_dir / cfg.task / "dev.tsv", task)
     test = read_examples(cfg.test_file, task) if cfg.test_file else None
-    return Inputs(train, dev, test)
+    return Inputs(train, dev, test, validation)
 
 
 def client_memory_model(cfg: RunConfig, lm: LoadedModel) -> MemoryModel:
@@ -106,6 +127,21 @@ def make_planner(
     """`public`: examples the server may read (the dev split), for --curvature-sizes."""
     L = len(lm.blocks)
     counts = blocks_within_budget(profiles, mem)
+    spare = budgets(profiles) - mem.fixed(len(profiles))
+    if cfg.planner == "zorba":
+        cap = cfg.memory_cap_mib * MIB if cfg.memory_cap_mib else None
+        try:
+            return EnergyPlanner(make_step_rule(cfg, lm), mem, budgets(profiles), eps=cap)
+        except NoFeasiblePlan as exc:
+            raise UserError(str(exc)) from None
+    if cfg.planner == "fill":
+        return FillBudget(spare, mem.delta)
+    if cfg.planner == "feasible-random":
+        return FeasibleRandom(spare, mem.delta, cfg.seed)
+    if cfg.planner == "feasible-round-robin":
+        return FeasibleRoundRobin(spare, mem.delta)
+    if cfg.planner == "fedra":
+        return FedRA(spare, mem.delta, [i for i, b in enumerate(lm.blocks) if b.name.startswith("layer.")], cfg.seed)
     if cfg.planner == "all":
         return AllBlocks(L)
     if cfg.planner == "random":
@@ -123,6 +159,11 @@ def make_planner(
         return make_zorba_planner(cfg, lm, profiles, mem, effective_sizes=sizes, block_smooth=smooth)
     except PlanInfeasible as exc:
         raise UserError(str(exc)) from None
+
+
+def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:
+    """The step factor per block set (steprule.py), from the blocks' sizes."""
+    return StepRule(tuple(float(b.numel) for b in lm.blocks), cfg.lr_exponent, cfg.coverage_exponent)
 
 
 def server_curvature_sizes(cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples: int = 32) -> np.ndarray:
@@ -236,13 +277,16 @@ class Runner:
         self.train = TokenizedData(self.eval_scorer.encode(inputs.train), [e.label for e in inputs.train])
         self.dev = (self.eval_scorer.encode(inputs.dev), [e.label for e in inputs.dev])
         self.test = (self.eval_scorer.encode(inputs.test), [e.label for e in inputs.test]) if inputs.test else None
+        self.validation = (self.eval_scorer.encode(inputs.validation), [e.label for e in inputs.validation]) \
+            if inputs.validation else None
         parts = dirichlet_partition(self.train.labels, cfg.clients, cfg.alpha, cfg.seed)
         mem = client_memory_model(cfg, lm)
         profiles = client_profiles(cfg, mem)
         counts = blocks_within_budget(profiles, mem)
         hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
         planner = make_planner(cfg, lm, profiles, mem, public=inputs.dev)
-        server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy())
+        server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy(),
+                        step_rule=make_step_rule(cfg, lm))
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)
         self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device,
@@ -263,8 +307,12 @@ class Runner:
         return consts
 
     def evaluate(self, round_idx: int) -> dict:
-        acc = self.eval_scorer.accuracy(*self.dev)
-        out = {"round": round_idx, "dev_accuracy": acc}
+        dev = self.eval_scorer.evaluate(*self.dev)
+        self.state.dev_predictions = dev.predictions
+        out = {"round": round_idx, "dev_accuracy": dev.accuracy, "dev_loss": dev.loss}
+        if self.validation is not None:
+            val = self.eval_scorer.evaluate(*self.validation)
+            out.update(validation_accuracy=val.accuracy, validation_loss=val.loss)
         if self.test is not None:
             out["test_file_accuracy"] = self.eval_scorer.accuracy(*self.test)
         return out

@@ -4,6 +4,7 @@ encoders. Everything the ZO loop needs is `loss(batch)`; evaluation needs `accur
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -102,8 +103,23 @@ class Scorer:
         return float(F.cross_entropy(self.logits(seqs), target))
 
     def accuracy(self, seqs: Sequence[Sequence[int]], labels: Sequence[int], batch_size: int = 64) -> float:
-        correct = 0
+        return self.evaluate(seqs, labels, batch_size).accuracy
+
+    def evaluate(self, seqs: Sequence[Sequence[int]], labels: Sequence[int], batch_size: int = 64) -> Evaluation:
+        """Accuracy, mean cross-entropy and the predicted class of every example, from one pass."""
+        preds, total = [], 0.0
         for start in range(0, len(seqs), batch_size):
-            pred = self.logits(seqs[start : start + batch_size]).argmax(dim=-1)
-            correct += int((pred.cpu() == torch.as_tensor(labels[start : start + batch_size])).sum())
-        return correct / max(len(seqs), 1)
+            logits = self.logits(seqs[start : start + batch_size]).float().cpu()
+            target = torch.as_tensor(list(labels[start : start + batch_size]), dtype=torch.long)
+            total += float(F.cross_entropy(logits, target, reduction="sum"))
+            preds.extend(int(p) for p in logits.argmax(dim=-1))
+        n = max(len(seqs), 1)
+        correct = sum(int(p == y) for p, y in zip(preds, labels, strict=True))
+        return Evaluation(correct / n, total / n, preds)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float  # mean cross-entropy over the class logits
+    predictions: list[int]

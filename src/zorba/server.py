@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from zorba.durable import crash_point
@@ -16,6 +17,7 @@ from zorba.plans import BlockPlanner
 from zorba.protocol import Hyper, LogEntry, Report, RoundPlan, round_seed, step_seed
 from zorba.replica import Replica
 from zorba.robust import RobustAggregator, RobustPolicy, observed_scalars, report_problem
+from zorba.steprule import StepRule
 
 
 class ReportRejected(ValueError):
@@ -37,8 +39,10 @@ class Server:
         *,
         store: EntrySink | None = None,
         robust: RobustPolicy | None = None,
+        step_rule: StepRule | None = None,
     ) -> None:
         self.planner, self.hyper, self.seed = planner, hyper, seed
+        self.step_rule = step_rule  # None: every client steps with hyper.lr
         self.replica = replica
         self.weights = dict(weights or {})
         self.store = store  # durable log; None = in memory only
@@ -47,6 +51,7 @@ class Server:
         self.cursors: dict[int, int] = {}  # client -> number of log entries it has been sent
         self._plans: dict[int, RoundPlan] = {}
         self._reports: dict[int, Report] = {}
+        self._scales: dict[int, float] = {}  # this round's step factor per client
 
     @property
     def round(self) -> int:
@@ -62,9 +67,11 @@ class Server:
         blocks = self.planner.plan(t, list(clients))
         rseed = round_seed(self.seed, t)
         self._plans, self._reports = {}, {}
+        self._scales = {c: self.step_rule.scale(blocks[c]) if self.step_rule else 1.0 for c in clients}
         for c in clients:
             catch_up = tuple(self.log[self.cursors.get(c, 0) :])
-            self._plans[c] = RoundPlan(t, c, tuple(blocks[c]), rseed, self.hyper, catch_up)
+            hyper = replace(self.hyper, lr=self.hyper.lr * self._scales[c]) if self._scales[c] != 1.0 else self.hyper
+            self._plans[c] = RoundPlan(t, c, tuple(blocks[c]), rseed, hyper, catch_up)
             self.cursors[c] = len(self.log)
         return dict(self._plans)
 
@@ -91,8 +98,10 @@ class Server:
     def close_round(self) -> LogEntry:
         """Aggregate the accepted reports into the round's entry (possibly empty), log it durably, apply it."""
         blocks = {c: p.blocks for c, p in self._plans.items()}
-        updates = self.aggregator.updates(blocks, self._reports, self.weights)
-        entry = LogEntry(self.round, self.hyper.lr, self.hyper.q, self.hyper.dist, updates)
+        updates = tuple(replace(u, lr_scale=self._scales[u.client])
+                        for u in self.aggregator.updates(blocks, self._reports, self.weights))
+        beta = self.step_rule.coverage_exponent if self.step_rule else 0.0
+        entry = LogEntry(self.round, self.hyper.lr, self.hyper.q, self.hyper.dist, updates, beta)
         if self.store is not None:
             self.store.append_entry(entry)
         crash_point("round-logged")
@@ -109,6 +118,8 @@ class Server:
                 raise ValueError(f"round {entry.round}: client {u.client} logged blocks it was not planned")
             if [s.seed for s in u.steps] != [step_seed(plan.round_seed, u.client, k) for k in range(len(u.steps))]:
                 raise ValueError(f"round {entry.round}: client {u.client} logged seeds it was not assigned")
+            if u.lr_scale != self._scales[u.client]:
+                raise ValueError(f"round {entry.round}: client {u.client} logged a step factor it was not planned")
         self._commit(entry)
 
     def _commit(self, entry: LogEntry) -> None:

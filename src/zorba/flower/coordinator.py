@@ -32,6 +32,7 @@ from zorba.runner import (
     client_memory_model,
     client_profiles,
     make_planner,
+    make_step_rule,
     participants,
     progress_from_probes,
 )
@@ -67,7 +68,8 @@ def build_run(cfg: RunConfig, opts: FlowerOptions) -> FlowerRun:
     mem = client_memory_model(cfg, lm)
     profiles = client_profiles(cfg, mem)
     hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
-    server = Server(make_planner(cfg, lm, profiles, mem, public=inputs.dev), hyper, cfg.seed, Replica(lm))
+    server = Server(make_planner(cfg, lm, profiles, mem, public=inputs.dev), hyper, cfg.seed, Replica(lm),
+                    step_rule=make_step_rule(cfg, lm))
     return FlowerRun(cfg, opts, lm, server, state_digest(lm.model), blocks_within_budget(profiles, mem),
                      profiles=profiles, memory_model=mem)
 

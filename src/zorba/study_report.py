@@ -1,0 +1,125 @@
+"""The study's summary, computed from its committed result.json files only: a table (final dev
+accuracy with 95% intervals over seeds, rounds to the target, paired differences against zorba) and
+a plot of the mean dev-accuracy curves with 95% bands. `zorba study --summarize DIR` rewrites both."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+REFERENCE = "all"  # the target is this planner's mean final dev accuracy (budget-blind, all blocks)
+
+
+def load_cells(out: Path) -> dict[str, list[dict]]:
+    """planner -> its per-seed results (sorted by seed), for every planner folder with seeds."""
+    cells: dict[str, list[dict]] = {}
+    for path in sorted(out.glob("*/seed*/result.json")):
+        cells.setdefault(path.parent.parent.name, []).append(json.loads(path.read_text()))
+    return {p: sorted(rs, key=lambda r: r["config"]["seed"]) for p, rs in cells.items()}
+
+
+def curve(result: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(rounds, dev accuracy) with round 0 = the zero-shot accuracy."""
+    points = [(0, result["accuracy"]["initial"])]
+    points += [(h["round"] + 1, h["dev_accuracy"]) for h in result["history"] if "dev_accuracy" in h]
+    r, a = zip(*points, strict=True)
+    return np.array(r), np.array(a)
+
+
+def interval(values: np.ndarray) -> float:
+    """Half-width of the 95% t-interval of the mean (nan for one value)."""
+    n = len(values)
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def rounds_to(rounds: np.ndarray, acc: np.ndarray, target: float) -> float | None:
+    """First evaluated round whose accuracy reaches the target (None if never)."""
+    hit = np.flatnonzero(acc >= target - 1e-12)
+    return float(rounds[hit[0]]) if len(hit) else None
+
+
+def summarize(out: Path) -> dict:
+    cells = load_cells(out)
+    if not cells:
+        raise ValueError(f"{out}: no <planner>/seed<k>/result.json files")
+    curves = {p: [curve(r) for r in rs] for p, rs in cells.items()}
+    finals = {p: np.array([a[-1] for _, a in cs]) for p, cs in curves.items()}
+    target = float(finals[REFERENCE].mean()) if REFERENCE in finals else None
+    rows = {}
+    for p, cs in curves.items():
+        rounds = cs[0][0]
+        mean_curve = np.mean([a for _, a in cs], axis=0)
+        rows[p] = {
+            "lr": cells[p][0]["config"]["lr"],
+            "seeds": [r["config"]["seed"] for r in cells[p]],
+            "zero_shot": float(np.mean([a[0] for _, a in cs])),
+            "final_mean": float(finals[p].mean()),
+            "final_ci95": interval(finals[p]),
+            "rounds_to_target_mean_curve": rounds_to(rounds, mean_curve, target) if target is not None else None,
+            "rounds_to_target_per_seed": [rounds_to(r, a, target) if target is not None else None for r, a in cs],
+            "seconds_mean": float(np.mean([r["seconds"] for r in cells[p]])),
+        }
+    if "zorba" in finals:
+        for p, row in rows.items():
+            if p != "zorba" and len(finals[p]) == len(finals["zorba"]):
+                diff = finals["zorba"] - finals[p]
+                row["zorba_minus_this"] = {"mean": float(diff.mean()), "ci95": interval(diff)}
+    summary = {"target": target, "reference": REFERENCE, "planners": rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text(render(summary))
+    plot(curves, target, out / "convergence.png")
+    return summary
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def render(summary: dict) -> str:
+    target = summary["target"]
+    lines = [
+        f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
+        "",
+        "| planner | lr | final dev acc % (95% CI) | zorba - this, pts (95% CI) | rounds to target (mean curve) "
+        "| per seed | wall s / run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p, r in sorted(summary["planners"].items(), key=lambda kv: -kv[1]["final_mean"]):
+        d = r.get("zorba_minus_this")
+        diff = f"{100 * d['mean']:+.2f} ± {_pct(d['ci95'])}" if d else "-"
+        per_seed = ", ".join("-" if x is None else f"{x:g}" for x in r["rounds_to_target_per_seed"])
+        rt = r["rounds_to_target_mean_curve"]
+        lines.append(f"| {p} | {r['lr']:g} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
+                     f"{'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
+    zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
+    lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves: dict, target: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for p, cs in sorted(curves.items()):
+        rounds = cs[0][0]
+        accs = 100 * np.array([a for _, a in cs])
+        mean = accs.mean(axis=0)
+        half = np.array([interval(accs[:, i]) for i in range(accs.shape[1])]) if len(cs) > 1 else 0 * mean
+        line, = ax.plot(rounds, mean, marker="o", ms=3, lw=2.2 if p == "zorba" else 1.3, label=f"{p} (n={len(cs)})")
+        ax.fill_between(rounds, mean - half, mean + half, color=line.get_color(), alpha=0.12)
+    if target is not None:
+        ax.axhline(100 * target, color="grey", ls=":", lw=1, label=f"target: {REFERENCE}'s mean final")
+    ax.set_xlabel("round (round 0 = zero-shot)")
+    ax.set_ylabel("dev accuracy (%)")
+    ax.set_title("Dev accuracy per round: mean over seeds, 95% bands")
+    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from zorba import rng_native
 from zorba.errors import UserError
 from zorba.logio import read_log, write_log
 from zorba.models import load_model, state_digest
+from zorba.outdir import write_marker
 from zorba.replica import Replica
 
 _PACKAGES = ("zorba", "torch", "transformers", "numpy", "scipy", "flwr", "flwr-datasets", "peft")
@@ -33,25 +32,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"{out}: output folder exists and is not empty (pass --overwrite or another --out)")
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Move a fully written temp folder into place, so a crash never leaves a half-written run."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-
-
-def staging_dir(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
 def write_outputs(tmp: Path, result: dict, server_replica: Replica, log) -> None:
+    write_marker(tmp)
     write_log(tmp / "log.jsonl", log)
     server_replica.lm.model.save_pretrained(tmp / "model")
     server_replica.lm.tokenizer.save_pretrained(tmp / "model")

@@ -23,6 +23,7 @@ from zorba import codec
 from zorba.config import RunConfig
 from zorba.durable import RunStore, crash_point, fsync_dir
 from zorba.errors import UserError
+from zorba.outdir import write_marker
 from zorba.protocol import LogEntry, Report, RoundPlan
 from zorba.reliability import Reliability
 from zorba.runner import Runner, RunState
@@ -83,6 +84,8 @@ class DurableRun:
             self._check_header(base_digest)
             restore(runner, self.store)
         else:
+            out.mkdir(parents=True, exist_ok=True)
+            write_marker(out)
             self.store = RunStore.create(folder, run_header(runner.cfg, reliability, base_digest))
         runner.state.server.store = self.store
 
@@ -170,12 +173,6 @@ def recovered_record(entry: LogEntry, plans: dict[int, RoundPlan]) -> dict:
         "seconds": 0.0,
         "recovered": True,
     }
-
-
-def clear_for_overwrite(out: Path) -> None:
-    """--overwrite: the old folder goes when the new run starts (after its inputs were checked)."""
-    if out.exists():
-        shutil.rmtree(out)
 
 
 def publish_beside_state(out: Path, write: Callable[[Path], None]) -> None:

@@ -76,8 +76,9 @@ def _check_resume_target(resume: Path, out: Path | None, overwrite: bool) -> Non
 
 @app.command()
 def verify(run_dir: Path = typer.Argument(..., help="a run's output folder")) -> None:
-    """Rebuild the final weights from the base model and the log; exit 0 only if bit-identical."""
-    from zorba.results import verify as verify_run
+    """Check the run's records and rebuild its weights from base + log: exit 0 bit-identical,
+    1 differs, 2 cannot check (missing or malformed files)."""
+    from zorba.verify import verify as verify_run
 
     ok, message = verify_run(run_dir)
     typer.echo(message)

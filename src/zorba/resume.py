@@ -121,8 +121,12 @@ def _set_initial(s: RunState, initial: dict) -> None:
 
 
 def restore(runner: Runner, store: RunStore) -> None:
-    """Bring a fresh runner to the end of a durable log: server, client device, history."""
+    """Bring a fresh runner to the end of a durable log: server, client device, history. Nothing on
+    disk changes until every logged round has been checked against this run's plans."""
     s = runner.state
+    initial = next((r["initial"] for r in store.records if "initial" in r), None)
+    if initial is None:  # rounds.bin lost: measure at the base weights, before any replay
+        initial = runner.evaluate(0)
     plans: dict[int, RoundPlan] = {}
     for entry in store.entries:
         plans = s.server.make_plans(runner.present_clients(entry.round))
@@ -130,12 +134,12 @@ def restore(runner: Runner, store: RunStore) -> None:
             s.server.replay(entry)
         except ValueError as exc:
             raise UserError(f"{store.folder}: the log does not belong to this run's config ({exc})") from None
+    store.repair()
+    if not any("initial" in r for r in store.records):
+        store.append_record({"initial": initial})  # first, so that a later resume finds it
     s.device.sync(s.server.log)
-    records = store.records
-    if records and "initial" in records[0]:
-        _set_initial(s, records[0]["initial"])
-        records = records[1:]
-    for rec in records[: len(store.entries)]:
+    _set_initial(s, initial)
+    for rec in [r for r in store.records if "round" in r][: len(store.entries)]:
         _add_history(s, rec)
     for entry in store.entries[len(s.history) :]:
         rec = recovered_record(entry, plans if entry is store.entries[-1] else {})

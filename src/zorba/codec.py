@@ -14,6 +14,7 @@ from zorba.rng import DISTRIBUTIONS
 
 _PLAN, _REPORT, _ENTRY = b"ZP1", b"ZR1", b"ZL1"
 MAX_ITEMS = 1 << 20  # any count above this is a corrupt or hostile message
+MAX_LR = MAX_MU = 1.0  # RunConfig's bounds: a larger lr or mu can only be damage or an attack
 
 
 class DecodeError(ValueError):
@@ -78,9 +79,15 @@ def _put_steps(w: _Writer, steps: tuple[StepReport, ...], q: int) -> None:
         w.put(f"Q{q}f", s.seed, *s.scalars)
 
 
-def _get_steps(r: _Reader, q: int) -> tuple[StepReport, ...]:
+def _get_steps(r: _Reader, q: int, max_steps: int | None = None) -> tuple[StepReport, ...]:
+    """Both limits are checked from the count, before a single step is decoded or allocated."""
+    n = r.count()
+    if max_steps is not None and n > max_steps:
+        raise DecodeError(f"{n} steps, at most {max_steps} expected")
+    if n * struct.calcsize(f"<Q{q}f") > len(r.data) - r.pos:
+        raise DecodeError(f"{n} steps announced, the message is too short to hold them")
     steps = []
-    for _ in range(r.count()):
+    for _ in range(n):
         seed, *scalars = r.get(f"Q{q}f")
         steps.append(StepReport(seed, tuple(scalars)))
     return tuple(steps)
@@ -106,11 +113,17 @@ def _put_entry(w: _Writer, e: LogEntry) -> None:
         _put_steps(w, u.steps, e.q)
 
 
+def _check_rate(name: str, value: float, limit: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= limit):
+        raise DecodeError(f"{name} {value} is not in (0, {limit}]")
+
+
 def _get_entry(r: _Reader) -> LogEntry:
     rnd, lr, q = r.get("IdH")
     dist = _dist(r)
     if q < 1:
         raise DecodeError("q must be >= 1")
+    _check_rate("lr", lr, MAX_LR)
     updates = []
     for _ in range(r.count()):
         client, weight = r.get("Id")
@@ -148,8 +161,10 @@ def decode_plan(data: bytes) -> RoundPlan:
     r = _Reader(data, _PLAN)
     rnd, client, rseed, lr, mu, q, k, batch = r.get("IIQddHHH")
     hyper = Hyper(lr, mu, q, k, batch, _dist(r))
-    if not (q >= 1 and k >= 1 and batch >= 1 and math.isfinite(lr) and math.isfinite(mu) and mu > 0):
+    if not (q >= 1 and k >= 1 and batch >= 1):
         raise DecodeError("hyper-parameters out of range")
+    _check_rate("lr", lr, MAX_LR)
+    _check_rate("mu", mu, MAX_MU)
     blocks = _get_blocks(r)
     catch_up = tuple(_get_entry(r) for _ in range(r.count()))
     r.end()
@@ -167,10 +182,11 @@ def encode_report(rep: Report) -> bytes:
     return w.bytes()
 
 
-def decode_report(data: bytes) -> Report:
+def decode_report(data: bytes, max_steps: int | None = None) -> Report:
+    """`max_steps`: the local steps the plan asked for; a longer report is refused before decoding."""
     r = _Reader(data, _REPORT)
     rnd, client, loss, n, q = r.get("IIfIH")
-    steps = _get_steps(r, q)
+    steps = _get_steps(r, q, max_steps)
     metrics = {}
     for _ in range(r.count("B")):
         (klen,) = r.get("B")

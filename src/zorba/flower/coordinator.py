@@ -210,7 +210,7 @@ def _accept(server: Server, reply: Message) -> str:
     if wire.gap_in(reply) is not None:
         return "log gap persisted after a resend"
     try:
-        server.receive(wire.records_to_report(reply.content))
+        server.receive(wire.records_to_report(reply.content, server.hyper.local_steps))
     except (wire.WireError, codec.DecodeError, ReportRejected) as exc:
         return f"rejected: {exc}"
     return ""

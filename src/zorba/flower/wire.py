@@ -51,8 +51,8 @@ def reported_peak(content: RecordDict) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def records_to_report(content: RecordDict) -> Report:
-    return codec.decode_report(_field(content, REPORT, "report"))
+def records_to_report(content: RecordDict, max_steps: int | None = None) -> Report:
+    return codec.decode_report(_field(content, REPORT, "report"), max_steps)
 
 
 def entries_to_records(entries: tuple[LogEntry, ...] | list[LogEntry], first: int) -> ConfigRecord:

@@ -131,7 +131,7 @@ def test_durable_log_reader_on_garbage(tmp_path):
         path = tmp_path / "log.bin"
         path.write_bytes(b"".join(frame(r) for r in records) + garbage)
         try:
-            got = AppendLog(path).records
+            got = AppendLog(path, b"ZL1").records
         except UserError as exc:
             assert "damaged" in str(exc)
             return

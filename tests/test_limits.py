@@ -47,6 +47,14 @@ def test_an_impossible_federation_is_refused_in_seconds(data_dir):
     assert time.perf_counter() - started < 10
 
 
+def test_the_cli_refuses_an_impossible_federation_before_loading_the_model(zorba, data_dir, tmp_path):
+    started = time.perf_counter()
+    res = zorba("run", "--clients", "60000", "--model", "/no/such/model", "--data-dir", str(data_dir),
+                "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "60000 clients" in res.stderr, res.stderr
+    assert time.perf_counter() - started < 30 and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("lr", [math.nan, math.inf, -1e-3, 0.0, 1e9])
 def test_entries_with_a_bad_lr_are_refused(lr):
     raw = codec.encode_entry(LogEntry(0, lr, 1, "rademacher", ()))

@@ -79,6 +79,16 @@ def test_verify_ok(zorba, finished):
     assert res.returncode == 0 and "ok" in res.stdout, (res.stdout, res.stderr)
 
 
+def test_verify_accepts_a_run_from_before_header_checksums(zorba, run_dir):
+    def downgrade(h):
+        h.update(format="zorba-state/1")
+        h.pop("sha256")
+
+    _edit_json(run_dir / "state" / "header.json", downgrade)
+    res = zorba("verify", str(run_dir))
+    assert res.returncode == 0 and "not checked" in res.stdout, (res.stdout, res.stderr)
+
+
 def _edit_json(path, change):
     data = json.loads(path.read_text())
     change(data)

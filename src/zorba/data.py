@@ -21,10 +21,7 @@ def dirichlet_partition(
     datasets.disable_progress_bars()
     if num_clients > len(labels):
         raise UserError(f"{num_clients} clients but only {len(labels)} training examples")
-    if not dirichlet_feasible(labels, num_clients, alpha, seed, min_size):
-        raise UserError(f"cannot split {len(labels)} examples over {num_clients} clients with alpha {alpha}: every "
-                        f"seeded Dirichlet draw leaves a client with fewer than {min_size} example(s); use fewer "
-                        "clients or a larger alpha")
+    check_partition(labels, num_clients, alpha, seed, min_size)
     table = datasets.Dataset.from_dict({"label": list(labels), "idx": np.arange(len(labels))})
     partitioner = DirichletPartitioner(
         num_partitions=num_clients, partition_by="label", alpha=alpha, min_partition_size=min_size,
@@ -39,6 +36,14 @@ def dirichlet_partition(
         if len(part) == 0:
             raise UserError(f"client {cid} received an empty partition; use fewer clients or a larger alpha")
     return parts
+
+
+def check_partition(labels: Sequence[int], num_clients: int, alpha: float, seed: int, min_size: int = 1) -> None:
+    """UserError, in milliseconds, for a federation the partitioner cannot split."""
+    if not dirichlet_feasible(labels, num_clients, alpha, seed, min_size):
+        raise UserError(f"cannot split {len(labels)} examples over {num_clients} clients with alpha {alpha}: every "
+                        f"seeded Dirichlet draw leaves a client with fewer than {min_size} example(s); use fewer "
+                        "clients or a larger alpha")
 
 
 def dirichlet_feasible(labels: Sequence[int], num_clients: int, alpha: float, seed: int, min_size: int = 1,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from zorba.config import make_config
-from zorba.durable import frame
+from zorba.durable import frame, sealed
 from zorba.job import run_job
 
 torch.set_num_threads(1)
@@ -66,11 +66,12 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def edit_header(run_dir, **changes):
+def edit_header(run_dir, reseal=True, **changes):
+    """Change header fields; resealed (a consistent header of another run or version) unless told not."""
     path = run_dir / "state" / "header.json"
     header = json.loads(path.read_text())
     header.update(changes)
-    path.write_text(json.dumps(header))
+    path.write_text(json.dumps(sealed(header) if reseal else header))
 
 
 def test_resume_missing_and_empty_folders(zorba, tmp_path):
@@ -132,3 +133,61 @@ def test_bad_reliability_option(option, value, zorba, tmp_path):
     out = tmp_path / "out"
     assert_clean_error(zorba("run", "--out", str(out), option, value), option.lstrip("-"))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("section,key,value", [("config", "mu", 2e-3), ("reliability", "clip", 5.0)])
+def test_hand_edited_header_is_refused(section, key, value, zorba, run_dir):
+    header = json.loads((run_dir / "state" / "header.json").read_text())
+    edit_header(run_dir, reseal=False, **{section: {**header[section], key: value}})
+    before = snapshot(run_dir)
+    assert_clean_error(zorba("run", "--resume", str(run_dir)), "damaged or edited")
+    assert snapshot(run_dir) == before
+
+
+def test_header_of_the_unchecksummed_format_is_refused(zorba, run_dir):
+    edit_header(run_dir, reseal=False, format="zorba-state/1", sha256=None)
+    assert_clean_error(zorba("run", "--resume", str(run_dir)), "before headers were checksummed")
+
+
+def test_flipped_length_in_a_middle_record_is_damage_not_a_torn_tail(zorba, run_dir):
+    log = run_dir / "state" / "log.bin"
+    data = bytearray(log.read_bytes())
+    data[3] = 0x7F  # record 0's length now runs past the end of the file; records 1.. are intact
+    log.write_bytes(bytes(data))
+    assert_clean_error(zorba("run", "--resume", str(run_dir)), "record 0 is damaged")
+    assert log.read_bytes() == bytes(data)
+
+
+def test_refused_resume_leaves_a_torn_tail_in_place(zorba, run_dir):
+    log = run_dir / "state" / "log.bin"
+    with log.open("ab") as f:
+        f.write(frame(b"ZL1 a record that never finished")[:-5])
+    edit_header(run_dir, base_model_sha256="0" * 64)
+    before = snapshot(run_dir)
+    assert_clean_error(zorba("run", "--resume", str(run_dir)), "content hash differs")
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("option,value", [("--task", "rte"), ("--model", "facebook/opt-125m"), ("--out", "elsewhere"),
+                                          ("--overwrite", None)])
+def test_resume_refuses_options_it_would_ignore(option, value, zorba, run_dir):
+    before = snapshot(run_dir)
+    res = zorba("run", "--resume", str(run_dir), option, *([value] if value else []))
+    assert_clean_error(res, option)
+    assert snapshot(run_dir) == before
+
+
+def test_resume_without_rounds_bin_killed_again_still_resumes(run_dir, cfgs):
+    (run_dir / "state" / "rounds.bin").unlink()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.environ["ZORBA_CRASH_AT"] = "round-recorded:1"
+            run_job(cfgs[0], run_dir, progress=False, resume=True)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    result = run_job(cfgs[0], run_dir, progress=False, resume=True)
+    assert [h["round"] for h in result["history"]] == list(range(cfgs[0].rounds))
+    assert result["accuracy"]["initial"] == run_job(cfgs[0], run_dir.parent / "fresh", progress=False)["accuracy"]["initial"]

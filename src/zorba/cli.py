@@ -23,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @training_options()
 def run(
     test_file: Path = typer.Option(None, help="extra TSV (same format) to report accuracy on"),
-    out: Path = typer.Option(Path("runs/latest"), help="output folder"),
+    out: Path = typer.Option(None, help="output folder [runs/latest]"),
     device: str = typer.Option(None, help="where clients train: cpu | cuda | cuda:N | auto [cpu]"),
     curvature_sizes: bool = typer.Option(
         False, "--curvature-sizes", help="zorba planner: weigh each block's ZO noise by its Hessian trace"
@@ -51,23 +51,34 @@ def run(
     if resume is not None:
         from zorba.resume import resume_options
 
-        given = {k: v for k, v in values.items() if k not in ("task", "model", "measure_memory")}
+        _check_resume_target(resume, out, options["overwrite"])
+        given = {k: v for k, v in values.items() if k != "measure_memory"}
         cfg, rel = resume_options(resume, {**given, **reliability})
         result = run_job(cfg, resume, reliability=rel, resume=True)
         out = resume
     else:
         from zorba.reliability import make_reliability
 
+        out = out or Path("runs/latest")
         rel = make_reliability(**reliability)
         result = run_job(make_config(**values), out, overwrite=options["overwrite"], reliability=rel)
     acc = result["accuracy"]
     typer.echo(f"dev accuracy {100 * acc['initial']:.2f}% -> {100 * acc['final']:.2f}%; wrote {out}/result.json")
 
 
+def _check_resume_target(resume: Path, out: Path | None, overwrite: bool) -> None:
+    """A resumed run writes where it started; --out elsewhere or --overwrite would be silently ignored."""
+    if out is not None and os.path.abspath(out) != os.path.abspath(resume):
+        raise UserError(f"--out {out} differs from the run being resumed ({resume}): a resumed run writes in its own folder")
+    if overwrite:
+        raise UserError("--overwrite cannot be combined with --resume (resuming continues the run in place)")
+
+
 @app.command()
 def verify(run_dir: Path = typer.Argument(..., help="a run's output folder")) -> None:
-    """Rebuild the final weights from the base model and the log; exit 0 only if bit-identical."""
-    from zorba.results import verify as verify_run
+    """Check the run's records and rebuild its weights from base + log: exit 0 bit-identical,
+    1 differs, 2 cannot check (missing or malformed files)."""
+    from zorba.verify import verify as verify_run
 
     ok, message = verify_run(run_dir)
     typer.echo(message)

@@ -15,8 +15,8 @@ from pathlib import Path
 import typer
 
 _SHARED = (  # name, type, default, help
-    ("task", str, "sst2", "sst2 or rte"),
-    ("model", str, "minilm", "HF model id or local folder; 'minilm' = embedded default"),
+    ("task", str, None, "sst2 or rte [sst2]"),
+    ("model", str, None, "HF model id or local folder; 'minilm' = embedded default [minilm]"),
     ("clients", int, None, "number of clients [8]"),
     ("rounds", int, None, "federated rounds [30]"),
     ("local_steps", int, None, "local ZO steps per round [5]"),

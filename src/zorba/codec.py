@@ -17,6 +17,7 @@ _ENTRY_V1 = b"ZL1"  # before the step rule: decoded with lr_scale 1 and no cover
 MAX_ITEMS = 1 << 20  # any count above this is a corrupt or hostile message
 MAX_LR_SCALE = 1e6  # a step rule's factor beyond this is a corrupt or hostile entry
 MAX_COVERAGE_EXPONENT = 2.0
+MAX_LR = MAX_MU = 1.0  # RunConfig's bounds: a larger lr or mu can only be damage or an attack
 
 
 class DecodeError(ValueError):
@@ -81,9 +82,15 @@ def _put_steps(w: _Writer, steps: tuple[StepReport, ...], q: int) -> None:
         w.put(f"Q{q}f", s.seed, *s.scalars)
 
 
-def _get_steps(r: _Reader, q: int) -> tuple[StepReport, ...]:
+def _get_steps(r: _Reader, q: int, max_steps: int | None = None) -> tuple[StepReport, ...]:
+    """Both limits are checked from the count, before a single step is decoded or allocated."""
+    n = r.count()
+    if max_steps is not None and n > max_steps:
+        raise DecodeError(f"{n} steps, at most {max_steps} expected")
+    if n * struct.calcsize(f"<Q{q}f") > len(r.data) - r.pos:
+        raise DecodeError(f"{n} steps announced, the message is too short to hold them")
     steps = []
-    for _ in range(r.count()):
+    for _ in range(n):
         seed, *scalars = r.get(f"Q{q}f")
         steps.append(StepReport(seed, tuple(scalars)))
     return tuple(steps)
@@ -109,6 +116,11 @@ def _put_entry(w: _Writer, e: LogEntry) -> None:
         _put_steps(w, u.steps, e.q)
 
 
+def _check_rate(name: str, value: float, limit: float) -> None:
+    if not (math.isfinite(value) and 0 < value <= limit):
+        raise DecodeError(f"{name} {value} is not in (0, {limit}]")
+
+
 def _get_entry(r: _Reader, scaled: bool = True) -> LogEntry:
     rnd, lr, q = r.get("IdH")
     dist = _dist(r)
@@ -117,13 +129,13 @@ def _get_entry(r: _Reader, scaled: bool = True) -> LogEntry:
         raise DecodeError("q must be >= 1")
     if not (math.isfinite(beta) and 0.0 <= beta <= MAX_COVERAGE_EXPONENT):
         raise DecodeError(f"coverage exponent {beta} is not in [0, {MAX_COVERAGE_EXPONENT}]")
+    _check_rate("lr", lr, MAX_LR)
     updates = []
     for _ in range(r.count()):
         client, weight, lr_scale = r.get("Idd") if scaled else (*r.get("Id"), 1.0)
         if not (math.isfinite(weight) and weight > 0):
             raise DecodeError(f"client {client}: weight {weight} is not a positive finite number")
-        if not (math.isfinite(lr_scale) and 0 < lr_scale <= MAX_LR_SCALE):
-            raise DecodeError(f"client {client}: lr_scale {lr_scale} is not in (0, {MAX_LR_SCALE}]")
+        _check_rate(f"client {client}: lr_scale", lr_scale, MAX_LR_SCALE)
         blocks = _get_blocks(r)
         updates.append(ClientUpdate(client, blocks, _get_steps(r, q), weight, lr_scale))
     return LogEntry(rnd, lr, q, dist, tuple(updates), beta)
@@ -157,8 +169,10 @@ def decode_plan(data: bytes) -> RoundPlan:
     r = _Reader(data, _PLAN)
     rnd, client, rseed, lr, mu, q, k, batch = r.get("IIQddHHH")
     hyper = Hyper(lr, mu, q, k, batch, _dist(r))
-    if not (q >= 1 and k >= 1 and batch >= 1 and math.isfinite(lr) and math.isfinite(mu) and mu > 0):
+    if not (q >= 1 and k >= 1 and batch >= 1):
         raise DecodeError("hyper-parameters out of range")
+    _check_rate("lr", lr, MAX_LR * MAX_LR_SCALE)  # a plan's lr carries its client's step factor
+    _check_rate("mu", mu, MAX_MU)
     blocks = _get_blocks(r)
     catch_up = tuple(_get_entry(r) for _ in range(r.count()))
     r.end()
@@ -176,10 +190,11 @@ def encode_report(rep: Report) -> bytes:
     return w.bytes()
 
 
-def decode_report(data: bytes) -> Report:
+def decode_report(data: bytes, max_steps: int | None = None) -> Report:
+    """`max_steps`: the local steps the plan asked for; a longer report is refused before decoding."""
     r = _Reader(data, _REPORT)
     rnd, client, loss, n, q = r.get("IIfIH")
-    steps = _get_steps(r, q)
+    steps = _get_steps(r, q, max_steps)
     metrics = {}
     for _ in range(r.count("B")):
         (klen,) = r.get("B")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from zorba.config import RunConfig, resolve_device
 from zorba.memprobe import memory_section
 from zorba.models import load_model, state_digest
+from zorba.outdir import build_dir_beside, check_out_dir, replace_dir
 from zorba.profiles import over_budget
 from zorba.reliability import Reliability
-from zorba.results import prepare_out_dir, versions, write_outputs
-from zorba.resume import DurableRun, clear_for_overwrite, publish_beside_state
+from zorba.results import versions, write_outputs
+from zorba.resume import DurableRun, publish_beside_state
 from zorba.runner import Runner, RunState, check_inputs
 
 
@@ -22,17 +24,33 @@ def run_job(
     cfg: RunConfig, out: Path, overwrite: bool = False, progress: bool = True,
     reliability: Reliability | None = None, resume: bool = False,
 ) -> dict:
-    """Rounds are logged durably in out/state/ as they finish (zorba.resume); `resume` continues them."""
+    """Rounds are logged durably in out/state/ as they finish (zorba.resume); `resume` continues them.
+    A run that replaces an old one (--overwrite) is built beside it and renamed into place at the end,
+    so a failed run leaves the old one as it was."""
     reliability = reliability or Reliability()
     resolve_device(cfg.device)  # a missing GPU fails before the output folder is touched
     if not resume:
-        prepare_out_dir(out, overwrite)
+        check_out_dir(out, overwrite)
     inputs = check_inputs(cfg)
     lm = load_model(cfg.model)
     base_digest = state_digest(lm.model)
     runner = _build_runner(cfg, inputs, lm, reliability, progress)
-    if overwrite and not resume:
-        clear_for_overwrite(out)
+    replacing = not resume and out.exists() and any(out.iterdir())
+    build = build_dir_beside(out) if replacing else out
+    try:
+        result = _train_and_publish(runner, build, base_digest, reliability, resume, progress)
+    except Exception:
+        if replacing:
+            shutil.rmtree(build, ignore_errors=True)
+        raise
+    if replacing:
+        replace_dir(build, out)
+    return result
+
+
+def _train_and_publish(runner: Runner, out: Path, base_digest: str, reliability: Reliability, resume: bool,
+                       progress: bool) -> dict:
+    cfg = runner.cfg
     durable = DurableRun(runner, out, base_digest, reliability, resume)
     state = _run_with_progress(durable, cfg, _budget_warning(runner)) if progress else durable.run()
     result = build_result(cfg, state, base_digest)

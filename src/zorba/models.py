@@ -64,10 +64,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
             f"({type(exc).__name__})"
         ) from None
     kind = model_kind(config)
-    if kind == "causal":
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    else:
-        model = _load_encoder(AutoModel, source)
+    try:
+        if kind == "causal":
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        else:
+            model = _load_encoder(AutoModel, source)
+    except Exception as exc:  # truncated or corrupt weights raise whatever their reader raises
+        raise UserError(f"model {name_or_path!r}: its weights cannot be loaded ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval()

@@ -75,10 +75,11 @@ def _parse_class(path: Path, i: int, e: object) -> tuple[ClientProfile, int | No
 
 
 def _assign(path: Path, classes: list[tuple[ClientProfile, int | None]], n: int) -> list[ClientProfile]:
-    fixed = [p for p, c in classes for _ in range(c or 0)]
+    counted = sum(c or 0 for _, c in classes)  # checked before any list is built from the counts
     cyclic = [p for p, c in classes if c is None]
-    if len(fixed) > n or (len(fixed) < n and not cyclic):
-        raise UserError(f"{path}: profile counts give {len(fixed)} clients, the run has {n}")
+    if counted > n or (counted < n and not cyclic):
+        raise UserError(f"{path}: profile counts give {counted} clients, the run has {n}")
+    fixed = [p for p, c in classes for _ in range(c or 0)]
     return fixed + [cyclic[i % len(cyclic)] for i in range(n - len(fixed))] if cyclic else fixed
 
 

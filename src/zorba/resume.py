@@ -23,6 +23,7 @@ from zorba import codec
 from zorba.config import RunConfig
 from zorba.durable import RunStore, crash_point, fsync_dir
 from zorba.errors import UserError
+from zorba.outdir import write_marker
 from zorba.protocol import LogEntry, Report, RoundPlan
 from zorba.reliability import Reliability
 from zorba.runner import Runner, RunState
@@ -83,6 +84,8 @@ class DurableRun:
             self._check_header(base_digest)
             restore(runner, self.store)
         else:
+            out.mkdir(parents=True, exist_ok=True)
+            write_marker(out)
             self.store = RunStore.create(folder, run_header(runner.cfg, reliability, base_digest))
         runner.state.server.store = self.store
 
@@ -118,8 +121,12 @@ def _set_initial(s: RunState, initial: dict) -> None:
 
 
 def restore(runner: Runner, store: RunStore) -> None:
-    """Bring a fresh runner to the end of a durable log: server, client device, history."""
+    """Bring a fresh runner to the end of a durable log: server, client device, history. Nothing on
+    disk changes until every logged round has been checked against this run's plans."""
     s = runner.state
+    initial = next((r["initial"] for r in store.records if "initial" in r), None)
+    if initial is None:  # rounds.bin lost: measure at the base weights, before any replay
+        initial = runner.evaluate(0)
     plans: dict[int, RoundPlan] = {}
     for entry in store.entries:
         plans = s.server.make_plans(runner.present_clients(entry.round))
@@ -127,12 +134,12 @@ def restore(runner: Runner, store: RunStore) -> None:
             s.server.replay(entry)
         except ValueError as exc:
             raise UserError(f"{store.folder}: the log does not belong to this run's config ({exc})") from None
+    store.repair()
+    if not any("initial" in r for r in store.records):
+        store.append_record({"initial": initial})  # first, so that a later resume finds it
     s.device.sync(s.server.log)
-    records = store.records
-    if records and "initial" in records[0]:
-        _set_initial(s, records[0]["initial"])
-        records = records[1:]
-    for rec in records[: len(store.entries)]:
+    _set_initial(s, initial)
+    for rec in [r for r in store.records if "round" in r][: len(store.entries)]:
         _add_history(s, rec)
     for entry in store.entries[len(s.history) :]:
         rec = recovered_record(entry, plans if entry is store.entries[-1] else {})
@@ -170,12 +177,6 @@ def recovered_record(entry: LogEntry, plans: dict[int, RoundPlan]) -> dict:
         "seconds": 0.0,
         "recovered": True,
     }
-
-
-def clear_for_overwrite(out: Path) -> None:
-    """--overwrite: the old folder goes when the new run starts (after its inputs were checked)."""
-    if out.exists():
-        shutil.rmtree(out)
 
 
 def publish_beside_state(out: Path, write: Callable[[Path], None]) -> None:

@@ -22,7 +22,7 @@ from zorba import codec
 from zorba.blocks import block_tensors
 from zorba.client import ClientState, TokenizedData, run_round
 from zorba.config import RunConfig, find_data_dir, resolve_device
-from zorba.data import dirichlet_partition
+from zorba.data import check_partition, dirichlet_partition
 from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
 from zorba.planner.energy import EnergyPlanner, NoFeasiblePlan
@@ -345,7 +345,7 @@ class Runner:
             if is_late(time.perf_counter() - client_started, speed, self.reliability.deadline):
                 continue
             try:
-                s.server.receive(codec.decode_report(wire_report))
+                s.server.receive(codec.decode_report(wire_report, s.server.hyper.local_steps))
             except (ReportRejected, codec.DecodeError):
                 continue
             answered += 1
@@ -392,4 +392,5 @@ def check_inputs(cfg: RunConfig) -> Inputs:
     inputs = read_inputs(cfg)
     if cfg.clients > len(inputs.train):
         raise UserError(f"{cfg.clients} clients but only {len(inputs.train)} training examples")
+    check_partition([e.label for e in inputs.train], cfg.clients, cfg.alpha, cfg.seed)  # before the model loads
     return inputs

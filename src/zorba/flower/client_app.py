@@ -3,10 +3,15 @@ its round plans (catch up, train with zorba.client.run_round, report) and its fi
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from zorba import codec
 from zorba.client import ClientState, run_round
 from zorba.flower import device as dev
 from zorba.flower import wire
@@ -18,6 +23,29 @@ from zorba.probes import probe_client
 SETUP_RECORD = "zorba.setup"
 
 app = ClientApp()
+
+
+class ClientFailure(RuntimeError):
+    """What the server is told when a handler fails for a reason other than the protocol."""
+
+
+def guarded(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Flower sends a failing handler's exception text to the server. Texts about input files can
+    quote them (a TSV's header line, say, of whatever file the run config named), so only zorba's
+    protocol errors, which quote nothing, go as they are; any other failure goes as its type alone,
+    and its full text stays in this node's own log."""
+
+    @functools.wraps(handler)
+    def run(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except (wire.WireError, codec.DecodeError):
+            raise
+        except Exception as exc:
+            print(f"zorba client: {type(exc).__name__}: {exc}", file=sys.stderr)
+            raise ClientFailure(f"{type(exc).__name__} on the client (details in its own log)") from None
+
+    return run
 
 
 def partition_id(context: Context) -> int:
@@ -32,10 +60,12 @@ def _device(context: Context) -> dev.Device:
     torch.set_num_threads(int(setup["torch-threads"]))
     data_dir = context.node_config.get("data-dir")  # a node's own copy of the data may live elsewhere
     cfg = config_from_json(str(setup["config"]), data_dir=str(data_dir) if data_dir else None)
-    return dev.device_for(cfg, context.run_id)
+    # Clients never evaluate; a test file named by the server is not theirs to open.
+    return dev.device_for(cfg.model_copy(update={"test_file": None}), context.run_id)
 
 
 @app.query("hello")
+@guarded
 def hello(msg: Message, context: Context) -> Message:
     """Load model and data once, and report the partition and the base weights' digest."""
     setup = msg.content[wire.SETUP]
@@ -51,6 +81,7 @@ def hello(msg: Message, context: Context) -> Message:
 
 
 @app.query("probe")
+@guarded
 def probe(msg: Message, context: Context) -> Message:
     """Shared-seed probes of every block at the base weights (--probes, before round 0)."""
     device = _device(context)
@@ -63,6 +94,7 @@ def probe(msg: Message, context: Context) -> Message:
 
 
 @app.train("zorba")
+@guarded
 def train(msg: Message, context: Context) -> Message:
     plan = wire.records_to_plan(msg.content)
     cid = partition_id(context)
@@ -85,6 +117,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.query("sync")
+@guarded
 def sync(msg: Message, context: Context) -> Message:
     """Replay the entries the server says this client lacks; answer with the weights' digest."""
     _, entries = wire.records_to_entries(msg.content[wire.SYNC])

@@ -92,23 +92,46 @@ def hello(grid: Grid, run: FlowerRun, nodes: list[int]) -> None:
     })
     msgs = [Message(RecordDict({wire.SETUP: setup}), dst_node_id=n, message_type="query.hello") for n in nodes]
     run.setup_bytes = {"hello_downlink_bytes_per_node": wire.message_bytes(msgs[0])["total"]}
+    bad = {}
     for reply in grid.send_and_receive(msgs, timeout=run.opts.node_wait):
         if reply.has_error():
-            raise UserError(f"node {reply.metadata.src_node_id} failed to load: {reply.error.reason}")
-        answer = reply.content[wire.SETUP]
-        cid = int(answer["partition-id"])
-        if answer["base-sha256"] != run.base_digest:
+            raise UserError(f"node {reply.metadata.src_node_id} failed to load: {reply.error.reason[:200]}")
+        try:
+            cid, digest, examples = _hello_answer(reply, run.cfg.clients)
+        except wire.WireError as exc:
+            bad[reply.metadata.src_node_id] = str(exc)
+            continue
+        if digest != run.base_digest:
             raise UserError(f"client {cid}: its base model differs from the server's (replay would diverge)")
         if cid in run.node_of:
             raise UserError(f"two SuperNodes claim partition-id {cid}")
-        run.node_of[cid] = reply.metadata.src_node_id
-        run.examples[cid] = int(answer["examples"])
+        run.node_of[cid], run.examples[cid] = reply.metadata.src_node_id, examples
+    if bad and len(run.node_of) < run.cfg.clients:
+        node, why = next(iter(bad.items()))
+        raise UserError(f"{len(bad)} SuperNode(s) sent a malformed hello (node {node}: {why})")
     missing = sorted(set(range(run.cfg.clients)) - set(run.node_of))
     if missing:
         # Seen in practice: Ray runs simulated ClientApps at nice 15, so other full-priority jobs on a
         # saturated machine can starve them past the wait (docs/flower.md).
         raise UserError(f"no SuperNode answered for clients {missing} (partition-id 0..{run.cfg.clients - 1}) "
                         f"within {run.opts.node_wait:.0f} s; on a busy machine ClientApps may be starved of CPU")
+
+
+def _hello_answer(reply: Message, clients: int) -> tuple[int, str, int]:
+    """(partition id, base digest, examples) of a hello reply; WireError when any is malformed."""
+    answer = reply.content[wire.SETUP] if wire.SETUP in reply.content else None
+    if not isinstance(answer, ConfigRecord):
+        raise wire.WireError(f"no {wire.SETUP} record")
+    cid, digest, examples = (answer[k] if k in answer else None for k in ("partition-id", "base-sha256", "examples"))
+    if not (_is_int(cid) and 0 <= cid < clients):
+        raise wire.WireError(f"partition-id {cid!r} is not an integer in 0..{clients - 1}")
+    if not (_is_int(examples) and examples > 0) or not isinstance(digest, str):
+        raise wire.WireError("examples or base-sha256 missing or malformed")
+    return cid, digest, examples
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def probe(grid: Grid, run: FlowerRun, public: list) -> None:
@@ -153,13 +176,18 @@ def exchange(
     while pending and time.monotonic() < deadline:
         again = {}
         for reply in grid.send_and_receive(list(pending.values()), timeout=max(deadline - time.monotonic(), 0.1)):
-            c = client_of.get(reply.metadata.src_node_id)
-            have = wire.gap_in(reply)
-            if c is not None and have is not None and c not in retried:
+            c = client_of.get(reply.metadata.src_node_id)  # who answers is the node, not what it claims
+            if c is None or c not in pending:
+                continue  # a node that was not asked, or one that already answered
+            try:
+                have = wire.gap_in(reply)
+            except wire.WireError:
+                have = None  # kept as its reply: _accept says why it is refused
+            if have is not None and c not in retried:
                 retried.add(c)
                 again[c] = resend(c, have)
                 sent[c].append(again[c])
-            elif c is not None:
+            else:
                 replies[c] = reply
         pending = again
     return replies, sent
@@ -179,7 +207,7 @@ def run_round(grid: Grid, run: FlowerRun) -> dict:
     replies, sent = exchange(grid, msgs, run.node_of, run.opts.round_timeout, plan_message)
     up, losses, failed, peaks = {}, [], {}, {}
     for c, reply in sorted(replies.items()):
-        reason = _accept(server, reply)
+        reason = _accept(server, reply, c)
         if reason:
             failed[c] = reason
             continue
@@ -205,14 +233,20 @@ def _sum_bytes(sizes) -> dict[str, int]:
     return total
 
 
-def _accept(server: Server, reply: Message) -> str:
-    """'' if the server accepted the reply's report, else why not."""
+def _accept(server: Server, reply: Message, client: int) -> str:
+    """'' if the server accepted the reply's report, else why not. `client` is the one whose node
+    sent the reply: a report claiming another client is refused, whatever it carries."""
     if reply.has_error():
-        return f"ClientApp error: {reply.error.reason}"
-    if wire.gap_in(reply) is not None:
-        return "log gap persisted after a resend"
+        return f"ClientApp error: {reply.error.reason[:200]}"
+    if reply.metadata.message_type != "train.zorba":
+        return f"answered a {reply.metadata.message_type!r} message to a train.zorba one"
     try:
-        server.receive(wire.records_to_report(reply.content))
+        if wire.gap_in(reply) is not None:
+            return "log gap persisted after a resend"
+        report = wire.records_to_report(reply.content, server.hyper.local_steps)
+        if report.client != client:
+            return f"rejected: client {client}'s node sent a report for client {report.client}"
+        server.receive(report)
     except (wire.WireError, codec.DecodeError, ReportRejected) as exc:
         return f"rejected: {exc}"
     return ""
@@ -248,14 +282,22 @@ def final_sync(grid: Grid, run: FlowerRun) -> None:
 
     msgs = {c: sync_message(c) for c in run.node_of}
     replies, sent = exchange(grid, msgs, run.node_of, run.opts.round_timeout, sync_message)
-    digests = {c: None if r.has_error() or wire.SYNC not in r.content else str(r.content[wire.SYNC]["sha256"])
-               for c, r in replies.items()}
+    digests = {c: _sync_digest(r) for c, r in replies.items()}
     run.final_sync = {
         "clients_in_sync": all(digests.get(c) == want for c in run.node_of),
         "digests_match": {str(c): digests.get(c) == want for c in sorted(run.node_of)},
         "downlink_bytes_per_client": float(np.mean([_sum_bytes(wire.message_bytes(m) for m in ms)["total"]
                                                     for ms in sent.values()])),
     }
+
+
+def _sync_digest(reply: Message) -> str | None:
+    """The weights' digest a sync reply carries; None for an error or a malformed reply."""
+    if reply.has_error() or wire.SYNC not in reply.content:
+        return None
+    record = reply.content[wire.SYNC]
+    digest = record["sha256"] if isinstance(record, ConfigRecord) and "sha256" in record else None
+    return digest if isinstance(digest, str) else None
 
 
 def train(grid: Grid, run: FlowerRun) -> FlowerRun:

@@ -10,7 +10,8 @@ import numpy as np
 
 from zorba.flower.coordinator import FlowerRun
 from zorba.memprobe import memory_section
-from zorba.results import publish, staging_dir, versions, write_outputs
+from zorba.outdir import build_dir_beside, replace_dir
+from zorba.results import versions, write_outputs
 
 
 def build_result(run: FlowerRun, engine: str) -> dict:
@@ -84,9 +85,11 @@ def reported_peaks(history: list[dict], clients: int) -> list[int] | None:
 
 
 def write_run(run: FlowerRun, result: dict, out: Path) -> None:
-    tmp = staging_dir(out)
+    """Written beside `out`, then renamed into place; an old `out` goes only if it is a zorba run
+    (checked again here: the folder may have changed while the run trained)."""
+    tmp = build_dir_beside(out)
     try:
         write_outputs(tmp, result, run.server.replica, run.server.log)
-        publish(tmp, out)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,6 +16,7 @@ from zorba.config import RunConfig
 from zorba.flower.coordinator import build_run, train
 from zorba.flower.outputs import build_result, write_run
 from zorba.flower.settings import FlowerOptions, split_run_config
+from zorba.outdir import check_out_dir
 
 app = ServerApp()
 
@@ -27,6 +28,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def serve(grid: Grid, cfg: RunConfig, opts: FlowerOptions, engine: str) -> dict:
+    if opts.out:  # before any training: a run must not end unable to publish, or replace what it must not
+        check_out_dir(Path(opts.out), opts.overwrite)
     run = train(grid, build_run(cfg, opts))
     result = build_result(run, engine)
     if opts.out:

@@ -11,12 +11,13 @@ from zorba.config import RunConfig, make_config
 from zorba.errors import UserError
 
 # run_config keys that are not RunConfig fields
-_FLOWER_KEYS = {"out", "round-timeout", "node-wait", "faults", "torch-threads"}
+_FLOWER_KEYS = {"out", "overwrite", "round-timeout", "node-wait", "faults", "torch-threads"}
 
 
 @dataclass(frozen=True)
 class FlowerOptions:
     out: str = ""  # folder for result.json etc.; empty = do not write outputs
+    overwrite: bool = False  # replace `out` if it holds a zorba run (and only then)
     round_timeout: float = 600.0  # seconds the server waits for a round's reports
     node_wait: float = 120.0  # seconds the server waits for enough SuperNodes to connect
     faults: str = ""  # chaos testing, see faults.py

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from zorba.config import RunConfig
 from zorba.flower.settings import FlowerOptions
-from zorba.results import prepare_out_dir
+from zorba.outdir import check_out_dir
 
 
 @contextlib.contextmanager
@@ -44,8 +44,8 @@ def run_flower_simulation(
     from zorba.flower.server_app import make_server_app
 
     if out is not None:
-        prepare_out_dir(out, overwrite)
-        opts = replace(opts, out=str(out))
+        check_out_dir(out, overwrite)
+        opts = replace(opts, out=str(out), overwrite=overwrite)
     actors = actors or max(1, min(cfg.clients, os.cpu_count() or 1))
     results: list[dict] = []
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

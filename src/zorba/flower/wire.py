@@ -22,7 +22,7 @@ class WireError(ValueError):
 def _field(content: RecordDict, record: str, key: str):
     try:
         return content[record][key]
-    except KeyError:
+    except (KeyError, TypeError):
         raise WireError(f"message lacks {record}[{key!r}]") from None
 
 
@@ -51,8 +51,8 @@ def reported_peak(content: RecordDict) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def records_to_report(content: RecordDict) -> Report:
-    return codec.decode_report(_field(content, REPORT, "report"))
+def records_to_report(content: RecordDict, max_steps: int | None = None) -> Report:
+    return codec.decode_report(_field(content, REPORT, "report"), max_steps)
 
 
 def entries_to_records(entries: tuple[LogEntry, ...] | list[LogEntry], first: int) -> ConfigRecord:
@@ -96,7 +96,11 @@ def gap_in(reply: Message) -> int | None:
     """How many entries a client holds if its reply asks for a resend, else None."""
     if reply.has_error() or GAP not in reply.content:
         return None
-    return int(reply.content[GAP]["have"])
+    record = reply.content[GAP]
+    have = record["have"] if isinstance(record, ConfigRecord) and "have" in record else None
+    if not isinstance(have, int) or isinstance(have, bool) or have < 0:
+        raise WireError(f"malformed {GAP} record (no non-negative integer 'have')")
+    return have
 
 
 def message_bytes(message: Message) -> dict[str, int]:

@@ -52,8 +52,8 @@ def test_sizes_are_clipped_to_one_coordinate_and_the_block_size():
 
 
 @pytest.mark.parametrize("flag", ["curvature_sizes", "block_smoothness"])
-def test_runner_uses_curvature_sizes_in_the_zorba_planner(tiny_models, data_dir, flag):
-    cfg = make_config(model=str(tiny_models["bert"]), clients=3, rounds=1, local_steps=1, train_size=48,
+def test_runner_uses_curvature_sizes_in_the_bound_planner(tiny_models, data_dir, flag):
+    cfg = make_config(model=str(tiny_models["bert"]), clients=3, rounds=1, local_steps=1, train_size=48, planner="bound",
                       data_dir=str(data_dir), batch_size=8, max_len=24, measure_memory=False, **{flag: True})
     full = read_inputs(cfg)
     runner = Runner(cfg, Inputs(full.train, full.dev[:40], None))

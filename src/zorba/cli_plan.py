@@ -1,5 +1,5 @@
-"""`zorba plan`: the block-activation plan the server would choose, as a client x block table with
-per-client memory and the bound; `--pareto` traces the epsilon-constraint front (table + PNG)."""
+"""`zorba plan`: the block-activation plan the zorba planner would choose at round 0, as a client x
+block table with per-client memory and its objective; `--pareto` traces the epsilon-constraint front."""
 
 from __future__ import annotations
 
@@ -12,22 +12,17 @@ from zorba.errors import UserError
 from zorba.profiles import MIB
 
 
-def _setup(model: str, clients: int, profiles: Path | None, memory_model: Path | None, **hyper):
+def _setup(model: str, clients: int, profiles: Path | None, memory_model: Path | None, **options):
     from zorba.config import make_config
     from zorba.models import load_model
-    from zorba.planner import PlanInfeasible, make_zorba_planner
-    from zorba.runner import client_memory_model, client_profiles
+    from zorba.runner import client_memory_model, client_profiles, make_planner
 
     cfg = make_config(model=model, clients=clients, profiles=str(profiles) if profiles else None,
-                      memory_model=str(memory_model) if memory_model else None, **hyper)
+                      memory_model=str(memory_model) if memory_model else None, **options)
     lm = load_model(cfg.model)
     mem = client_memory_model(cfg, lm)
     profs = client_profiles(cfg, mem)
-    try:
-        planner = make_zorba_planner(cfg, lm, profs, mem)
-    except PlanInfeasible as exc:
-        raise UserError(str(exc)) from None
-    return cfg, lm, mem, profs, planner
+    return cfg, lm, mem, profs, make_planner(cfg, lm, profs, mem)
 
 
 def _table(lm, profs, mem, A: np.ndarray) -> str:
@@ -48,38 +43,41 @@ def plan(
     clients: int = typer.Option(8, help="number of clients"),
     profiles: Path = typer.Option(None, help="TOML of client memory budgets and speeds"),
     memory_model: Path = typer.Option(None, help="calibration JSON from `zorba profile-memory`"),
-    lr: float = typer.Option(5e-5), local_steps: int = typer.Option(5), q: int = typer.Option(1),
-    rounds: int = typer.Option(30),
+    memory_cap_mib: float = typer.Option(None, help="cap on the clients' total memory, MiB (epsilon) [none]"),
     pareto: bool = typer.Option(False, help="sweep epsilon (total memory) and write the front"),
     points: int = typer.Option(8, help="points on the Pareto front"),
     out: Path = typer.Option(Path("runs/plan"), help="folder for the Pareto table and plot"),
 ) -> None:
-    """Print the planned client x block activation with per-client memory and the bound."""
-    cfg, lm, mem, profs, planner = _setup(model, clients, profiles, memory_model, lr=lr, local_steps=local_steps,
-                                          q=q, rounds=rounds)
-    planner.plan(0, list(range(cfg.clients)))
-    sched = planner.schedule
-    for r, p in enumerate(sched.plans):
-        title = f"plan {r + 1} of a window of {sched.window}" if sched.window > 1 else "plan"
-        typer.echo(f"{title} (solver {p.solver}, {p.seconds:.2f} s): bound J = {p.bound:.6g}, "
-                   f"total memory {p.total_memory / MIB:.1f} MiB")
-        typer.echo(_table(lm, profs, mem, p.A))
-    if sched.window > 1:
-        typer.echo(f"window bound J = {sched.bound:.6g} (no single plan fits every block in the budgets)")
-    if pareto:
-        _write_pareto(planner, mem, out, points)
+    """Print the zorba planner's round-0 plan (block energies proportional to size until clients
+    report): client x block activation, per-client memory, and the objective Phi (docs/theory.md A4)."""
+    from zorba.planner.energy import NoFeasiblePlan
 
-
-def _write_pareto(planner, mem, out: Path, points: int) -> None:
-    from zorba.planner import PlanInfeasible, pareto_front
-
+    cfg, lm, mem, profs, planner = _setup(model, clients, profiles, memory_model, memory_cap_mib=memory_cap_mib)
+    ids = list(range(cfg.clients))
     try:
-        front = pareto_front(planner.consts, mem, planner.budgets, n_points=points)
-    except PlanInfeasible as exc:
-        raise UserError(f"no Pareto front: {exc}") from None
+        given = planner.plan(0, ids)
+    except NoFeasiblePlan as exc:
+        raise UserError(str(exc)) from None
+    A = np.zeros((cfg.clients, len(lm.blocks)))
+    for c, blocks in given.items():
+        A[c, list(blocks)] = 1.0
+    energy = planner.energy.estimate()
+    phi = sum(planner.rule.scale(b) * energy[list(b)].sum() for b in given.values())
+    typer.echo(f"plan: Phi = {phi:.4g} (energies proportional to block size), "
+               f"total memory {mem.client_memory(A).sum() / MIB:.1f} MiB")
+    typer.echo(_table(lm, profs, mem, A))
+    if pareto:
+        _write_pareto(planner, ids, out, points)
+
+
+def _write_pareto(planner, ids: list[int], out: Path, points: int) -> None:
+    from zorba.planner.energy import pareto_front
+
+    front = pareto_front(planner.candidates(ids), points)
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["| eps (MiB) | total memory (MiB) | bound J | active blocks |", "|---|---|---|---|"]
-    lines += [f"| {p.eps / MIB:.1f} | {p.total_memory / MIB:.1f} | {p.bound:.6g} | {int(p.A.sum())} |" for p in front]
+    lines = ["| eps (MiB) | total memory (MiB) | Phi | active blocks |", "|---|---|---|---|"]
+    lines += [f"| {p.eps / MIB:.1f} | {p.total_memory / MIB:.1f} | {p.progress:.4g} | {sum(map(len, p.sets))} |"
+              for p in front]
     (out / "pareto.md").write_text("\n".join(lines) + "\n")
     _plot_front(front, out / "pareto.png")
     typer.echo("\n".join(lines))
@@ -93,8 +91,9 @@ def _plot_front(front, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot([p.total_memory / MIB for p in front], [p.bound for p in front], marker="o")
-    ax.set(xlabel="total client memory (MiB)", ylabel="convergence bound J", title="epsilon-constraint front")
+    ax.plot([p.total_memory / MIB for p in front], [p.progress for p in front], marker="o")
+    ax.set(xlabel="total client memory (MiB)", ylabel="expected progress Phi (energy units)",
+           title="epsilon-constraint front")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

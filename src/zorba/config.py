@@ -88,6 +88,8 @@ class RunConfig(BaseModel):
     def _check_probes(self) -> RunConfig:
         if self.probes and self.planner != "bound":
             raise ValueError("probes feed the bound planner's progress objective; use --planner bound or --probes 0")
+        if (self.curvature_sizes or self.block_smoothness) and self.planner != "bound":
+            raise ValueError("curvature sizes and block smoothness are constants of the bound planner; use --planner bound")
         return self
 
     @model_validator(mode="after")

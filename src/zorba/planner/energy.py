@@ -166,3 +166,27 @@ class EnergyPlanner(BlockPlanner):
 
     def observe(self, round_idx: int, reports: Mapping[int, Sequence[float]]) -> None:
         self.energy.observe(self.last, reports)
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    eps: float
+    total_memory: float
+    progress: float
+    sets: list[tuple[int, ...]]
+
+
+def pareto_front(cands: Sequence[Candidates], points: int = 8, tol: float = 0.0) -> list[FrontPoint]:
+    """The epsilon-constraint sweep: eps from the least memory any plan needs (every client its
+    lightest set) to what the unconstrained optimum uses; one lexicographic solve per eps."""
+    lightest = sum(float(c.memory.min()) for c in cands)
+    free = allocate(cands, None, tol)
+    heaviest = sum(float(c.memory[j]) for c, j in zip(cands, free, strict=True))
+    front = []
+    for eps in np.linspace(lightest, heaviest, max(points, 2)):
+        chosen = allocate(cands, float(eps) * (1 + 1e-12), tol)
+        front.append(FrontPoint(
+            float(eps), sum(float(c.memory[j]) for c, j in zip(cands, chosen, strict=True)),
+            sum(float(c.progress[j]) for c, j in zip(cands, chosen, strict=True)),
+            [c.sets[j] for c, j in zip(cands, chosen, strict=True)]))
+    return front

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from zorba.reliability import Reliability
 from zorba.results import versions, write_outputs
 from zorba.resume import DurableRun, publish_beside_state
 from zorba.runner import Runner, RunState, check_inputs
+from zorba.significance import mcnemar
 
 
 def run_job(
@@ -85,7 +87,28 @@ def _budget_warning(runner: Runner) -> Callable[[dict], str]:
     return check
 
 
+def round_line(rec: dict, rounds: int) -> str:
+    """One plain line per round for logs (output redirected to a file): a bar draws only on a terminal."""
+    line = (f"round {rec['round'] + 1}/{rounds}  clients {rec['answered']}/{rec['clients']}  "
+            f"train loss {rec['train_loss']:.4f}")
+    if "dev_accuracy" in rec:
+        line += f"  dev acc {100 * rec['dev_accuracy']:.2f}%"
+    return line + f"  {rec['seconds']:.1f} s"
+
+
+def _run_with_lines(runner: Runner | DurableRun, cfg: RunConfig, warn: Callable[[dict], str] | None) -> RunState:
+    def on_round(rec: dict) -> None:
+        print(round_line(rec, cfg.rounds), flush=True)
+        message = warn(rec) if warn else ""
+        if message:
+            print(message, flush=True)
+
+    return runner.run(on_round)
+
+
 def _run_with_progress(runner: Runner | DurableRun, cfg: RunConfig, warn: Callable[[dict], str] | None = None) -> RunState:
+    if not sys.stdout.isatty():
+        return _run_with_lines(runner, cfg, warn)
     columns = (TextColumn("[bold]round"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))
     with Progress(*columns, transient=False) as bar:
@@ -120,6 +143,7 @@ def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:
         "blocks": [{"name": b.name, "numel": b.numel} for b in state.lm.blocks],
         "client_block_counts": state.block_counts,
         "accuracy": state.accuracy,
+        "dev_significance": mcnemar(state.initial_dev_predictions, state.dev_predictions, state.dev_labels),
         "test_file_accuracy": state.test_accuracy or None,
         "comm": {
             "uplink_bytes_per_client_round": sum(up) / max(len(up), 1),

@@ -69,6 +69,12 @@ def render_report(r: dict) -> str:
         "|---|---|---|",
         f"| dev accuracy | {100 * r['accuracy']['initial']:.2f}% | {100 * r['accuracy']['final']:.2f}% |",
     ]
+    sig = r.get("dev_significance")
+    if sig:
+        verdict = "better than zero-shot" if sig["p_value"] < 0.01 and sig["gain_points"] > 0 else "not shown better"
+        lines.append(f"| McNemar vs zero-shot (dev, {sig['examples']} paired) | | {sig['gain_points']:+.2f} pts, "
+                     f"{sig['wrong_to_right']} fixed / {sig['right_to_wrong']} broken, p = {sig['p_value']:.2g}: "
+                     f"{verdict} at 0.01 |")
     if r.get("test_file_accuracy"):
         t = r["test_file_accuracy"]
         lines.append(f"| test-file accuracy | {100 * t['initial']:.2f}% | {100 * t['final']:.2f}% |")

@@ -80,6 +80,8 @@ class RunState:
     profiles: list[ClientProfile] = field(default_factory=list)  # each client's class, budget and speed
     memory_model: MemoryModel | None = None  # what the planner predicts client memory with
     dev_predictions: list[int] = field(default_factory=list)  # at the last evaluation
+    initial_dev_predictions: list[int] = field(default_factory=list)  # zero-shot (empty in a resumed run)
+    dev_labels: list[int] = field(default_factory=list)
 
 
 def read_inputs(cfg: RunConfig) -> Inputs:
@@ -371,6 +373,7 @@ class Runner:
         if "initial" not in s.accuracy:  # a resumed run (zorba.resume) already has it
             initial = self.evaluate(0)
             s.accuracy["initial"] = initial["dev_accuracy"]
+            s.initial_dev_predictions, s.dev_labels = list(s.dev_predictions), list(self.dev[1])
             if self.test is not None:
                 s.test_accuracy["initial"] = initial["test_file_accuracy"]
         for t in range(s.server.round, cfg.rounds):

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,19 @@ def test_probe_records_round_trip_and_refuse_wrong_shapes_and_bad_values():
         wire.records_to_probes(wire.probes_to_records(ya * np.nan, yb), 3, 2)
     with pytest.raises(wire.WireError, match="lacks"):
         wire.records_to_probes(RecordDict({}), 3, 2)
+
+
+def test_flower_app_defaults_are_run_configs_defaults():
+    """One source of defaults: every training key of [tool.flwr.app.config] mirrors RunConfig's default
+    (Flower needs the keys declared in pyproject.toml; this keeps the two from drifting apart)."""
+    import tomllib
+
+    from zorba.config import RunConfig
+    from zorba.flower.settings import _FLOWER_KEYS, _none_if_empty
+
+    app = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    for key, value in app["config"].items():
+        if key in _FLOWER_KEYS:
+            continue
+        name = key.replace("-", "_")
+        assert _none_if_empty(name, value) == RunConfig.model_fields[name].default, key

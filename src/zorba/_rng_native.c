@@ -1,6 +1,6 @@
 /* Compiled Rademacher perturbation for CPUs: w += s * z in one loop, z never written to memory.
  *
- * Why C (docs/performance.md, eighth session): rng.py's numpy/torch path runs at memory speed when
+ * Why C (docs/performance.md): rng.py's numpy/torch path runs at memory speed when
  * warm, but a ZO step's second and third passes follow a forward that has streamed the model through
  * the caches, and then each of its few dozen library calls runs cold (~+0.4 ms a pass, whatever its
  * size). This loop is a few KiB of code and touches nothing but the weights and a 1 KiB scratch.

@@ -35,7 +35,7 @@ _MIN_ROWS = 4096  # smaller tables are perturbed eagerly
 # With the compiled CPU loop (rng_native.py) a pass costs ~0.15 ns an element, and a table under
 # ~4M elements is cheaper to perturb eagerly than to look up row by row (tiny BERT's 1M-element table:
 # a step in a client round 1.18 -> 1.08 x two forwards; MiniLM's 11.7M and OPT-125m's 38.6M stay
-# deferred, 1-2% faster that way; docs/performance.md, eighth session).
+# deferred, 1-2% faster that way; docs/performance.md).
 _MIN_ELEMENTS_NATIVE = 1 << 22
 _Z_ELEMENTS = 1 << 20  # z generated per call for queued adds (bounds the transient to 4 MiB)
 

@@ -517,8 +517,8 @@ def _add_rademacher_cpu_(todo: Sequence[tuple[torch.Tensor, int, float]], lead: 
 
 def _add_rademacher_native_(todo: Sequence[tuple[torch.Tensor, int, float]], lead: _Lead | None) -> torch.Tensor | None:
     """_add_rademacher_cpu_ through the compiled loop (rng_native.py): z is never materialised, so a
-    pass that follows a forward pays no cold buffers or library code (docs/performance.md, eighth
-    session). The lead's z is made in numpy, as packed_noise makes it, for the other passes to reuse."""
+    pass that follows a forward pays no cold buffers or library code (docs/performance.md).
+    The lead's z is made in numpy, as packed_noise makes it, for the other passes to reuse."""
     kept = None
     if lead is not None:
         x = _finish_hash_numpy(lead.counters + lead.halves[:, 0], lead.halves[:, 1])
@@ -558,7 +558,7 @@ def add_noise_many_keeping_(
     as packed_noise lays it out (the same bits; a zero scale among them adds nothing, its z is still
     made). On the CPU those streams are hashed in front of the first chunk by the same calls as the
     others: a ZO step's first pass then pays no separate generation for its small tensors, whose every
-    call is slow from the caches the pass before evicted (docs/performance.md, fifth session)."""
+    call is slow from the caches the pass before evicted (docs/performance.md)."""
     grad = torch.is_grad_enabled()
     torch._C._set_grad_enabled(False)  # torch.no_grad() without its Python layers: ~10 us from cold caches
     try:

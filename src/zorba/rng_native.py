@@ -4,9 +4,9 @@ rng.py's CPU path builds z from numpy and torch calls: hash a chunk of words int
 into a 4 MiB float buffer, add that to the weights. A ZO step's second and third passes follow a
 forward that streamed the whole model through the caches, and then each of those few dozen calls
 runs cold (its library code, its buffers): about +0.4 ms a pass whatever its size, which is why
-perturbing one MiniLM layer cost 1.45-1.54x its share of perturbing all of them (issue 7, A2). The C
+perturbing one MiniLM layer cost 1.45-1.54x its share of perturbing all of them (target A2). The C
 loop touches only the weights, and runs the all-blocks pass at twice the speed as well
-(docs/performance.md, eighth session).
+(docs/performance.md).
 
 A pass of at least 2M elements is cut into word-aligned pieces run on torch's thread count (the
 loop releases the GIL); smaller passes stay on the calling thread.

@@ -106,7 +106,7 @@ class _Streams:
     def _small_z_with_large(self) -> bool:
         """Whether the first pass hashes the small tensors' z with the large ones (Rademacher, CPU):
         a generation of their own costs a dozen more calls, each slow from the caches the pass before
-        evicted (docs/performance.md, fifth session)."""
+        evicted (docs/performance.md)."""
         return self.dist == "rademacher" and self.tensors[self.small_ids[0]].is_cpu
 
     def _add_making_small_z_(self, large: Sequence[int], per: Sequence[float]) -> None:

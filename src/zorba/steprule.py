@@ -27,7 +27,3 @@ class StepRule:
             return 1.0
         return float((sum(self.sizes) / active) ** self.exponent)
 
-
-def uniform_rule(num_blocks: int) -> StepRule:
-    """One lr for every plan (gamma = 0)."""
-    return StepRule((1.0,) * num_blocks, 0.0)

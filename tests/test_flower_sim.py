@@ -76,17 +76,3 @@ def test_crashed_and_hung_clients_are_reported_and_catch_up(cfg, tmp_path):
     assert history[2]["catch_up_entries"]["2"] == 2 and history[2]["catch_up_entries"]["0"] == 1
     assert history[2]["reported"] == [0, 1, 2]
     assert result["clients_in_sync"] is True
-
-
-def test_probes_travel_over_flower_and_give_the_runners_plans_and_weights(tiny_models, data_dir, tmp_path):
-    """--probes on Flower: query.probe before round 0, the server's Phi constants and hence the
-    plans and the final weights are the in-process runner's, bit for bit."""
-    cfg = make_config(model=str(tiny_models["opt"]), clients=3, rounds=2, local_steps=1, train_size=60,
-                      planner="bound", data_dir=str(data_dir), batch_size=8, max_len=32, lr=3e-3,
-                      measure_memory=False, eval_every=100, probes=2, probe_batch=4)
-    result = run_flower_simulation(cfg, FlowerOptions(round_timeout=120), tmp_path / "out", actors=1)
-    state = Runner(cfg, check_inputs(cfg)).run()
-    assert result["probes"]["alignment"] == state.probes["alignment"]
-    assert [h["blocks"] for h in result["history"]] == [h["blocks"] for h in state.history]
-    assert result["final_model_sha256"] == state.server.replica.digest()
-    assert json.loads((tmp_path / "out" / "result.json").read_text())["probes"]["forwards_per_client"] > 0

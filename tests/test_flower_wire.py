@@ -70,25 +70,6 @@ def test_flower_sim_cli_rejects_bad_options_with_exit_2():
     assert proc.returncode == 2 and "fault" in proc.stderr
 
 
-def test_probe_records_round_trip_and_refuse_wrong_shapes_and_bad_values():
-    import numpy as np
-    from flwr.app import RecordDict
-
-    ya, yb = np.arange(6.0).reshape(3, 2), -np.arange(6.0).reshape(3, 2)
-    back = wire.records_to_probes(wire.probes_to_records(ya, yb), 3, 2)
-    assert np.array_equal(back[0], ya) and np.array_equal(back[1], yb)
-    with pytest.raises(wire.WireError, match="3 blocks x 4 probes"):
-        wire.records_to_probes(wire.probes_to_records(ya, yb), 3, 4)
-    record = wire.probes_to_records(ya, yb)
-    record[wire.PROBE]["scalars"] = record[wire.PROBE]["scalars"][:-4]
-    with pytest.raises(wire.WireError, match="bytes of float32"):
-        wire.records_to_probes(record, 3, 2)
-    with pytest.raises(wire.WireError, match="non-finite"):
-        wire.records_to_probes(wire.probes_to_records(ya * np.nan, yb), 3, 2)
-    with pytest.raises(wire.WireError, match="lacks"):
-        wire.records_to_probes(RecordDict({}), 3, 2)
-
-
 def test_flower_app_defaults_are_run_configs_defaults():
     """One source of defaults: every training key of [tool.flwr.app.config] mirrors RunConfig's default
     (Flower needs the keys declared in pyproject.toml; this keeps the two from drifting apart)."""

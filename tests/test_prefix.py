@@ -174,29 +174,6 @@ def test_shared_losses_used_in_turn_keep_their_own_prefix():
     assert minus == [model(x) for x in xs]
 
 
-def test_probes_are_the_same_with_the_prefix_shared(monkeypatch):
-    """probe_client (the planner's shared-seed probes) gives the same (y^a, y^b) bits either way, and
-    really shares for the blocks after the first layer."""
-    from zorba import probes
-
-    lm = load_probe_model("random:opt-tiny")
-    made = []
-    monkeypatch.setattr(probes, "SharedPrefix", _Spy(made, SharedPrefix))
-
-    def run(share: bool):
-        replica = make_client_replica(copy.deepcopy(lm), "bf16", "memory")
-        scorer = Scorer(replica.lm, get_task("sst2"), 32)
-        texts = [type("E", (), {"text_a": f"probe sentence {i} , fine .", "text_b": None})() for i in range(20)]
-        data = TokenizedData(scorer.encode(texts), [i % 2 for i in range(20)])
-        return probes.probe_client(replica, np.arange(20), scorer, data, 5, 0, 3, 6, 1e-3, share_prefix=share)
-
-    ya, yb = run(True)
-    reused = sum(p.reused for p in made)
-    ya_full, yb_full = run(False)
-    assert np.array_equal(ya, ya_full) and np.array_equal(yb, yb_full)
-    assert reused > 0 and sum(p.reused for p in made) == reused  # the unshared run reused nothing
-
-
 def test_an_instance_level_forward_on_a_layer_is_put_back():
     """Wrappers such as accelerate's offload hooks replace a module's forward on the instance."""
     model = _Toy()

@@ -25,12 +25,6 @@ def run(
     test_file: Path = typer.Option(None, help="extra TSV (same format) to report accuracy on"),
     out: Path = typer.Option(None, help="output folder [runs/latest]"),
     device: str = typer.Option(None, help="where clients train: cpu | cuda | cuda:N | auto [cpu]"),
-    curvature_sizes: bool = typer.Option(
-        False, "--curvature-sizes", help="zorba planner: weigh each block's ZO noise by its Hessian trace"
-    ),
-    block_smoothness: bool = typer.Option(
-        False, "--block-smoothness", help="zorba planner: per-block smoothness L_l and Hessian traces (Theorem 3)"
-    ),
     resume: Path = typer.Option(None, help="continue the killed run whose --out was this folder"),
     dropout: float = typer.Option(None, help="chance each client is offline in a round (seeded) [0]"),
     deadline: float = typer.Option(None, help="seconds per round; later reports are left out [none]"),
@@ -43,10 +37,7 @@ def run(
     from zorba.config import make_config
     from zorba.job import run_job
 
-    values = dict(
-        config_values(options), test_file=str(test_file) if test_file else None, device=device,
-        curvature_sizes=curvature_sizes or None, block_smoothness=block_smoothness or None,
-    )
+    values = dict(config_values(options), test_file=str(test_file) if test_file else None, device=device)
     reliability = dict(dropout=dropout, deadline=deadline, clip=clip, aggregate=aggregate, trim=trim)
     if resume is not None:
         from zorba.resume import resume_options

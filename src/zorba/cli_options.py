@@ -29,8 +29,8 @@ _SHARED = (  # name, type, default, help
     ("batch_size", int, None, "mini-batch size [16]"),
     ("max_len", int, None, "max tokens per example [64]"),
     ("alpha", float, None, "Dirichlet label-skew concentration [0.5]"),
-    ("planner", str, None, "zorba | fill | feasible-random | feasible-round-robin | fedra | all | bound | "
-     "random | round-robin (docs/theory.md)"),
+    ("planner", str, None, "zorba | fill | feasible-random | feasible-round-robin | fedra | all | random | "
+     "round-robin (docs/theory.md)"),
     ("memory_cap_mib", float, None, "zorba planner: cap on the clients' total memory, MiB (epsilon) [none]"),
     ("dist", str, None, "perturbation distribution: rademacher | gaussian"),
     ("participation", float, None, "fraction of clients per round [1.0]"),
@@ -40,10 +40,6 @@ _SHARED = (  # name, type, default, help
     ("eval_every", int, None, "evaluate on dev every this many rounds"),
     ("seed", int, None, "run seed: every random choice derives from it"),
     ("data_dir", Path, None, "folder with <task>/train.tsv and dev.tsv"),
-    ("probes", int, None, "zorba planner: shared-seed probes per block and client before round 0; plans by "
-     "the progress objective (docs/theory.md section 14) [0: off]"),
-    ("probe_batch", int, None, "examples in each of a probe's two minibatches; below every client's size [32]"),
-    ("probe_estimator", str, None, "separable (pools the blocks: docs/theory.md section 15) | raw [separable]"),
     ("precision", str, None, "frozen blocks' dtype on clients: int8 (weight-only, per-row scales) | bf16 | "
      "fp16 | fp32 [bf16]"),
     ("profiles", Path, None, "TOML of the clients' memory budgets and speeds (format: src/zorba/profiles.py) "

@@ -11,12 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zorba.errors import UserError
 
-# zorba: the energy planner (planner/energy.py); bound: the convergence-bound planner (planner/zorba_planner.py);
-# fill, feasible-random, feasible-round-robin, fedra: budget-feasible baselines; all, random, round-robin:
-# budget-blind ablations (plans.py)
-PLANNERS = ("zorba", "bound", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random", "round-robin")
-Planner = Literal["zorba", "bound", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random",
-                  "round-robin"]
+# zorba: the energy planner (planner/energy.py); fill, feasible-random, feasible-round-robin, fedra:
+# budget-feasible baselines; all, random, round-robin: budget-blind ablations (plans.py)
+PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random", "round-robin")
+Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random", "round-robin"]
 _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 
@@ -59,21 +57,6 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
     measure_memory: bool = True
     device: str = "cpu"  # where clients train: cpu, cuda, cuda:N, or auto (cuda if available)
-    # zorba planner: noise dimension of each block = its Hessian trace / L, estimated by the server on
-    # public (dev) examples, instead of its size (planner/curvature.py; docs/theory.md, section 12)
-    curvature_sizes: bool = False
-    # zorba planner: per-block smoothness L_l (top eigenvalue of H_ll, power iteration on public
-    # examples) with r_l = tr(H_ll) / L_l (Theorem 3, docs/theory.md section 13); implies the traces
-    block_smoothness: bool = False
-    # zorba planner: before round 0 every client evaluates `probes` shared-seed perturbations of each
-    # block on two minibatches of `probe_batch` examples (4 x probes x blocks forwards per client); the
-    # server plans by the progress objective Phi from them (zorba/probes.py, docs/theory.md section 14)
-    probes: int = Field(0, ge=0, le=4096)
-    probe_batch: int = Field(32, ge=1, le=4096)
-    # how the server turns probe scalars into Gram matrices (planner/progress.py): "separable" pools
-    # the blocks (one client shape, a scale per block: docs/theory.md section 15), "raw" averages each
-    # block's own probes (unbiased, but noise at affordable probe counts)
-    probe_estimator: Literal["separable", "raw"] = "separable"
 
     @field_validator("device")
     @classmethod
@@ -83,14 +66,6 @@ class RunConfig(BaseModel):
         if not _DEVICE.fullmatch(value):
             raise ValueError("device must be cpu, cuda, cuda:N or auto")
         return value
-
-    @model_validator(mode="after")
-    def _check_probes(self) -> RunConfig:
-        if self.probes and self.planner != "bound":
-            raise ValueError("probes feed the bound planner's progress objective; use --planner bound or --probes 0")
-        if (self.curvature_sizes or self.block_smoothness) and self.planner != "bound":
-            raise ValueError("curvature sizes and block smoothness are constants of the bound planner; use --planner bound")
-        return self
 
     @model_validator(mode="after")
     def _check_fractions(self) -> RunConfig:

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zorba.config import RunConfig, resolve_device
@@ -36,7 +35,7 @@ def run_job(
     inputs = check_inputs(cfg)
     lm = load_model(cfg.model)
     base_digest = state_digest(lm.model)
-    runner = _build_runner(cfg, inputs, lm, reliability, progress)
+    runner = Runner(cfg, inputs, lm, reliability)
     replacing = not resume and out.exists() and any(out.iterdir())
     build = build_dir_beside(out) if replacing else out
     try:
@@ -59,15 +58,6 @@ def _train_and_publish(runner: Runner, out: Path, base_digest: str, reliability:
     result["reliability"] = reliability.model_dump(mode="json")
     publish_beside_state(out, lambda tmp: write_outputs(tmp, result, state.server.replica, state.server.log))
     return result
-
-
-def _build_runner(cfg: RunConfig, inputs, lm, reliability: Reliability, progress: bool) -> Runner:
-    """--probes make building the runner take minutes (4 x probes x blocks forwards per client): say so."""
-    if not (progress and cfg.probes):
-        return Runner(cfg, inputs, lm, reliability)
-    work = f"{cfg.clients} clients x {len(lm.blocks)} blocks x {cfg.probes} shared-seed probes (4 forwards each)"
-    with Console(stderr=True).status(f"probing before round 0: {work}"):
-        return Runner(cfg, inputs, lm, reliability)
 
 
 def _budget_warning(runner: Runner) -> Callable[[dict], str]:
@@ -155,7 +145,6 @@ def build_result(cfg: RunConfig, state: RunState, base_digest: str) -> dict:
             cfg, state.lm.blocks, state.history, state.profiles, state.memory_model, cfg.measure_memory,
             "peak RSS (VmHWM) of a fresh process running one local round on the client's largest block set",
         ),
-        "probes": state.probes,
         "seconds": state.seconds,
         "history": state.history,
     }

@@ -1,6 +1,6 @@
 """Block planners: which blocks each client activates in a round. One interface, several methods.
 
-The optimised ZorBA planner (zorba.planner) implements the same interface."""
+The energy planner (zorba.planner.energy) implements the same interface."""
 
 from __future__ import annotations
 

@@ -74,8 +74,8 @@ class SharedPrefix:
 
     def shared(self, loss: Callable[[], float]) -> Callable[[], float]:
         """`loss` (one batch, fixed frozen weights) whose calls after the first reuse the frozen prefix.
-        Each shared loss keeps its own layer output, so several may be used in turn (a probe's two
-        batches)."""
+        Each shared loss keeps its own layer output, so several may be used in turn (two batches at
+        the same weights)."""
         slot = _Slot()
 
         def run() -> float:

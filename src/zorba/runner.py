@@ -12,14 +12,13 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from zorba import codec
-from zorba.blocks import block_tensors
 from zorba.client import ClientState, TokenizedData, run_round
 from zorba.config import RunConfig, find_data_dir, resolve_device
 from zorba.data import check_partition, dirichlet_partition
@@ -27,7 +26,6 @@ from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
 from zorba.planner.energy import EnergyPlanner, NoFeasiblePlan
 from zorba.planner.memory_model import MemoryModel
-from zorba.planner.progress import ProgressConstants, gram_from_probes, second_at_batch
 from zorba.plans import (
     AllBlocks,
     BlockPlanner,
@@ -39,7 +37,6 @@ from zorba.plans import (
     RoundRobin,
 )
 from zorba.precision import frozen_bytes, make_client_replica
-from zorba.probes import probe_client
 from zorba.profiles import MIB, ClientProfile, blocks_within_budget, budgets, default_profiles, load_profiles
 from zorba.protocol import Hyper
 from zorba.reliability import Reliability, is_late, online
@@ -76,7 +73,6 @@ class RunState:
     block_counts: list[int] = field(default_factory=list)
     seconds: float = 0.0
     torch_device: str = "cpu"  # where the clients trained (cfg.device resolved)
-    probes: dict | None = None  # what --probes measured before round 0 (cost and Phi's constants)
     profiles: list[ClientProfile] = field(default_factory=list)  # each client's class, budget and speed
     memory_model: MemoryModel | None = None  # what the planner predicts client memory with
     dev_predictions: list[int] = field(default_factory=list)  # at the last evaluation
@@ -123,10 +119,8 @@ def client_profiles(cfg: RunConfig, mem: MemoryModel) -> list[ClientProfile]:
     return default_profiles(cfg.clients, mem, cfg.block_fractions)
 
 
-def make_planner(
-    cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile], mem: MemoryModel, public: Sequence = ()
-) -> BlockPlanner:
-    """`public`: examples the server may read (the dev split), for --curvature-sizes."""
+def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile], mem: MemoryModel) -> BlockPlanner:
+    """The planner cfg.planner names (config.PLANNERS)."""
     L = len(lm.blocks)
     counts = blocks_within_budget(profiles, mem)
     spare = budgets(profiles) - mem.fixed(len(profiles))
@@ -148,111 +142,12 @@ def make_planner(
         return AllBlocks(L)
     if cfg.planner == "random":
         return RandomBlocks(L, counts, cfg.seed)
-    if cfg.planner == "round-robin":
-        return RoundRobin(L, counts)
-    from zorba.planner import PlanInfeasible, make_zorba_planner  # the optimised planner (docs/theory.md)
-
-    sizes, smooth = None, None
-    if cfg.block_smoothness:
-        smooth, sizes = server_block_constants(cfg, lm, public)
-    elif cfg.curvature_sizes:
-        sizes = server_curvature_sizes(cfg, lm, public)
-    try:
-        return make_zorba_planner(cfg, lm, profiles, mem, effective_sizes=sizes, block_smooth=smooth)
-    except PlanInfeasible as exc:
-        raise UserError(str(exc)) from None
+    return RoundRobin(L, counts)  # "round-robin": the last name the config's Literal admits
 
 
 def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:
     """The step factor per block set (steprule.py), from the blocks' sizes."""
     return StepRule(tuple(float(b.numel) for b in lm.blocks), cfg.lr_exponent, cfg.coverage_exponent)
-
-
-def server_curvature_sizes(cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples: int = 32) -> np.ndarray:
-    """Curvature-weighted block sizes from the server's copy of the global model and public examples
-    (seeded probes; the weights are restored exactly)."""
-    from zorba.planner.curvature import curvature_sizes
-
-    traces = _server_traces(cfg, lm, _public_batch(cfg, lm, public, n_examples))
-    return curvature_sizes(traces, np.array([b.numel for b in lm.blocks], float))
-
-
-def server_block_constants(
-    cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples: int = 32
-) -> tuple[np.ndarray, np.ndarray]:
-    """(L_l, r_l) for Theorem 3: top eigenvalues of H_ll by power iteration (two backward passes per
-    iteration and block) and traces, from the same public batch; weights restored exactly."""
-    from zorba.methods.grad_loss import loss_with_grad
-    from zorba.planner.curvature import POWER_TAG, block_top_curvatures, blockwise_constants
-
-    scorer, ids, labels = _public_batch(cfg, lm, public, n_examples)
-    tensors = block_tensors(lm.model, lm.blocks)
-    tops = block_top_curvatures(lambda: loss_with_grad(scorer, lm.model, ids, labels), tensors,
-                                seed=derive_key(cfg.seed, POWER_TAG))
-    traces = _server_traces(cfg, lm, (scorer, ids, labels))
-    return blockwise_constants(traces, tops, np.array([b.numel for b in lm.blocks], float))
-
-
-def _public_batch(cfg: RunConfig, lm: LoadedModel, public: Sequence, n_examples: int):
-    examples = list(public)[:n_examples]
-    if not examples:
-        raise UserError("--curvature-sizes / --block-smoothness need public examples (the dev split) to probe the model")
-    scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
-    return scorer, scorer.encode(examples), [e.label for e in examples]
-
-
-def _server_traces(cfg: RunConfig, lm: LoadedModel, batch) -> np.ndarray:
-    from zorba.planner.curvature import TRACE_TAG, block_curvature_traces
-
-    scorer, ids, labels = batch
-    return block_curvature_traces(lambda: scorer.loss(ids, labels), block_tensors(lm.model, lm.blocks),
-                                  seed=derive_key(cfg.seed, TRACE_TAG))
-
-
-PROBE_TRACE_EXAMPLES = 32  # public examples behind the server's Hessian traces (as --curvature-sizes)
-
-
-def check_probe_batch(cfg: RunConfig, examples: Sequence[int]) -> None:
-    """A probe's two minibatches must leave some of the client's data out: with all of it the
-    minibatch noise, which Phi's noise line needs at the training batch size, is not observed."""
-    if not cfg.probes or not examples:
-        return
-    c, n = min(enumerate(examples), key=lambda cn: cn[1])  # the smallest client names the limit
-    if n < 2:
-        raise UserError(f"client {c} has {n} example: probes need two different minibatches; use --probes 0")
-    if n <= cfg.probe_batch:
-        raise UserError(f"--probe-batch {cfg.probe_batch} is not below client {c}'s {n} examples; "
-                        f"use --probe-batch {max(1, n - 1)} or less")
-
-
-def progress_constants(cfg: RunConfig, ya: np.ndarray, yb: np.ndarray, traces: np.ndarray,
-                       examples: Sequence[int]) -> ProgressConstants:
-    """Phi's constants from probe scalars (L, P, N), the server's Hessian traces and the clients'
-    numbers of examples (f's weights): cfg's Gram estimator, second moments at the training batch."""
-    gram, second = gram_from_probes(ya, yb, cfg.probe_estimator)
-    second = second_at_batch(second, gram, cfg.probe_batch, cfg.batch_size, np.asarray(examples))
-    shares = np.asarray(examples, float)
-    return ProgressConstants(gram, second, np.maximum(traces, 0.0), shares / shares.sum(), cfg.lr,
-                             cfg.local_steps, cfg.q)
-
-
-def progress_from_probes(
-    cfg: RunConfig, lm: LoadedModel, public: Sequence, probes: Sequence[tuple[np.ndarray, np.ndarray]],
-    examples: Sequence[int],
-) -> tuple[ProgressConstants, dict]:
-    """The server's side of --probes, shared by both engines: each client's (y^a, y^b) of shape
-    (L, P), client order = ids, its number of examples (f's weights), and the Hessian traces the server
-    measures on public examples -> Phi's constants and what result.json records of them."""
-    traces = _server_traces(cfg, lm, _public_batch(cfg, lm, public, PROBE_TRACE_EXAMPLES))
-    consts = progress_constants(cfg, np.stack([a for a, _ in probes], -1), np.stack([b for _, b in probes], -1),
-                                traces, examples)
-    L = len(lm.blocks)
-    info = {"estimator": cfg.probe_estimator,
-            "forwards_per_client": 4 * cfg.probes * L,
-            "uplink_scalars_per_client": 2 * cfg.probes * L,
-            "alignment": consts.alignment.tolist(), "second_moments": consts.second.tolist(),
-            "curvature": consts.curvature.tolist()}
-    return consts, info
 
 
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:
@@ -286,27 +181,13 @@ class Runner:
         profiles = client_profiles(cfg, mem)
         counts = blocks_within_budget(profiles, mem)
         hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
-        planner = make_planner(cfg, lm, profiles, mem, public=inputs.dev)
+        planner = make_planner(cfg, lm, profiles, mem)
         server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy(),
                         step_rule=make_step_rule(cfg, lm))
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)
         self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device,
                               profiles=profiles, memory_model=mem)
-        check_probe_batch(cfg, [len(c.indices) for c in clients])
-        if cfg.probes:  # before round 0, at the base weights: a resumed run measures the same values
-            planner.use_progress(self.measure_progress())
-
-    def measure_progress(self) -> ProgressConstants:
-        """Phi's constants (docs/theory.md section 14): every client's shared-seed probes of every
-        block (forward passes only), then the server's part (progress_from_probes)."""
-        cfg, s, started = self.cfg, self.state, time.perf_counter()
-        probes = [probe_client(s.device, c.indices, self.train_scorer, self.train, cfg.seed, c.cid, cfg.probes,
-                               cfg.probe_batch, cfg.mu) for c in s.clients]
-        consts, s.probes = progress_from_probes(cfg, s.lm, self.inputs.dev, probes,
-                                                [len(c.indices) for c in s.clients])
-        s.probes["seconds"] = time.perf_counter() - started
-        return consts
 
     def evaluate(self, round_idx: int) -> dict:
         dev = self.eval_scorer.evaluate(*self.dev)

@@ -18,7 +18,6 @@ from zorba.flower import wire
 from zorba.flower.faults import inject, parse_faults
 from zorba.flower.settings import config_from_json
 from zorba.memprobe import process_peak_rss
-from zorba.probes import probe_client
 
 SETUP_RECORD = "zorba.setup"
 
@@ -78,19 +77,6 @@ def hello(msg: Message, context: Context) -> Message:
         raise wire.WireError(f"partition-id {cid} is outside 0..{device.cfg.clients - 1}")
     reply = ConfigRecord({"partition-id": cid, "base-sha256": device.base_digest, "examples": len(device.parts[cid])})
     return Message(RecordDict({wire.SETUP: reply}), reply_to=msg)
-
-
-@app.query("probe")
-@guarded
-def probe(msg: Message, context: Context) -> Message:
-    """Shared-seed probes of every block at the base weights (--probes, before round 0)."""
-    device = _device(context)
-    if dev.stored_log(context):
-        raise wire.WireError("probes are taken at the base weights, before any round")
-    cid, cfg = partition_id(context), device.cfg
-    ya, yb = probe_client(device.replica, device.parts[cid], device.scorer, device.data, cfg.seed, cid, cfg.probes,
-                          cfg.probe_batch, cfg.mu)
-    return Message(wire.probes_to_records(ya, yb), reply_to=msg)
 
 
 @app.train("zorba")

@@ -28,13 +28,11 @@ from zorba.protocol import Hyper
 from zorba.replica import Replica
 from zorba.runner import (
     check_inputs,
-    check_probe_batch,
     client_memory_model,
     client_profiles,
     make_planner,
     make_step_rule,
     participants,
-    progress_from_probes,
 )
 from zorba.scoring import Scorer
 from zorba.server import ReportRejected, Server
@@ -50,12 +48,10 @@ class FlowerRun:
     base_digest: str
     block_counts: list[int]
     node_of: dict[int, int] = field(default_factory=dict)  # client (partition id) -> Flower node id
-    examples: dict[int, int] = field(default_factory=dict)  # client -> its number of training examples
     history: list[dict] = field(default_factory=list)
     accuracy: dict = field(default_factory=dict)
     setup_bytes: dict = field(default_factory=dict)
     final_sync: dict = field(default_factory=dict)
-    probes: dict | None = None  # what --probes measured before round 0
     seconds: float = 0.0
     profiles: list[ClientProfile] = field(default_factory=list)  # each client's class, budget and speed
     memory_model: MemoryModel | None = None  # what the planner predicts client memory with
@@ -63,12 +59,12 @@ class FlowerRun:
 
 def build_run(cfg: RunConfig, opts: FlowerOptions) -> FlowerRun:
     """The same Server the in-process runner builds: planner, hyper-parameters, seed, replica."""
-    inputs = check_inputs(cfg)
+    check_inputs(cfg)
     lm = load_model(cfg.model)
     mem = client_memory_model(cfg, lm)
     profiles = client_profiles(cfg, mem)
     hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
-    server = Server(make_planner(cfg, lm, profiles, mem, public=inputs.dev), hyper, cfg.seed, Replica(lm),
+    server = Server(make_planner(cfg, lm, profiles, mem), hyper, cfg.seed, Replica(lm),
                     step_rule=make_step_rule(cfg, lm))
     return FlowerRun(cfg, opts, lm, server, state_digest(lm.model), blocks_within_budget(profiles, mem),
                      profiles=profiles, memory_model=mem)
@@ -97,7 +93,7 @@ def hello(grid: Grid, run: FlowerRun, nodes: list[int]) -> None:
         if reply.has_error():
             raise UserError(f"node {reply.metadata.src_node_id} failed to load: {reply.error.reason[:200]}")
         try:
-            cid, digest, examples = _hello_answer(reply, run.cfg.clients)
+            cid, digest, _ = _hello_answer(reply, run.cfg.clients)
         except wire.WireError as exc:
             bad[reply.metadata.src_node_id] = str(exc)
             continue
@@ -105,7 +101,7 @@ def hello(grid: Grid, run: FlowerRun, nodes: list[int]) -> None:
             raise UserError(f"client {cid}: its base model differs from the server's (replay would diverge)")
         if cid in run.node_of:
             raise UserError(f"two SuperNodes claim partition-id {cid}")
-        run.node_of[cid], run.examples[cid] = reply.metadata.src_node_id, examples
+        run.node_of[cid] = reply.metadata.src_node_id
     if bad and len(run.node_of) < run.cfg.clients:
         node, why = next(iter(bad.items()))
         raise UserError(f"{len(bad)} SuperNode(s) sent a malformed hello (node {node}: {why})")
@@ -132,34 +128,6 @@ def _hello_answer(reply: Message, clients: int) -> tuple[int, str, int]:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def probe(grid: Grid, run: FlowerRun, public: list) -> None:
-    """--probes: every client probes every block at the base weights (query.probe); the server turns
-    the scalars into Phi's constants for its planner, as the in-process runner does."""
-    started, cfg, L = time.perf_counter(), run.cfg, len(run.lm.blocks)
-    check_probe_batch(cfg, [run.examples[c] for c in sorted(run.examples)])
-    msgs = {c: Message(RecordDict({}), dst_node_id=n, message_type="query.probe") for c, n in run.node_of.items()}
-    client_of = {n: c for c, n in run.node_of.items()}
-    scalars = {}
-    for reply in grid.send_and_receive(list(msgs.values()), timeout=run.opts.round_timeout):
-        c = client_of.get(reply.metadata.src_node_id)
-        if c is None:
-            continue
-        if reply.has_error():
-            raise UserError(f"client {c} failed its probes: {reply.error.reason}")
-        try:
-            scalars[c] = wire.records_to_probes(reply.content, L, cfg.probes)
-        except wire.WireError as exc:
-            raise UserError(f"client {c}: {exc}") from None
-    missing = sorted(set(run.node_of) - set(scalars))
-    if missing:
-        raise UserError(f"no probe scalars from clients {missing} within {run.opts.round_timeout:g} s")
-    ids = sorted(scalars)
-    consts, run.probes = progress_from_probes(cfg, run.lm, public, [scalars[c] for c in ids],
-                                              [run.examples[c] for c in ids])
-    run.server.planner.use_progress(consts)
-    run.probes["seconds"] = time.perf_counter() - started
 
 
 def exchange(
@@ -308,8 +276,6 @@ def train(grid: Grid, run: FlowerRun) -> FlowerRun:
     dev_inputs = check_inputs(cfg).dev
     dev = (scorer.encode(dev_inputs), [e.label for e in dev_inputs])
     hello(grid, run, wait_for_nodes(grid, cfg.clients, run.opts.node_wait))
-    if cfg.probes:
-        probe(grid, run, dev_inputs)
     run.accuracy["initial"] = scorer.accuracy(*dev)
     for t in range(cfg.rounds):
         record = run_round(grid, run)

@@ -51,7 +51,6 @@ def build_result(run: FlowerRun, engine: str) -> dict:
             "setup": run.setup_bytes,
         },
         "memory": client_memory(run, engine),
-        "probes": run.probes,
         "seconds": run.seconds,
         "history": run.history,
     }

@@ -4,7 +4,6 @@ Flower tooling can read it; and the measured size of a Flower message as it goes
 
 from __future__ import annotations
 
-import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from zorba import codec
@@ -12,7 +11,6 @@ from zorba.protocol import LogEntry, Report, RoundPlan
 
 PLAN, REPORT, SYNC, SETUP, METRICS = "zorba.plan", "zorba.report", "zorba.sync", "zorba.setup", "metrics"
 GAP = "zorba.gap"  # a client's answer when it lacks entries before its catch-up: {"have": n}
-PROBE = "zorba.probe"  # a client's shared-seed probe scalars (zorba/probes.py): float32 bytes
 
 
 class WireError(ValueError):
@@ -70,26 +68,6 @@ def records_to_entries(record: ConfigRecord) -> tuple[int, list[LogEntry]]:
         if e.round != first + i:
             raise WireError(f"log record: entry {i} is round {e.round}, expected {first + i}")
     return first, entries
-
-
-def probes_to_records(ya: np.ndarray, yb: np.ndarray) -> RecordDict:
-    """A client's probe scalars (L, P) each, as little-endian float32 bytes (the scalars' wire type)."""
-    L, P = ya.shape
-    data = np.stack([ya, yb]).astype("<f4").tobytes()
-    return RecordDict({PROBE: ConfigRecord({"blocks": L, "probes": P, "scalars": data})})
-
-
-def records_to_probes(content: RecordDict, blocks: int, probes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(y^a, y^b) back, checked against the shape the server asked for."""
-    if (int(_field(content, PROBE, "blocks")), int(_field(content, PROBE, "probes"))) != (blocks, probes):
-        raise WireError(f"probe record is not {blocks} blocks x {probes} probes")
-    raw = _field(content, PROBE, "scalars")
-    if not isinstance(raw, bytes) or len(raw) != 2 * blocks * probes * 4:
-        raise WireError(f"probe record: expected {2 * blocks * probes * 4} bytes of float32")
-    both = np.frombuffer(raw, "<f4").astype(float).reshape(2, blocks, probes)
-    if not np.isfinite(both).all():
-        raise WireError("probe record: non-finite scalars")
-    return both[0], both[1]
 
 
 def gap_in(reply: Message) -> int | None:

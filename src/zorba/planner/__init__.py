@@ -1,38 +1,16 @@
-"""Block-activation planning: the convergence bound, the memory model, and the solvers that trade
-one against the other (docs/theory.md)."""
+"""Block-activation planning: the energy planner (energy.py: block energies fitted from the clients'
+scalars, an epsilon-constraint lexicographic MILP; docs/theory.md, Part A) and the client memory model
+it plans against (memory_model.py). The baselines share its interface in zorba.plans."""
 
-from zorba.planner.bound import BoundConstants, bound, schedule_bound
-from zorba.planner.estimate import ScalarReport
-from zorba.planner.memory_model import MemoryModel
-from zorba.planner.problem import CoverageInfeasible, Plan, PlanInfeasible, Problem
-from zorba.planner.solve import (
-    ParetoPoint,
-    Schedule,
-    brute_force,
-    pareto_front,
-    plan_schedule,
-    solve_exact,
-    solve_heuristic,
-)
-from zorba.planner.zorba_planner import ZorbaPlanner, make_zorba_planner
+from zorba.planner.energy import BlockEnergy, EnergyPlanner, FrontPoint, NoFeasiblePlan, pareto_front
+from zorba.planner.memory_model import MemoryModel, format_bytes
 
 __all__ = [
-    "BoundConstants",
-    "CoverageInfeasible",
+    "BlockEnergy",
+    "EnergyPlanner",
+    "FrontPoint",
     "MemoryModel",
-    "ParetoPoint",
-    "Plan",
-    "PlanInfeasible",
-    "Problem",
-    "ScalarReport",
-    "Schedule",
-    "ZorbaPlanner",
-    "bound",
-    "brute_force",
-    "make_zorba_planner",
+    "NoFeasiblePlan",
+    "format_bytes",
     "pareto_front",
-    "plan_schedule",
-    "schedule_bound",
-    "solve_exact",
-    "solve_heuristic",
 ]

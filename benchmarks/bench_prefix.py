@@ -6,9 +6,6 @@ Expected: with layer l of L active (l = 0 the first), the prefix of l layers is 
 of twice, so a step costs about (2 L - l) / (2 L) of the full one (the embeddings, the head and the
 perturbation passes are not shared). Both paths give the same losses bit for bit; the script checks it.
 
-Also timed: the planner's probes of one client (probes.probe_client, every block), shared against
-full forwards, with the probe values checked equal.
-
 Usage: python benchmarks/bench_prefix.py [--models minilm,opt125m] [--reps 5] [--threads N]
 Prints one JSON line per model and, last, the step time ratio for the last layer (the largest saving).
 """
@@ -16,16 +13,11 @@ Prints one JSON line per model and, last, the step time ratio for the last layer
 from __future__ import annotations
 
 import json
-import os
 
 import _common as C
-import numpy as np
 
-from zorba.client import TokenizedData
 from zorba.precision import make_client_replica
 from zorba.prefix import SharedPrefix
-from zorba.probes import probe_client
-from zorba.tasks import read_examples
 from zorba.zo import spsa_step
 
 
@@ -70,24 +62,6 @@ def prefix_row(name: str, reps: int) -> dict:
     return {"model": name, "layers": rows}
 
 
-def probe_row(name: str, reps: int) -> dict:
-    """The planner's probes (probes.probe_client: every block, 2 probes of two 16-example minibatches)
-    of one client, shared against full forwards; the probe values must be the same bits."""
-    lm = C.load(name)
-    scorer, _, _ = C.batch(lm)
-    examples = read_examples(os.path.join(C.DATA, "sst2", "dev.tsv"), scorer.task)[:64]
-    replica = make_client_replica(lm, "bf16", "memory")
-    data = TokenizedData(scorer.encode(examples), [e.label for e in examples])
-
-    def probe(shared: bool):
-        return probe_client(replica, np.arange(len(examples)), scorer, data, 5, 0, 2, 16, 1e-3, share_prefix=shared)
-
-    same = all(np.array_equal(a, b) for a, b in zip(probe(True), probe(False), strict=True))
-    t = C.best_of({"shared": lambda: probe(True), "full": lambda: probe(False)}, reps)
-    return {"model": name, "probes_shared_s": t["shared"], "probes_full_s": t["full"],
-            "ratio": t["shared"] / t["full"], "same_values": same}
-
-
 def main() -> None:
     args = C.timing_args()
     last = []
@@ -97,10 +71,6 @@ def main() -> None:
         if not all(r["same_scalars"] for r in row["layers"]):
             raise SystemExit(f"{name}: shared and full forwards gave different scalars")
         last.append(f"{name} {row['layers'][-1]['ratio']:.3f} (expected ~{row['layers'][-1]['expected']:.3f})")
-        probes = probe_row(name, max(1, args.reps // 2))
-        print(json.dumps(probes))
-        if not probes["same_values"]:
-            raise SystemExit(f"{name}: shared and full probes gave different values")
     print(f"shared-prefix / full ZO step, last layer active: {', '.join(last)}")
 
 

@@ -2,10 +2,9 @@
 # One device call runs every GPU check (docs/performance.md, docs/results.md). Needs the carried .gpu/
 # folder: wheels absent from the device image (pydantic; datasets + flwr-datasets for the runner's
 # partition) and the embedded model's files (fp16 copy of the weights, to fit the transfer limit;
-# speed and memory do not depend on the values; the planner evidence run upcasts them to fp32).
+# speed and memory do not depend on the values).
 #   1. perf.py: fused-generator bit-equality, step / 2 forwards and replay / normal_, fused vs torch ops
-#   2. together: `zorba profile-memory` on the GPU (per-process peaks, unaffected by the other job)
-#      and, unless EVIDENCE=0, the planner-evidence run of issue 3 (EVIDENCE_ARGS: its options)
+#   2. `zorba profile-memory` on the GPU (per-process peaks)
 # PROFILE=0 skips profile-memory; PERF_ARGS adds perf.py options (--skip-memory, --profile, --models ...).
 set -u
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -19,15 +18,9 @@ mkdir -p shared && ln -sfn "$PWD/.gpu/data" shared/data  # baselines look for sh
 timeout "${PERF_S:-240}" python3 benchmarks/gpu/perf.py --device cuda --reps 5 ${PERF_ARGS:-} > "$OUT/perf.json" 2> "$OUT/perf.err"
 echo "perf rc=$?"
 tail -c 2500 "$OUT/perf.json"
-[ "${PROFILE:-1}" = 1 ] && ( timeout "${PROFILE_S:-240}" python3 -c "import sys; from zorba.cli import main; sys.argv[0] = 'zorba'; main()" \
-    profile-memory --model minilm --device cuda --out "$OUT/memory-model-cuda.json" > "$OUT/profile_memory.txt" 2>&1
-  echo "profile-memory rc=$?" >> "$OUT/profile_memory.txt" ) &
-if [ "${EVIDENCE:-1}" = 1 ]; then
-  timeout "${EVIDENCE_S:-250}" python3 benchmarks/bench_plan_evidence.py --device cuda ${EVIDENCE_ARGS:-} \
-      --out /tmp/evidence > "$OUT/evidence.txt" 2>&1
-  echo "evidence rc=$?" | tee -a "$OUT/evidence.txt"
+if [ "${PROFILE:-1}" = 1 ]; then
+  timeout "${PROFILE_S:-240}" python3 -c "import sys; from zorba.cli import main; sys.argv[0] = 'zorba'; main()" \
+      profile-memory --model minilm --device cuda --out "$OUT/memory-model-cuda.json" > "$OUT/profile_memory.txt" 2>&1
+  echo "profile-memory rc=$?" >> "$OUT/profile_memory.txt"
+  tail -n 14 "$OUT/profile_memory.txt"
 fi
-wait
-[ -d /tmp/evidence ] && tar -czf "$OUT/evidence.tgz" -C /tmp evidence
-tail -n 14 "$OUT/profile_memory.txt"
-[ -f "$OUT/evidence.txt" ] && tail -n 8 "$OUT/evidence.txt"

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -120,34 +120,46 @@ def chosen_lr(study: StudyConfig, out: Path, planner: str) -> float | None:
 
 
 def run_study(study: StudyConfig, out: Path, say: Callable[[str], None] = print) -> None:
+    """Runs every missing cell, `jobs` at a time, in the config's planner order: a planner's tuning
+    cells, then its seeds as soon as its lr is chosen (other planners' cells fill the idle slots), so
+    an interrupted study has whole planners done first."""
     os.environ["OMP_NUM_THREADS"] = "1"  # each cell one thread; `jobs` cells share the cores
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(study.model_dump(mode="json"), indent=1))
-    tune = [(p, lr) for p in study.planners for lr in study.grid(p) if not (tune_dir(out, p, lr) / "result.json").is_file()]
-    _run_all([(cell_values(study, p, lr, study.tune_seed), str(tune_dir(out, p, lr))) for p, lr in tune],
-             study.jobs, say, "tuning")
-    finals = []
+    running: dict = {}
+    with ProcessPoolExecutor(study.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        while True:
+            for values, where in next_cells(study, out, set(running.values()))[: study.jobs - len(running)]:
+                Path(where).parent.mkdir(parents=True, exist_ok=True)
+                running[pool.submit(run_cell, values, where)] = where
+                say(f"started {where}")
+            if not running:
+                return
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                say(f"finished {fut.result()}")
+                del running[fut]
+
+
+def next_cells(study: StudyConfig, out: Path, busy: set[str]) -> list[tuple[dict, str]]:
+    """The cells that can start now, in priority order (a seed cell needs its planner's chosen lr;
+    tune_seed's seed cell is its tuning run, copied)."""
+    ready = []
     for p in study.planners:
+        for lr in study.grid(p):
+            where = tune_dir(out, p, lr)
+            if not (where / "result.json").is_file() and str(where) not in busy:
+                ready.append((cell_values(study, p, lr, study.tune_seed), str(where)))
         lr = chosen_lr(study, out, p)
+        if lr is None:
+            continue
         for seed in study.seeds:
             where = seed_dir(out, p, seed)
-            if (where / "result.json").is_file():
+            if (where / "result.json").is_file() or str(where) in busy:
                 continue
             if seed == study.tune_seed:
                 where.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(tune_dir(out, p, lr), where)
             else:
-                finals.append((cell_values(study, p, lr, seed), str(where)))
-    _run_all(finals, study.jobs, say, "seeds")
-
-
-def _run_all(cells: list[tuple[dict, str]], jobs: int, say: Callable[[str], None], phase: str) -> None:
-    if not cells:
-        return
-    for _, where in cells:
-        Path(where).parent.mkdir(parents=True, exist_ok=True)
-    say(f"{phase}: {len(cells)} runs, {jobs} at a time")
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = [pool.submit(run_cell, values, where) for values, where in cells]
-        for n, fut in enumerate(futures, 1):
-            say(f"{phase} {n}/{len(cells)}: {fut.result()}")
+                ready.append((cell_values(study, p, lr, seed), str(where)))
+    return ready

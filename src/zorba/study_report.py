@@ -68,11 +68,25 @@ def summarize(out: Path) -> dict:
             if p != "zorba" and len(finals[p]) == len(finals["zorba"]):
                 diff = finals["zorba"] - finals[p]
                 row["zorba_minus_this"] = {"mean": float(diff.mean()), "ci95": interval(diff)}
-    summary = {"target": target, "reference": REFERENCE, "planners": rows}
+    summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(render(summary))
     plot(curves, target, out / "convergence.png")
     return summary
+
+
+def claims(rows: dict) -> dict:
+    """The study's two questions, answered from the table: does zorba reach the target in at most
+    0.7x the rounds "all" needs (mean curves), and is it ahead of every budget-feasible baseline at the
+    final round (mean over seeds)?"""
+    if "zorba" not in rows or REFERENCE not in rows:
+        return {}
+    z, a = rows["zorba"]["rounds_to_target_mean_curve"], rows[REFERENCE]["rounds_to_target_mean_curve"]
+    ratio = None if z is None or not a else z / a
+    feasible = [p for p in rows if p not in ("zorba", REFERENCE, "random", "round-robin")]
+    ahead = {p: rows["zorba"]["final_mean"] > rows[p]["final_mean"] for p in feasible}
+    return {"rounds_ratio_zorba_over_all": ratio, "faster_by_0.7x": ratio is not None and ratio <= 0.7,
+            "ahead_at_final_round": ahead, "ahead_of_every_feasible_baseline": bool(ahead) and all(ahead.values())}
 
 
 def _pct(x: float | None) -> str:
@@ -97,6 +111,13 @@ def render(summary: dict) -> str:
                      f"{'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
     zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
     lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]
+    c = summary.get("claims") or {}
+    if c:
+        ratio = c["rounds_ratio_zorba_over_all"]
+        lines += [f"Rounds to the target, zorba / all (mean curves): {'never reached' if ratio is None else f'{ratio:.2f}'}"
+                  f" (goal <= 0.7: {'met' if c['faster_by_0.7x'] else 'not met'}).",
+                  "zorba ahead at the final round of: " + ", ".join(
+                      f"{p} {'yes' if v else 'no'}" for p, v in c["ahead_at_final_round"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 

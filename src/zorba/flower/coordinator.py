@@ -91,7 +91,7 @@ def hello(grid: Grid, run: FlowerRun, nodes: list[int]) -> None:
     bad = {}
     for reply in grid.send_and_receive(msgs, timeout=run.opts.node_wait):
         if reply.has_error():
-            raise UserError(f"node {reply.metadata.src_node_id} failed to load: {reply.error.reason[:200]}")
+            raise UserError(f"node {reply.metadata.src_node_id} failed to load: {error_line(reply.error.reason)}")
         try:
             cid, digest, _ = _hello_answer(reply, run.cfg.clients)
         except wire.WireError as exc:
@@ -201,11 +201,18 @@ def _sum_bytes(sizes) -> dict[str, int]:
     return total
 
 
+def error_line(reason: str, limit: int = 200) -> str:
+    """The last line of an error reply, clipped: engines (Ray) put their own wrapping first and the
+    ClientApp's message last."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else reason)[-limit:]
+
+
 def _accept(server: Server, reply: Message, client: int) -> str:
     """'' if the server accepted the reply's report, else why not. `client` is the one whose node
     sent the reply: a report claiming another client is refused, whatever it carries."""
     if reply.has_error():
-        return f"ClientApp error: {reply.error.reason[:200]}"
+        return f"ClientApp error: {error_line(reply.error.reason)}"
     if reply.metadata.message_type != "train.zorba":
         return f"answered a {reply.metadata.message_type!r} message to a train.zorba one"
     try:

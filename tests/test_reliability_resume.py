@@ -76,6 +76,7 @@ def assert_same_weights(out, reference):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (out / "log.jsonl").read_text() == (ref_out / "log.jsonl").read_text()
     assert result["accuracy"]["final"] == ref["accuracy"]["final"]
+    assert result["dev_significance"] == ref["dev_significance"] and ref["dev_significance"] is not None
     assert len(result["history"]) == ROUNDS
 
 

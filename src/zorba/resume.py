@@ -101,7 +101,7 @@ class DurableRun:
         s = self.runner.state
         if "initial" not in s.accuracy:
             initial = self.runner.evaluate(0)
-            self.store.append_record({"initial": initial})
+            self.store.append_record(_initial_record(s, initial))
             _set_initial(s, initial)
         crash_point("run-started")
 
@@ -112,6 +112,12 @@ class DurableRun:
                 on_round(rec)
 
         return self.runner.run(record)
+
+
+def _initial_record(s: RunState, initial: dict) -> dict:
+    """What rounds.bin keeps of round 0: the accuracies and the zero-shot dev predictions, so that a
+    resumed run can still test its final model against zero-shot."""
+    return {"initial": initial, "initial_dev_predictions": s.initial_dev_predictions}
 
 
 def _set_initial(s: RunState, initial: dict) -> None:
@@ -127,6 +133,9 @@ def restore(runner: Runner, store: RunStore) -> None:
     initial = next((r["initial"] for r in store.records if "initial" in r), None)
     if initial is None:  # rounds.bin lost: measure at the base weights, before any replay
         initial = runner.evaluate(0)
+    else:
+        preds = next((r.get("initial_dev_predictions") for r in store.records if "initial" in r), None)
+        s.initial_dev_predictions, s.dev_labels = list(preds or []), list(runner.dev[1])
     plans: dict[int, RoundPlan] = {}
     for entry in store.entries:
         plans = s.server.make_plans(runner.present_clients(entry.round))
@@ -136,7 +145,7 @@ def restore(runner: Runner, store: RunStore) -> None:
             raise UserError(f"{store.folder}: the log does not belong to this run's config ({exc})") from None
     store.repair()
     if not any("initial" in r for r in store.records):
-        store.append_record({"initial": initial})  # first, so that a later resume finds it
+        store.append_record(_initial_record(s, initial))  # first, so that a later resume finds it
     s.device.sync(s.server.log)
     _set_initial(s, initial)
     for rec in [r for r in store.records if "round" in r][: len(store.entries)]:

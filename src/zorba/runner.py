@@ -76,7 +76,7 @@ class RunState:
     profiles: list[ClientProfile] = field(default_factory=list)  # each client's class, budget and speed
     memory_model: MemoryModel | None = None  # what the planner predicts client memory with
     dev_predictions: list[int] = field(default_factory=list)  # at the last evaluation
-    initial_dev_predictions: list[int] = field(default_factory=list)  # zero-shot (empty in a resumed run)
+    initial_dev_predictions: list[int] = field(default_factory=list)  # zero-shot
     dev_labels: list[int] = field(default_factory=list)
 
 
@@ -192,6 +192,8 @@ class Runner:
     def evaluate(self, round_idx: int) -> dict:
         dev = self.eval_scorer.evaluate(*self.dev)
         self.state.dev_predictions = dev.predictions
+        if round_idx == 0:  # zero-shot: the other half of the paired test (significance.py)
+            self.state.initial_dev_predictions, self.state.dev_labels = dev.predictions, list(self.dev[1])
         out = {"round": round_idx, "dev_accuracy": dev.accuracy, "dev_loss": dev.loss}
         if self.validation is not None:
             val = self.eval_scorer.evaluate(*self.validation)
@@ -254,7 +256,6 @@ class Runner:
         if "initial" not in s.accuracy:  # a resumed run (zorba.resume) already has it
             initial = self.evaluate(0)
             s.accuracy["initial"] = initial["dev_accuracy"]
-            s.initial_dev_predictions, s.dev_labels = list(s.dev_predictions), list(self.dev[1])
             if self.test is not None:
                 s.test_accuracy["initial"] = initial["test_file_accuracy"]
         for t in range(s.server.round, cfg.rounds):
@@ -264,6 +265,8 @@ class Runner:
             s.history.append(record)
             if on_round:
                 on_round(record)
+        if not s.dev_predictions:  # resumed after its last round: the final predictions were not kept
+            self.evaluate(cfg.rounds)
         s.accuracy["final"] = s.history[-1]["dev_accuracy"]
         if self.test is not None:
             s.test_accuracy["final"] = s.history[-1]["test_file_accuracy"]

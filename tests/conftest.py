@@ -86,3 +86,12 @@ def zorba(capsys, monkeypatch):
         return SimpleNamespace(returncode=exc.value.code, stdout=out.out, stderr=out.err)
 
     return call
+
+
+def assert_clean_error(res, *fragments):
+    """A bad input: exit code 2 and one line on stderr holding every fragment, no traceback."""
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]

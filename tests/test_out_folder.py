@@ -8,19 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_clean_error
 
 from zorba.errors import UserError
 from zorba.outdir import MARKER
 
 torch.set_num_threads(1)
-
-
-def assert_clean_error(res, *fragments):
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,13 @@ import signal
 
 import pytest
 import torch
+from conftest import assert_clean_error
 
 from zorba.config import make_config
 from zorba.durable import frame, sealed
 from zorba.job import run_job
 
 torch.set_num_threads(1)
-
-
-def assert_clean_error(res, *fragments):
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def crashed_run(cfg, out, point="round-recorded:3"):

@@ -160,7 +160,7 @@ class RunStore:
 
     def __init__(self, folder: Path, header: dict) -> None:
         self.folder, self.header = folder, header
-        self._log = AppendLog(folder / "log.bin", b"ZL1")
+        self._log = AppendLog(folder / "log.bin", b"ZL")  # every version of codec.encode_entry (ZL1, ZL2)
         self._rounds = AppendLog(folder / "rounds.bin", b"{")
         self.entries = [_decode_entry(folder, i, raw) for i, raw in enumerate(self._log.records)]
         self.records = [_decode_record(folder, i, raw) for i, raw in enumerate(self._rounds.records)]

@@ -99,16 +99,16 @@ def render(summary: dict) -> str:
     lines = [
         f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
         "",
-        "| planner | lr | final dev acc % (95% CI) | zorba - this, pts (95% CI) | rounds to target (mean curve) "
-        "| per seed | wall s / run |",
-        "|---|---|---|---|---|---|---|",
+        "| planner | seeds | lr | final dev acc % (95% CI) | zorba - this, pts (95% CI) | rounds to target "
+        "(mean curve) | per seed | wall s / run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p, r in sorted(summary["planners"].items(), key=lambda kv: -kv[1]["final_mean"]):
         d = r.get("zorba_minus_this")
         diff = f"{100 * d['mean']:+.2f} ± {_pct(d['ci95'])}" if d else "-"
         per_seed = ", ".join("-" if x is None else f"{x:g}" for x in r["rounds_to_target_per_seed"])
         rt = r["rounds_to_target_mean_curve"]
-        lines.append(f"| {p} | {r['lr']:g} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
+        lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
                      f"{'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
     zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
     lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]

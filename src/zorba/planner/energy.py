@@ -45,7 +45,7 @@ class BlockEnergy:
     def __init__(self, sizes: Sequence[float], window: int = 5, ridge: float = 0.1) -> None:
         self.sizes = np.asarray(sizes, float)
         self.ridge = ridge
-        self.rows: deque[tuple[np.ndarray, float]] = deque(maxlen=window * 64)
+        self.rows: deque[tuple[np.ndarray, float]] = deque()  # the last `window` rounds' (set, mean g^2)
         self.rounds: deque[int] = deque(maxlen=window)
 
     def observe(self, sets: Mapping[int, Sequence[int]], scalars: Mapping[int, Sequence[float]]) -> None:

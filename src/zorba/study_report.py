@@ -100,7 +100,7 @@ def render(summary: dict) -> str:
         f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
         "",
         "| planner | seeds | lr | final dev acc % (95% CI) | zorba - this, pts (95% CI) | rounds to target "
-        "(mean curve) | per seed | wall s / run |",
+        "(mean curve) | per seed | wall s / run (machine shared: not a speed comparison) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for p, r in sorted(summary["planners"].items(), key=lambda kv: -kv[1]["final_mean"]):

@@ -56,7 +56,7 @@ def report_for(run, client: int) -> RecordDict:
     """A report the server would accept from `client` this round (right seeds, finite scalars)."""
     rseed = next(iter(run.server._plans.values())).round_seed
     steps = tuple(StepReport(step_seed(rseed, client, k), (0.25,)) for k in range(run.cfg.local_steps))
-    return wire.report_to_records(Report(run.server.round, client, steps, 0.5, 10))
+    return wire.report_to_records(Report(run.server.round, client, steps, 0.5), 10)
 
 
 HOSTILE = {

@@ -11,7 +11,7 @@ from zorba.flower import wire
 from zorba.flower.device import LogGap, merge_log
 from zorba.flower.faults import InjectedCrash, inject, parse_faults
 from zorba.flower.settings import split_run_config
-from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport
+from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
 
 
 def entry(r: int) -> LogEntry:
@@ -21,12 +21,13 @@ def entry(r: int) -> LogEntry:
 def test_plan_and_report_round_trip_through_records():
     plan = RoundPlan(2, 1, (0, 3), 99, Hyper(1e-3, 1e-3), (entry(0), entry(1)))
     assert wire.records_to_plan(wire.plan_to_records(plan)) == plan
-    report = Report(2, 1, (StepReport(5, (0.5,)),), 0.75, 10)
-    content = wire.report_to_records(report)
-    assert wire.records_to_report(content) == report
+    report = Report(2, 1, (StepReport(step_seed(99, 1, 0), (0.5,)),), 0.75)
+    content = wire.report_to_records(report, 10)
+    assert wire.records_to_report(content, {1: plan}) == report
+    assert content[wire.METRICS]["num-examples"] == 10
     assert content[wire.METRICS]["train-loss"] == 0.75
     assert wire.reported_peak(content) is None  # nothing claimed
-    assert wire.reported_peak(wire.report_to_records(report, 123_456_789)) == 123_456_789
+    assert wire.reported_peak(wire.report_to_records(report, 10, 123_456_789)) == 123_456_789
     content[wire.METRICS]["peak-rss-bytes"] = -5.0
     assert wire.reported_peak(content) is None  # a malformed claim is dropped
     first, entries = wire.records_to_entries(wire.entries_to_records([entry(3), entry(4)], 3))

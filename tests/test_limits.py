@@ -13,20 +13,22 @@ from zorba.errors import UserError
 from zorba.profiles import load_profiles
 from zorba.protocol import Hyper, LogEntry, RoundPlan
 
+PLANS = {0: RoundPlan(0, 0, (0,), 5, Hyper(1e-3, 1e-3, 1, 5))}
 
-def test_a_long_report_is_refused_from_its_step_count():
-    n = 1 << 20
-    data = b"ZR1" + struct.pack("<IIfIH", 0, 0, 0.5, 10, 1) + struct.pack("<I", n) + bytes(12 * n) + b"\0"
+
+def test_a_long_report_is_refused_from_its_length_before_decoding():
+    data = b"ZR2" + struct.pack("<IIfB", 0, 0, 0.5, 0) + bytes(4 << 20)
     started = time.perf_counter()
-    with pytest.raises(codec.DecodeError, match="at most 5"):
-        codec.decode_report(data, max_steps=5)
+    with pytest.raises(codec.DecodeError, match="expected 5 steps x 1 float32"):
+        codec.decode_report(data, PLANS)
     assert time.perf_counter() - started < 0.5
 
 
-def test_a_count_the_message_cannot_hold_is_refused_before_decoding():
-    data = b"ZR1" + struct.pack("<IIfIH", 0, 0, 0.5, 10, 1) + struct.pack("<I", 1 << 20) + bytes(12)
-    with pytest.raises(codec.DecodeError, match="too short"):
-        codec.decode_report(data)
+def test_a_report_nobody_asked_for_is_refused_before_decoding():
+    for client, rnd in ((1, 0), (0, 3)):
+        data = b"ZR2" + struct.pack("<IIfB", rnd, client, 0.5, 0) + bytes(20)
+        with pytest.raises(codec.DecodeError, match="no plan"):
+            codec.decode_report(data, PLANS)
 
 
 def test_profile_count_is_checked_before_the_list_is_built(tmp_path):

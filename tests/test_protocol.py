@@ -6,7 +6,7 @@ import torch
 from zorba import codec
 from zorba.config import make_config
 from zorba.models import load_model
-from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport
+from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
 from zorba.replica import Replica
 from zorba.runner import Runner, check_inputs
 from zorba.server import ReportRejected
@@ -70,15 +70,18 @@ def _plan():
 def test_codec_round_trips():
     plan = _plan()
     assert codec.decode_plan(codec.encode_plan(plan)) == plan
-    rep = Report(1, 3, (StepReport(9, (0.25, 1.5)),), 0.5, 10, {"peak": 3.0})
-    assert codec.decode_report(codec.encode_report(rep)) == rep
+    asked = RoundPlan(1, 3, (1, 4), 123, Hyper(2e-5, 1e-3, 2, 1, 16))
+    rep = Report(1, 3, (StepReport(step_seed(123, 3, 0), (0.25, 1.5)),), 0.5, {"peak": 3.0})
+    assert codec.decode_report(codec.encode_report(rep), {3: asked}) == rep
     assert codec.decode_entry(codec.encode_entry(plan.catch_up[0])) == plan.catch_up[0]
 
 
-def test_uplink_is_a_few_bytes_per_step():
-    steps = tuple(StepReport(k, (0.5,)) for k in range(5))
-    size = len(codec.encode_report(Report(0, 0, steps, 0.1, 10)))
-    assert size <= 5 * 12 + 32
+def test_a_report_is_its_scalars_and_16_bytes():
+    """The step seeds are the server's to derive: K steps of one scalar cost 4 K + 16 bytes."""
+    steps = tuple(StepReport(step_seed(9, 0, k), (0.5,)) for k in range(5))
+    wire = codec.encode_report(Report(0, 0, steps, 0.1))
+    assert len(wire) == 4 * 5 + 16
+    assert codec.decode_report(wire, {0: RoundPlan(0, 0, (0,), 9, Hyper(1e-3, 1e-3, 1, 5))}).steps == steps
 
 
 @pytest.mark.parametrize("cut", [0, 3, 10, 20, -1])
@@ -96,7 +99,6 @@ def test_server_rejects_unassigned_seed_and_nonfinite(small_run):
     bad_seed = Report(p.round, 0, tuple(StepReport(k + 1, (0.1,)) for k in range(p.hyper.local_steps)), 0.0)
     with pytest.raises(ReportRejected, match="not assigned"):
         server.receive(bad_seed)
-    from zorba.protocol import step_seed
 
     nan = Report(p.round, 0, tuple(StepReport(step_seed(p.round_seed, 0, k), (math.nan,)) for k in range(p.hyper.local_steps)), 0.0)
     with pytest.raises(ReportRejected, match="non-finite"):

@@ -80,7 +80,7 @@ def hostile_clients(bad=(0,)):
             return report
         value = (math.nan, math.inf, 1e30)[plan.round % 3]
         steps = tuple(StepReport(s.seed, (value,) * len(s.scalars)) for s in report.steps)
-        return Report(report.round, report.client, steps, report.loss, report.num_examples)
+        return Report(report.round, report.client, steps, report.loss)
 
     return run_round
 

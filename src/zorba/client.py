@@ -43,7 +43,7 @@ def run_round(plan: RoundPlan, state: ClientState, replica: Replica, scorer: Sco
 
     steps, losses = local_steps(replica, plan.blocks, scorer, batches(), h)
     replica.restore(snap)
-    return Report(plan.round, state.cid, tuple(steps), float(np.mean(losses)), len(state.indices))
+    return Report(plan.round, state.cid, tuple(steps), float(np.mean(losses)))
 
 
 def local_steps(

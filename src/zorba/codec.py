@@ -1,18 +1,21 @@
 """Compact binary wire format for plans, reports and log entries (little-endian, struct).
 
 Why not pickle or JSON: pickle executes code from the network; JSON spends ~20 bytes on a float32.
-Here a local step costs 8 bytes of seed + 4 bytes per scalar, and every decoder checks sizes and
-values, raising DecodeError with a reason (fuzzed in the tests)."""
+A report carries only what the server cannot derive: its steps' seeds follow from the plan
+(`protocol.step_seed`), so a local step costs its q float32 scalars and a report 16 + 4 K q bytes
+(no metrics). Every decoder checks sizes and values before it allocates, raising DecodeError with a
+reason (fuzzed in the tests)."""
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Mapping
 
-from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport
+from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
 from zorba.rng import DISTRIBUTIONS
 
-_PLAN, _REPORT, _ENTRY = b"ZP2", b"ZR1", b"ZL2"
+_PLAN, _REPORT, _ENTRY = b"ZP2", b"ZR2", b"ZL2"
 _ENTRY_V1 = b"ZL1"  # before the step rule: decoded with lr_scale 1 and no coverage factor (old logs stay readable)
 MAX_ITEMS = 1 << 20  # any count above this is a corrupt or hostile message
 MAX_LR_SCALE = 1e6  # a step rule's factor beyond this is a corrupt or hostile entry
@@ -82,11 +85,9 @@ def _put_steps(w: _Writer, steps: tuple[StepReport, ...], q: int) -> None:
         w.put(f"Q{q}f", s.seed, *s.scalars)
 
 
-def _get_steps(r: _Reader, q: int, max_steps: int | None = None) -> tuple[StepReport, ...]:
-    """Both limits are checked from the count, before a single step is decoded or allocated."""
+def _get_steps(r: _Reader, q: int) -> tuple[StepReport, ...]:
+    """The count is checked against the bytes left before a single step is decoded or allocated."""
     n = r.count()
-    if max_steps is not None and n > max_steps:
-        raise DecodeError(f"{n} steps, at most {max_steps} expected")
     if n * struct.calcsize(f"<Q{q}f") > len(r.data) - r.pos:
         raise DecodeError(f"{n} steps announced, the message is too short to hold them")
     steps = []
@@ -180,28 +181,38 @@ def decode_plan(data: bytes) -> RoundPlan:
 
 
 def encode_report(rep: Report) -> bytes:
-    q = len(rep.steps[0].scalars) if rep.steps else 0
-    w = _Writer(_REPORT).put("IIfIH", rep.round, rep.client, rep.loss, rep.num_examples, q)
-    _put_steps(w, rep.steps, q)
-    w.put("B", len(rep.metrics))
+    """round, client, loss, the metrics, then the K x q scalars; the step count is the message's length."""
+    w = _Writer(_REPORT).put("IIfB", rep.round, rep.client, rep.loss, len(rep.metrics))
     for key, value in rep.metrics.items():
         raw = key.encode()[:255]
         w.put(f"B{len(raw)}sd", len(raw), raw, value)
-    return w.bytes()
+    q = len(rep.steps[0].scalars) if rep.steps else 0
+    if any(len(s.scalars) != q for s in rep.steps):
+        raise ValueError("every step of a report must carry the same number of scalars")
+    scalars = [g for s in rep.steps for g in s.scalars]
+    return w.put(f"{len(scalars)}f", *scalars).bytes()
 
 
-def decode_report(data: bytes, max_steps: int | None = None) -> Report:
-    """`max_steps`: the local steps the plan asked for; a longer report is refused before decoding."""
+def decode_report(data: bytes, plans: Mapping[int, RoundPlan]) -> Report:
+    """A report answers one of `plans` (client -> this round's plan): the plan gives the step count,
+    q and the seeds. The scalars' size is checked against the plan before any is decoded."""
     r = _Reader(data, _REPORT)
-    rnd, client, loss, n, q = r.get("IIfIH")
-    steps = _get_steps(r, q, max_steps)
+    rnd, client, loss, n_metrics = r.get("IIfB")
+    plan = plans.get(client)
+    if plan is None or plan.round != rnd:
+        raise DecodeError(f"client {client}: no plan for round {rnd}")
     metrics = {}
-    for _ in range(r.count("B")):
+    for _ in range(n_metrics):
         (klen,) = r.get("B")
         raw, value = r.get(f"{klen}sd")
         try:
             metrics[raw.decode()] = value
         except UnicodeDecodeError:
             raise DecodeError("metric name is not UTF-8") from None
+    k, q = plan.hyper.local_steps, plan.hyper.q
+    if len(r.data) - r.pos != 4 * k * q:
+        raise DecodeError(f"client {client}: {len(r.data) - r.pos} bytes of scalars, expected {k} steps x {q} float32")
+    values = r.get(f"{k * q}f")
     r.end()
-    return Report(rnd, client, steps, loss, n, metrics)
+    steps = tuple(StepReport(step_seed(plan.round_seed, client, i), tuple(values[i * q : (i + 1) * q])) for i in range(k))
+    return Report(rnd, client, steps, loss, metrics)

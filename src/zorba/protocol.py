@@ -88,13 +88,13 @@ class RoundPlan:
 
 @dataclass(frozen=True)
 class Report:
-    """Client -> server: the steps' (seed, scalars) and a few metrics."""
+    """Client -> server: the steps' (seed, scalars) and a few metrics. On the wire the seeds are left
+    out: the server derives them from the plan it sent (codec.decode_report)."""
 
     round: int
     client: int
     steps: tuple[StepReport, ...]
     loss: float  # mean of the two perturbed losses over the round's steps: a free training-loss proxy
-    num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
 

@@ -230,7 +230,7 @@ class Runner:
             if is_late(time.perf_counter() - client_started, speed, self.reliability.deadline):
                 continue
             try:
-                s.server.receive(codec.decode_report(wire_report, s.server.hyper.local_steps))
+                s.server.receive(codec.decode_report(wire_report, s.server.plans))
             except (ReportRejected, codec.DecodeError):
                 continue
             answered += 1

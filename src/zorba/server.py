@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Protocol
 
 from zorba.durable import crash_point
@@ -129,6 +130,11 @@ class Server:
         self.aggregator.observe(entry)
         self.planner.observe(entry.round, observed_scalars(entry))
         self._plans, self._reports = {}, {}
+
+    @property
+    def plans(self) -> Mapping[int, RoundPlan]:
+        """This round's plans by client: what a report on the wire is decoded against."""
+        return MappingProxyType(self._plans)
 
     @property
     def reports(self) -> dict[int, Report]:

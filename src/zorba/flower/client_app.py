@@ -99,7 +99,7 @@ def train(msg: Message, context: Context) -> Message:
         dev.forget_device()  # a failure mid-step may leave perturbed weights behind
         raise
     dev.store_log(context, log)
-    return Message(wire.report_to_records(report, process_peak_rss()), reply_to=msg)
+    return Message(wire.report_to_records(report, len(device.parts[cid]), process_peak_rss()), reply_to=msg)
 
 
 @app.query("sync")

@@ -218,7 +218,7 @@ def _accept(server: Server, reply: Message, client: int) -> str:
     try:
         if wire.gap_in(reply) is not None:
             return "log gap persisted after a resend"
-        report = wire.records_to_report(reply.content, server.hyper.local_steps)
+        report = wire.records_to_report(reply.content, server.plans)
         if report.client != client:
             return f"rejected: client {client}'s node sent a report for client {report.client}"
         server.receive(report)

@@ -4,6 +4,8 @@ Flower tooling can read it; and the measured size of a Flower message as it goes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from zorba import codec
@@ -32,8 +34,8 @@ def records_to_plan(content: RecordDict) -> RoundPlan:
     return codec.decode_plan(_field(content, PLAN, "plan"))
 
 
-def report_to_records(report: Report, peak_rss_bytes: int = 0) -> RecordDict:
-    metrics = {"train-loss": float(report.loss), "num-examples": int(report.num_examples)}
+def report_to_records(report: Report, num_examples: int, peak_rss_bytes: int = 0) -> RecordDict:
+    metrics = {"train-loss": float(report.loss), "num-examples": int(num_examples)}
     if peak_rss_bytes > 0:  # the client process's own peak so far (deployment: its machine's memory)
         metrics["peak-rss-bytes"] = int(peak_rss_bytes)
     return RecordDict({REPORT: ConfigRecord({"report": codec.encode_report(report)}), METRICS: MetricRecord(metrics)})
@@ -49,8 +51,8 @@ def reported_peak(content: RecordDict) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def records_to_report(content: RecordDict, max_steps: int | None = None) -> Report:
-    return codec.decode_report(_field(content, REPORT, "report"), max_steps)
+def records_to_report(content: RecordDict, plans: Mapping[int, RoundPlan]) -> Report:
+    return codec.decode_report(_field(content, REPORT, "report"), plans)
 
 
 def entries_to_records(entries: tuple[LogEntry, ...] | list[LogEntry], first: int) -> ConfigRecord:

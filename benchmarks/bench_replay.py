@@ -34,7 +34,7 @@ def one_scalar_entry(block: int, pairs: int = 1) -> LogEntry:
 
 
 def _torch_path(fn, *args):
-    """rng.py's torch path instead of the compiled CPU loop: the eighth session's before, same run."""
+    """rng.py's torch path instead of the compiled CPU loop, timed in the same run."""
     with rng_native.off():
         fn(*args)
 

@@ -9,9 +9,9 @@ A2: perturbation cost on a fraction f of the parameters / (f x the all-blocks co
     one pass); a step's perturbation work (`spsa_step` with a constant loss: keys and small z once,
     three passes back to back); and the same three passes timed inside real steps, with the two
     forwards between them (`ratio_in_step`): the forwards evict the generator's buffers and code, so
-    each pass after one starts cold, as it does in training (docs/performance.md, seventh session).
+    each pass after one starts cold, as it does in training (docs/performance.md, A2).
     The round (A1) and the in-step passes (A2) are also timed through rng.py's torch path
-    (`*_torch_path`), the eighth session's "before" for its compiled CPU loop (rng_native.py, _rng_native.c).
+    (`*_torch_path`), the reference the compiled CPU loop (rng_native.py, _rng_native.c) is compared with.
 
 Usage: python benchmarks/bench_zo_step.py [--models tiny,minilm,opt125m] [--reps 5] [--threads N]
        [--client-malloc]   (glibc's mmap threshold fixed at 1 MiB first, as a client's TieredReplica does)
@@ -85,8 +85,8 @@ def step_ratios(name: str, reps: int, device: str) -> dict:
 
 
 def torch_path(fn):
-    """fn run through rng.py's torch path instead of the compiled CPU loop (rng_native.py, _rng_native.c): the
-    eighth session's before and after, side by side."""
+    """fn run through rng.py's torch path instead of the compiled CPU loop (rng_native.py, _rng_native.c): both
+    paths side by side in one run."""
     def run():
         with rng_native.off():
             return fn()

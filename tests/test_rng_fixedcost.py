@@ -1,4 +1,4 @@
-"""The fast paths that cut a pass's fixed cost (docs/performance.md, fifth session) give the same bits
+"""The fast paths that cut a pass's fixed cost (docs/performance.md, "How a perturbation pass is computed") give the same bits
 as the reference paths: the small streams' z hashed in front of the large ones' first chunk equals
 packed_noise, the weights equal add_noise_many_ (itself checked against the definition in
 test_rng_workspace.py), keys equal derive_key one by one, and ZO steps equal the reference path."""

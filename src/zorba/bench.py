@@ -251,8 +251,11 @@ def write_tables(results: list[dict], out: Path) -> None:
 
 # --- plots -------------------------------------------------------------------------------------------
 
-def _curves(results: list[dict], task: str, x_key: str) -> dict[str, tuple[list[float], list[float]]]:
-    """Per method: x and accuracy averaged over seeds at the evaluated rounds."""
+def _curves(results: list[dict], task: str, x_key: str) -> dict[str, tuple[list[float], list[float], list[float], int]]:
+    """Per method: x, accuracy (%) averaged over seeds at the evaluated rounds (round 0 = zero-shot),
+    the half-width of its 95% t-interval over seeds (0 with one seed), and the number of seeds."""
+    from scipy import stats
+
     out: dict[str, list[list[tuple[float, float]]]] = {}
     for r in results:
         if r["task"] == task:
@@ -262,9 +265,23 @@ def _curves(results: list[dict], task: str, x_key: str) -> dict[str, tuple[list[
     for method, runs in out.items():
         n = min(len(p) for p in runs)
         xs = [float(np.mean([p[i][0] for p in runs])) for i in range(n)]
-        ys = [100 * float(np.mean([p[i][1] for p in runs])) for i in range(n)]
-        curves[method] = (xs, ys)
+        accs = np.array([[100 * p[i][1] for i in range(n)] for p in runs])
+        half = (stats.t.ppf(0.975, len(runs) - 1) * accs.std(axis=0, ddof=1) / math.sqrt(len(runs))
+                if len(runs) > 1 else np.zeros(n))
+        curves[method] = (xs, [float(v) for v in accs.mean(axis=0)], [float(v) for v in half], len(runs))
     return curves
+
+
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*")  # identical curves stay distinguishable
+
+
+def _figure_legend(fig, axes) -> None:
+    """One legend for the figure, outside the axes (it hides no line), with every label of every axis."""
+    seen: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
 
 
 def write_plots(results: list[dict], out: Path) -> None:
@@ -274,33 +291,47 @@ def write_plots(results: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in results})
-    for x_key, name, xlabel, log in (("round", "accuracy_vs_round.png", "round", False),
-                                     ("bytes_total", "accuracy_vs_bytes.png", "cumulative bytes, all clients (up + down)", True)):
-        fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for x_key, name, xlabel, log in (("round", "accuracy_vs_round.png", "round (0 = zero-shot)", False),
+                                     ("bytes_total", "accuracy_vs_bytes.png",
+                                      "cumulative bytes, all clients, up + down (B, log scale)", True)):
+        fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
         for ax, task in zip(axes[0], tasks, strict=True):
-            for method, (xs, ys) in _curves(results, task, x_key).items():
-                if log:
-                    xs = [max(x, 1.0) for x in xs]
-                ax.plot(xs, ys, marker="o", label=method)
-            ax.set(title=task, xlabel=xlabel, ylabel="dev accuracy (%)", xscale="log" if log else "linear")
+            curves = _curves(results, task, x_key)
+            seeds = max((c[3] for c in curves.values()), default=1)
+            for k, (method, (xs, ys, half, _)) in enumerate(curves.items()):
+                if log:  # zero bytes has no place on a log axis: the zero-shot point is the line below
+                    keep = [i for i, x in enumerate(xs) if x > 0]
+                    xs, ys, half = [xs[i] for i in keep], [ys[i] for i in keep], [half[i] for i in keep]
+                line, = ax.plot(xs, ys, marker=_MARKERS[k % len(_MARKERS)], ms=5, fillstyle="none",
+                                ls=("-", "--")[(k // len(_MARKERS)) % 2], label=method)
+                if any(half):
+                    ax.fill_between(xs, np.subtract(ys, half), np.add(ys, half), color=line.get_color(), alpha=0.12)
+            if log:
+                zero_shot = 100 * float(np.mean([r["initial_accuracy"] for r in results if r["task"] == task]))
+                ax.axhline(zero_shot, color="grey", ls=":", lw=1, label="zero-shot (0 bytes)")
+            band = f"mean of {seeds} seeds, 95% band" if seeds > 1 else "one seed"
+            ax.set(title=f"{task}: dev accuracy ({band})", xlabel=xlabel, ylabel="dev accuracy (%)",
+                   xscale="log" if log else "linear")
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7)
+        _figure_legend(fig, axes[0])
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        fig.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
     _memory_plot(summarise(results), tasks, out / "memory.png", plt)
 
 
 def _memory_plot(rows: list[dict], tasks: list[str], path: Path, plt) -> None:
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         rs = [r for r in rows if r["task"] == task and not math.isnan(r["peak_client_mem_max_bytes"])]
         names = [r["method"] for r in rs]
         ax.bar(names, [r["peak_client_mem_max_bytes"] / 2**20 for r in rs], label="largest client", alpha=0.8)
         ax.scatter(names, [r["peak_client_mem_mean_bytes"] / 2**20 for r in rs], color="k", zorder=3, label="client mean")
-        ax.set(title=f"{task}: measured peak client memory", ylabel="MiB")
+        ax.set(title=f"{task}: measured peak client memory", xlabel="method", ylabel="peak client memory (MiB)")
         ax.tick_params(axis="x", rotation=60, labelsize=7)
-        ax.legend(fontsize=7)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    _figure_legend(fig, axes[0])
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -34,26 +34,31 @@ def write_outputs(tmp: Path, result: dict, server_replica: Replica, log) -> None
     write_log(tmp / "log.jsonl", log)
     save_model(server_replica.lm, tmp / "model")
     (tmp / "result.json").write_text(json.dumps(result, indent=2))
-    plot_history(result["history"], tmp / "plot.png")
+    plot_history(result["history"], tmp / "plot.png", result.get("accuracy", {}).get("initial"))
     (tmp / "report.md").write_text(render_report(result))
 
 
-def plot_history(history: list[dict], path: Path) -> None:
+def plot_history(history: list[dict], path: Path, initial_accuracy: float | None = None) -> None:
+    """Training loss per round and dev accuracy per evaluation; round r's point is drawn at r + 1 (after
+    it), and the zero-shot accuracy, when given, at round 0."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot([h["round"] + 1 for h in history], [h["train_loss"] for h in history], marker=".")
-    ax1.set(xlabel="round", ylabel="training loss (clients' mean)", title="loss")
-    evals = [h for h in history if "dev_accuracy" in h]
-    ax2.plot([h["round"] + 1 for h in evals], [100 * h["dev_accuracy"] for h in evals], marker="o")
-    ax2.set(xlabel="round", ylabel="dev accuracy (%)", title="accuracy")
+    ax1.set(xlabel="round", ylabel="training loss (clients' mean cross-entropy)", title="training loss")
+    evals = [(h["round"] + 1, h["dev_accuracy"]) for h in history if "dev_accuracy" in h]
+    if initial_accuracy is not None:
+        evals = [(0, initial_accuracy), *evals]
+    ax2.plot([r for r, _ in evals], [100 * a for _, a in evals], marker="o")
+    ax2.set(xlabel="round (0 = zero-shot)" if initial_accuracy is not None else "round",
+            ylabel="dev accuracy (%)", title="dev accuracy (one run)")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -113,4 +118,4 @@ def _budget_lines(mem: dict) -> list[str]:
     return lines
 
 
-from zorba.verify import verify  # noqa: E402,F401  (where it used to live)
+from zorba.verify import verify  # noqa: E402,F401  (re-exported for callers that import it from here)

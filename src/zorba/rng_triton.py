@@ -2,7 +2,7 @@
 
 rng.py builds z from torch ops: a dozen small kernels per chunk plus one add per tensor. On a CPU
 that is fast; on a GPU every op is a kernel launch of a few microseconds, so a ZO step over ~100
-tensors spent most of its time launching (docs/performance.md: step / 2 forwards was 5.7-6.0 on an
+tensors spent most of its time launching (docs/gpu/perf-h200.json: step / 2 forwards 5.7-6.0 on an
 H200). This kernel computes the very same z (element i of stream (k0, k1) is bit i % 32 of
 lowbias32(lowbias32((i // 32) * G + k0) ^ k1), +1 for a clear bit, -1 for a set one) inside one
 launch for all tensors of a pass, reading and writing each weight once.

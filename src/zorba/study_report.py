@@ -1,6 +1,6 @@
 """The study's summary, computed from its committed result.json files only: a table (final dev
 accuracy with 95% intervals over seeds, rounds to the target, paired differences against zorba) and
-a plot of the mean dev-accuracy curves with 95% bands. `zorba study --summarize DIR` rewrites both."""
+a plot of the mean dev-accuracy curves with 95% bands. `zorba study --summarize-only --out DIR` rewrites both."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def plot(curves: dict, target: float | None, path: Path) -> None:
     ax.set_xlabel("round (round 0 = zero-shot)")
     ax.set_ylabel("dev accuracy (%)")
     ax.set_title("Dev accuracy per round: mean over seeds, 95% bands")
-    ax.legend(fontsize=8, loc="lower right", ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: hides no line
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

@@ -29,8 +29,10 @@ def run(
     dropout: float = typer.Option(None, help="chance each client is offline in a round (seeded) [0]"),
     deadline: float = typer.Option(None, help="seconds per round; later reports are left out [none]"),
     clip: float = typer.Option(None, help="clip scalars at this multiple of the running median |g|; 0 = off [10]"),
-    aggregate: str = typer.Option(None, help="per-block aggregation: mean | trimmed | median [mean]"),
+    aggregate: str = typer.Option(None, help="per-block aggregation: screened | mean | trimmed | median [screened]"),
     trim: float = typer.Option(None, help="fraction of a block's clients --aggregate trimmed drops [0.1]"),
+    outlier: float = typer.Option(None, help="--aggregate screened drops a client above this multiple of the "
+                                  "block's low median |g| [3]"),
     **options,
 ) -> None:
     """Run federated ZO fine-tuning in-process and write result.json, report.md, plot, log, weights."""
@@ -38,7 +40,7 @@ def run(
     from zorba.job import run_job
 
     values = dict(config_values(options), test_file=str(test_file) if test_file else None, device=device)
-    reliability = dict(dropout=dropout, deadline=deadline, clip=clip, aggregate=aggregate, trim=trim)
+    reliability = dict(dropout=dropout, deadline=deadline, clip=clip, aggregate=aggregate, trim=trim, outlier=outlier)
     if resume is not None:
         from zorba.resume import resume_options
 

@@ -30,11 +30,12 @@ class Reliability(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     deadline: float | None = Field(None, gt=0.0, le=1e7)  # seconds per round; None = wait for everyone
     clip: float = Field(10.0, ge=0.0, le=1e9)  # multiple of the running median |g|; 0 = no clipping
-    aggregate: Literal["mean", "trimmed", "median"] = "mean"
+    aggregate: Literal["screened", "mean", "trimmed", "median"] = "screened"
     trim: float = Field(0.1, ge=0.0, lt=0.5)
+    outlier: float = Field(3.0, gt=1.0, le=1e6)  # `screened`: drop above this multiple of the block's low median
 
     def robust_policy(self) -> RobustPolicy:
-        return RobustPolicy(clip=self.clip, aggregate=self.aggregate, trim=self.trim)
+        return RobustPolicy(clip=self.clip, aggregate=self.aggregate, trim=self.trim, outlier=self.outlier)
 
 
 def make_reliability(**values) -> Reliability:

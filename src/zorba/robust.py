@@ -7,7 +7,17 @@ is the median |g| over its logged scalars; the current round joins the window wi
 its own accepted reports, so even round 0 has a bound, and fewer than half of a round's scalars
 being hostile cannot move it much. B is rounded to float32: the wire and the log carry float32.
 
-Robust aggregation per block (optional; `mean` is the plain per-block average):
+Robust aggregation per block:
+- `screened` (the default): per block, a client whose mean |g| exceeds `outlier` (3) x the low median
+  of the block's clients says nothing about that block this round; the rest are averaged, each scaled
+  down to at most that median (as `median` does). An honest scalar is a slope along a random
+  direction, so honest magnitudes on one block stay within a small factor of each other, while an
+  attacker must be large to matter: 10x-scaled or (clipped) 1e30 scalars are mostly dropped outright,
+  and one that slips under the limit (its own honest slope was small) counts at most as much as a
+  typical honest client. The low median keeps the reference honest while fewer than half of a block's
+  clients are hostile, even with two clients. Its limit: a sign-flipped honest-size report is averaged
+  in and cancels one honest client.
+- `mean`: the plain per-block average (clipping only).
 - `trimmed`: per block, among the clients that trained it, the floor(trim * n) with the largest
   mean |g| say nothing about that block this round (an update with fewer blocks).
 - `median`: per block, a client's scalars on that block are scaled down so that its mean |g| is at
@@ -27,7 +37,7 @@ from dataclasses import dataclass
 from zorba.protocol import ClientUpdate, LogEntry, Report, StepReport
 from zorba.zo import to_f32
 
-AGGREGATES = ("mean", "trimmed", "median")
+AGGREGATES = ("screened", "mean", "trimmed", "median")
 MAX_METRICS = 32
 F32_MAX = 3.4028234663852886e38
 
@@ -35,8 +45,9 @@ F32_MAX = 3.4028234663852886e38
 @dataclass(frozen=True)
 class RobustPolicy:
     clip: float = 10.0  # multiple of the running median |g|; 0 turns clipping off
-    aggregate: str = "mean"
+    aggregate: str = "screened"
     trim: float = 0.1  # fraction of a block's clients dropped by `trimmed`
+    outlier: float = 3.0  # `screened` drops a client above this multiple of the block's low median |g|
     window: int = 10  # rounds in the running median
 
 
@@ -90,41 +101,51 @@ class RobustAggregator:
         if self.policy.clip <= 0:
             return None
         current = [abs(g) for r in reports.values() for s in r.steps for g in s.scalars]
-        window = list(self.scales) + ([statistics.median(current)] if current else [])
+        window = list(self.scales) + ([statistics.median_low(current)] if current else [])
         if not window:
             return None
         return min(to_f32(self.policy.clip * statistics.median(window)), F32_MAX)
 
     def updates(
-        self, blocks: Mapping[int, tuple[int, ...]], reports: Mapping[int, Report], weights: Mapping[int, float]
+        self, blocks: Mapping[int, tuple[int, ...]], reports: Mapping[int, Report], weights: Mapping[int, float],
+        lr_scales: Mapping[int, float] | None = None,
     ) -> tuple[ClientUpdate, ...]:
+        """`lr_scales`: each client's step factor. Clients are compared on factor x mean |g|, the size of
+        the step they ask for: under the default step rule (gamma = 1/2) an honest client's is about the
+        same whatever its block set (docs/theory.md, A3), while raw |g| grows with the set's energy."""
         bound = self.last_bound = self.bound(reports)
         steps = {c: _clip(r.steps, bound) for c, r in sorted(reports.items())}
+        mags = {c: (lr_scales or {}).get(c, 1.0) * _magnitude(s) for c, s in steps.items()}
         if self.policy.aggregate == "trimmed":
-            return self._trimmed(blocks, steps, weights)
+            return self._trimmed(blocks, steps, weights, mags)
         if self.policy.aggregate == "median":
-            return self._median(blocks, steps, weights)
+            return self._median(blocks, steps, weights, mags)
+        if self.policy.aggregate == "screened":
+            return self._screened(blocks, steps, weights, mags)
         return tuple(ClientUpdate(c, blocks[c], s, weights.get(c, 1.0)) for c, s in steps.items())
 
-    def _trimmed(self, blocks, steps, weights) -> tuple[ClientUpdate, ...]:
-        mags = {c: _magnitude(s) for c, s in steps.items()}
+    def _screened(self, blocks, steps, weights, mags) -> tuple[ClientUpdate, ...]:
+        kept = {c: list(bs) for c, bs in blocks.items() if c in steps}
+        for b, clients in _coverage(blocks, steps).items():
+            limit = self.policy.outlier * statistics.median_low(mags[c] for c in clients)
+            for c in clients:
+                if limit > 0 and mags[c] > limit:  # an all-zero block has nothing to screen
+                    kept[c].remove(b)
+        kept = {c: tuple(bs) for c, bs in kept.items() if bs}
+        return self._median(kept, {c: steps[c] for c in kept}, weights, mags)
+
+    def _trimmed(self, blocks, steps, weights, mags) -> tuple[ClientUpdate, ...]:
         dropped: set[tuple[int, int]] = set()
         for b, clients in _coverage(blocks, steps).items():
             k = math.floor(self.policy.trim * len(clients))
             ranked = sorted(clients, key=lambda c: (mags[c], c))
             dropped |= {(c, b) for c in ranked[len(ranked) - k :]} if k else set()
-        out = []
-        for c, s in steps.items():
-            kept = tuple(b for b in blocks[c] if (c, b) not in dropped)
-            if kept:
-                out.append(ClientUpdate(c, kept, s, weights.get(c, 1.0)))
-        return tuple(out)
+        return _without(blocks, steps, weights, dropped)
 
-    def _median(self, blocks, steps, weights) -> tuple[ClientUpdate, ...]:
-        mags = {c: _magnitude(s) for c, s in steps.items()}
+    def _median(self, blocks, steps, weights, mags) -> tuple[ClientUpdate, ...]:
         factor: dict[tuple[int, int], float] = {}
         for b, clients in _coverage(blocks, steps).items():
-            med = statistics.median(mags[c] for c in clients)
+            med = statistics.median_low(mags[c] for c in clients)
             for c in clients:
                 factor[(c, b)] = min(1.0, med / mags[c]) if mags[c] > 0 else 1.0
         out = []
@@ -136,6 +157,16 @@ class RobustAggregator:
                 scaled = s if f == 1.0 else tuple(StepReport(x.seed, tuple(to_f32(g * f) for g in x.scalars)) for x in s)
                 out.append(ClientUpdate(c, tuple(bs), scaled, weights.get(c, 1.0)))
         return tuple(out)
+
+
+def _without(blocks, steps, weights, dropped: set[tuple[int, int]]) -> tuple[ClientUpdate, ...]:
+    """Each client's update on the blocks it was not dropped from (a client dropped from all: none)."""
+    out = []
+    for c, s in steps.items():
+        kept = tuple(b for b in blocks[c] if (c, b) not in dropped)
+        if kept:
+            out.append(ClientUpdate(c, kept, s, weights.get(c, 1.0)))
+    return tuple(out)
 
 
 def _clip(steps: tuple[StepReport, ...], bound: float | None) -> tuple[StepReport, ...]:

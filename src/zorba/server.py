@@ -100,7 +100,7 @@ class Server:
         """Aggregate the accepted reports into the round's entry (possibly empty), log it durably, apply it."""
         blocks = {c: p.blocks for c, p in self._plans.items()}
         updates = tuple(replace(u, lr_scale=self._scales[u.client])
-                        for u in self.aggregator.updates(blocks, self._reports, self.weights))
+                        for u in self.aggregator.updates(blocks, self._reports, self.weights, self._scales))
         beta = self.step_rule.coverage_exponent if self.step_rule else 0.0
         entry = LogEntry(self.round, self.hyper.lr, self.hyper.q, self.hyper.dist, updates, beta)
         if self.store is not None:

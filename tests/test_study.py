@@ -51,3 +51,16 @@ def test_study_config_errors_are_one_line(tmp_path):
     bad.write_text('planners = ["all"]\nseeds = [0]\nlr_grid = [1e-4]\n[run]\nrounds = 3\n')
     with pytest.raises(UserError, match="validation"):
         load_study_config(bad)
+
+
+def test_a_study_folder_of_other_run_options_is_refused_before_any_cell(tiny_models, data_dir, tmp_path):
+    """Cells are skipped by name, so mixing in cells run with other shared options would be silent."""
+    study = _study(tiny_models, data_dir)
+    (tmp_path / "study.json").write_text(json.dumps(study.model_dump(mode="json")))
+    changed = _study(tiny_models, data_dir, run={**study.run, "rounds": 3})
+    with pytest.raises(UserError, match="other run options"):
+        run_study(changed, tmp_path, say=lambda _: None)
+    assert not (tmp_path / "tune").exists()
+    (tmp_path / "study.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a study record"):
+        run_study(study, tmp_path, say=lambda _: None)

@@ -124,6 +124,7 @@ def run_study(study: StudyConfig, out: Path, say: Callable[[str], None] = print)
     cells, then its seeds as soon as its lr is chosen (other planners' cells fill the idle slots), so
     an interrupted study has whole planners done first."""
     os.environ["OMP_NUM_THREADS"] = "1"  # each cell one thread; `jobs` cells share the cores
+    check_same_federation(study, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(study.model_dump(mode="json"), indent=1))
     running: dict = {}
@@ -139,6 +140,23 @@ def run_study(study: StudyConfig, out: Path, say: Callable[[str], None] = print)
             for fut in done:
                 say(f"finished {fut.result()}")
                 del running[fut]
+
+
+def check_same_federation(study: StudyConfig, out: Path) -> None:
+    """Finished cells are skipped by name (planner, lr, seed), so they must come from the same shared
+    run options: a study whose `run` or `tune_seed` changed is refused rather than mixed in. Planners,
+    seeds and lr values may be added."""
+    path = out / "study.json"
+    if not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text())
+        same = before["run"] == study.model_dump(mode="json")["run"] and before["tune_seed"] == study.tune_seed
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a study record; choose another --out") from None
+    if not same:
+        raise UserError(f"{out} holds cells of a study with other run options or tune_seed; "
+                        "choose another --out (or remove that folder)")
 
 
 def next_cells(study: StudyConfig, out: Path, busy: set[str]) -> list[tuple[dict, str]]:

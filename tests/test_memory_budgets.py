@@ -1,6 +1,6 @@
 """`zorba run --profiles --memory-model`: a run plans against the clients' own budgets and a calibrated
-memory model, and result.json says per client its class, budget, the model's prediction and, under a
-calibrated model, whether the measured peak stayed within the budget."""
+memory model, and result.json says per client its class, budget, the model's prediction and whether
+the measured peak stayed within the budget, all in process bytes."""
 
 import json
 from types import SimpleNamespace
@@ -17,7 +17,8 @@ MIB = 2**20
 
 
 def _section(monkeypatch, peaks: dict, calibrated: bool) -> dict:
-    monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: {"peak_rss_bytes": peaks[probe.blocks]})
+    monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: {"peak_rss_bytes": peaks[probe.blocks],
+                                                                           "runtime_rss_bytes": 400 + len(probe.blocks)})
     cfg = make_config(clients=3, memory_model="calibration.json" if calibrated else None)
     blocks = [SimpleNamespace(numel=n) for n in (100, 10, 10)]
     history = [{"blocks": {"0": [0], "1": [1, 2]}}, {"blocks": {"1": [2]}}]  # client 2 is never planned
@@ -37,12 +38,15 @@ def test_budgets_predictions_and_the_budget_check_per_client(monkeypatch):
     assert s["memory_model"].startswith("calibrated")
 
 
-def test_no_budget_verdict_against_a_first_principles_model(monkeypatch):
-    # its bytes are tensors only: comparing them with a process's peak would flag every client
-    s = _section(monkeypatch, {(0,): 1500, (1, 2): 1100}, calibrated=False)
-    assert s["within_budget"] is None
-    assert s["memory_model"].startswith("first principles")
-    assert s["budget_bytes_per_client"] == [2000.0, 1040.0, 9000.0]
+def test_a_first_principles_model_is_reported_with_the_measured_runtime_added(monkeypatch):
+    """Its bytes are tensors only: budgets and predictions get the probes' runtime (the largest RSS
+    before the model loaded, here 402) added, so the peaks are checked against process bytes."""
+    s = _section(monkeypatch, {(0,): 1500, (1, 2): 1600}, calibrated=False)
+    assert s["memory_model"].startswith("first principles") and s["runtime_bytes"] == 402
+    assert s["budget_units"] == "process bytes"
+    assert s["budget_bytes_per_client"] == [2402.0, 1442.0, 9402.0]
+    assert s["predicted_bytes_per_client"] == [1707.0, 1457.0, 0.0]
+    assert s["within_budget"] == [True, False, None]  # 1600 > 1442
 
 
 def _files(tmp_path, model_blocks: int, small_mib: float):

@@ -252,34 +252,37 @@ def largest_block_sets(blocks: Sequence, history: Sequence[dict]) -> dict[int, t
 def planned_client_peaks(cfg, blocks: Sequence, history: Sequence[dict]) -> list[int]:
     """Per client, the peak RSS of a fresh process running its largest planned block set; one probe
     per distinct set. 0 for a client never planned."""
-    return _peaks_of_sets(cfg, largest_block_sets(blocks, history))
+    return _peaks_of_sets(cfg, largest_block_sets(blocks, history))[0]
 
 
-def _peaks_of_sets(cfg, largest: dict[int, tuple[int, ...]]) -> list[int]:
-    cache: dict[tuple[int, ...], int] = {}
+def _peaks_of_sets(cfg, largest: dict[int, tuple[int, ...]]) -> tuple[list[int], int | None]:
+    """(per-client peak, 0 where never planned; the runtime: the largest RSS a probe had before it
+    loaded the model, i.e. Python, torch and the model library)."""
+    cache: dict[tuple[int, ...], dict] = {}
     for planned in set(largest.values()):
         probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir,
                             precision=cfg.precision)
-        cache[planned] = measure(probe)["peak_rss_bytes"]
-    return [cache[largest[c]] if c in largest else 0 for c in range(cfg.clients)]
+        cache[planned] = measure(probe)
+    peaks = [cache[largest[c]]["peak_rss_bytes"] if c in largest else 0 for c in range(cfg.clients)]
+    return peaks, max((m["runtime_rss_bytes"] for m in cache.values()), default=None)
 
 
 def memory_section(cfg, blocks: Sequence, history: Sequence[dict], profiles, mem, measured: bool, how: str,
                    reported: list[int] | None = None) -> dict:
     """result.json's "memory", for either engine: each client's class, budget and the memory model's
     prediction (profiles.budget_report), its measured peak when `measured` (or the peaks the clients
-    `reported`, 0 for one that never did), and whether that peak stayed within the budget (only where
-    both are measured bytes: a calibrated model)."""
-    from zorba.profiles import budget_report, within_budget
+    `reported`, 0 for one that never did), and whether that peak stayed within the budget, all in
+    process bytes (profiles.in_process_bytes)."""
+    from zorba.profiles import budget_report, in_process_bytes
 
     largest = largest_block_sets(blocks, history)
     section = budget_report(profiles, mem, largest, calibrated=bool(cfg.memory_model))
+    runtime = None
     if reported is None and measured:
-        reported = _peaks_of_sets(cfg, largest)
+        reported, runtime = _peaks_of_sets(cfg, largest)
     section["peak_bytes_per_client"] = reported
     section["how"] = how
-    section["within_budget"] = within_budget(section)
-    return section
+    return in_process_bytes(section, runtime)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,15 @@ assigned cyclically:
 
     [[profile]]
     name = "phone"
-    memory_mib = 700     # budget for the whole client process (see docs/memory.md)
+    memory_mib = 700     # budget in the planner's memory model's units (see below)
     speed = 0.4          # relative local-step throughput
     count = 2
+
+A budget is in the units of the memory model the planner uses: with the default first-principles
+model, the bytes of the client's tensors (weights, state, activations, scratch), without the Python /
+torch runtime; with a calibrated model (`zorba profile-memory`), the whole process's peak RSS. The
+report (`in_process_bytes`) states both budgets and predictions in process bytes, the measured
+runtime added, beside the measured peaks.
 """
 
 from __future__ import annotations
@@ -138,10 +144,18 @@ def over_budget(profiles: Sequence[ClientProfile], mem: MemoryModel, planned: Ma
     return [c for c, m, b in zip(ids, predicted, limit, strict=True) if m > b * (1 + 1e-9)]
 
 
-def within_budget(report: dict) -> list[bool | None] | None:
-    """Per client, measured peak <= budget (None for a client never planned); None unless both are in
-    measured bytes, i.e. the budgets come with a calibrated model."""
+def in_process_bytes(report: dict, runtime: int | None) -> dict:
+    """The budget report in the units of the measured peaks (a process's RSS): a first-principles
+    model's budgets and predictions plus the measured `runtime` (RSS before the model loads); a
+    calibrated model's are already process bytes. Then `within_budget`: per client, measured peak <=
+    budget (None for a client never planned); None where no peak or no runtime was measured."""
+    calibrated = report.get("memory_model", "").startswith("calibrated")
+    out = dict(report, runtime_bytes=runtime, budget_units="process bytes" if calibrated or runtime else "model bytes")
+    if not calibrated and runtime:
+        for key in ("budget_bytes_per_client", "predicted_bytes_per_client"):
+            out[key] = [float(b) + runtime if b else 0.0 for b in report[key]]
+        out["memory_model"] += f"; reported with the measured runtime ({runtime / MIB:.0f} MiB) added"
     peaks = report.get("peak_bytes_per_client")
-    if not peaks or not report.get("memory_model", "").startswith("calibrated"):
-        return None
-    return [None if m == 0 else bool(m <= b) for m, b in zip(peaks, report["budget_bytes_per_client"], strict=True)]
+    out["within_budget"] = None if not peaks or out["budget_units"] != "process bytes" else \
+        [None if m == 0 else bool(m <= b) for m, b in zip(peaks, out["budget_bytes_per_client"], strict=True)]
+    return out

@@ -117,19 +117,27 @@ def test_zorba_uplink_is_the_codec_report(opt_env):
 
 
 @pytest.mark.parametrize("name", ["decomfl", "fedkseed"])
-def test_scalar_replay_reproduces_a_single_clients_local_training(name, opt_env):
-    """One client: the global weights after the server's replay equal that client's local weights."""
+def test_scalar_replay_reproduces_a_single_clients_local_training(name, opt_env, monkeypatch):
+    """One client: the global weights after the server's replay equal that client's local weights; the
+    client returned to the global weights by regenerating its steps, holding no copy of them."""
+    import importlib
+
+    module = importlib.import_module(f"zorba.methods.{name}")
     method = build(name, opt_env, clients=1)
     captured = {}
-    restore = method.replica.restore
+    revert = module.revert_local_steps
 
-    def capture_then_restore(snap):
-        captured["local"] = [t.detach().clone() for ts in method.replica.tensors for t in ts]
-        restore(snap)
+    def capture_then_revert(replica, *args):
+        captured["local"] = [t.detach().clone() for ts in replica.tensors for t in ts]
+        revert(replica, *args)
+        captured["reverted"] = [t.detach().clone() for ts in replica.tensors for t in ts]
 
-    method.replica.restore = capture_then_restore
+    monkeypatch.setattr(module, "revert_local_steps", capture_then_revert)
+    monkeypatch.setattr(method.replica, "snapshot", lambda blocks: 1 / 0)  # as its authors wrote it: no copy
     initial = [t.detach().clone() for ts in method.replica.tensors for t in ts]
     method.run_round(0, [0])
+    for a, b in zip(captured["reverted"], initial, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     after = [t for ts in method.replica.tensors for t in ts]
     assert any(not torch.equal(a, b) for a, b in zip(after, initial, strict=True))
     for a, b in zip(after, captured["local"], strict=True):

@@ -154,6 +154,7 @@ def _probe(p: MemoryProbe) -> dict:
     out = {
         "runtime_rss_bytes": runtime, "load_peak_rss_bytes": load_peak, "ready_rss_bytes": ready,
         "peak_rss_bytes": _status_bytes("VmHWM"), "peak_reset": reset_ok,
+        "process_peak_rss_bytes": max(load_peak, _status_bytes("VmHWM")),
         "params": sum(b.numel for b in lm.blocks),
         "active_params": sum(lm.blocks[b].numel for b in p.blocks),
     }
@@ -257,13 +258,14 @@ def planned_client_peaks(cfg, blocks: Sequence, history: Sequence[dict]) -> list
 
 def _peaks_of_sets(cfg, largest: dict[int, tuple[int, ...]]) -> tuple[list[int], int | None]:
     """(per-client peak, 0 where never planned; the runtime: the largest RSS a probe had before it
-    loaded the model, i.e. Python, torch and the model library)."""
+    loaded the model, i.e. Python, torch and the model library). A client's peak is its process's,
+    from start: loading the checkpoint included, as a device would have to hold it."""
     cache: dict[tuple[int, ...], dict] = {}
     for planned in set(largest.values()):
         probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir,
                             precision=cfg.precision)
         cache[planned] = measure(probe)
-    peaks = [cache[largest[c]]["peak_rss_bytes"] if c in largest else 0 for c in range(cfg.clients)]
+    peaks = [cache[largest[c]]["process_peak_rss_bytes"] if c in largest else 0 for c in range(cfg.clients)]
     return peaks, max((m["runtime_rss_bytes"] for m in cache.values()), default=None)
 
 

@@ -112,7 +112,7 @@ class Method(ABC):
         """Measured peak memory per client (bytes), each in a fresh process."""
         from zorba.methods.probe import measure_method
 
-        peak = measure_method(self)["peak_rss_bytes"]
+        peak = measure_method(self)["process_peak_rss_bytes"]
         return [peak] * self.cfg.clients
 
 

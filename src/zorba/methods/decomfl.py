@@ -9,7 +9,7 @@ import numpy as np
 
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 from zorba.methods.wire import encode_catch_up, encode_scalars
-from zorba.methods.zo_common import all_blocks, apply_scalars, local_zo_steps, mean_uploaded_scalars
+from zorba.methods.zo_common import apply_scalars, local_zo_steps, mean_uploaded_scalars, revert_local_steps
 from zorba.protocol import StepReport, round_seed
 from zorba.replica import Replica
 from zorba.rng import derive_key
@@ -31,9 +31,8 @@ class DeComFL(Method):
         return [derive_key(rseed, _TAG, k) for k in range(self.cfg.local_steps)]
 
     def client_update(self, cid: int, round_idx: int) -> Upload:
-        snap = self.replica.snapshot(all_blocks(self.replica))
         steps, loss = local_zo_steps(self.setup, self.replica, cid, round_idx, self.round_seeds(round_idx))
-        self.replica.restore(snap)
+        revert_local_steps(self.replica, round_idx, self.cfg.lr, self.cfg.q, self.cfg.dist, steps)
         scalars = [g for s in steps for g in s.scalars]
         return Upload(encode_scalars(round_idx, cid, scalars), loss, forward=2 * self.cfg.q * len(steps))
 

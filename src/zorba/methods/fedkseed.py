@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from zorba.errors import UserError
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 from zorba.methods.wire import encode_catch_up, encode_scalars
-from zorba.methods.zo_common import all_blocks, apply_scalars, mean_uploaded_scalars
+from zorba.methods.zo_common import all_blocks, apply_scalars, mean_uploaded_scalars, revert_local_steps
 from zorba.protocol import StepReport
 from zorba.replica import Replica
 from zorba.rng import derive_key
@@ -71,11 +71,10 @@ class FedKSeed(Method):
 
     def client_update(self, cid: int, round_idx: int) -> Upload:
         cfg = self.cfg
-        snap = self.replica.snapshot(all_blocks(self.replica))
         rng = np.random.default_rng(derive_key(cfg.seed, _DRAW_TAG, round_idx, cid))
         draws = rng.choice(self.options.k_seeds, size=cfg.local_steps, p=self.probabilities())
         acc = np.zeros(self.options.k_seeds, dtype=np.float64)
-        losses = []
+        losses, steps = [], []
         for k, i in enumerate(draws):
             seqs, labels = self.setup.batch(cid, round_idx, k)
             step, loss = spsa_step(
@@ -84,7 +83,8 @@ class FedKSeed(Method):
             )
             acc[i] += step.scalars[0]
             losses.append(loss)
-        self.replica.restore(snap)
+            steps.append(step)
+        revert_local_steps(self.replica, round_idx, cfg.lr, 1, cfg.dist, steps)
         data = encode_scalars(round_idx, cid, acc.astype(np.float32).tolist())
         return Upload(data, float(np.mean(losses)), forward=2 * cfg.local_steps)
 

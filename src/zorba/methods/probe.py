@@ -1,12 +1,12 @@
 """Peak client memory of a baseline method, measured in a fresh process and the same way zorba.memprobe
-measures ZorBA's clients: load the model, build the method's client side, reset the high-water mark
-(loading the checkpoint is excluded and reported apart, as there), run ONE client_update (one local
-step, the configured batch and length), report peak RSS (VmHWM) or, on a GPU,
-torch.cuda.max_memory_allocated.
+measures ZorBA's clients: load the model, build the method's client side, reset the high-water mark,
+run ONE client_update (one local step, the configured batch and length), report the training peak
+RSS (VmHWM since the reset; on a GPU torch.cuda.max_memory_allocated) and the process's peak from
+start, loading included (`process_peak_rss_bytes`: what the benchmark compares).
 
 The probe builds no partition and no server state, so what it measures is what a client holds: the
-model, plus per method the snapshot (ZO), gradients and optimiser moments (first order), adapters
-(LoRA), activations, and the serialised upload."""
+model, plus per method gradients and optimiser moments (first order), adapters (LoRA), FedZO's copy
+of the global weights (its upload is a dense delta), activations, and the serialised upload."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def _probe(name: str, options: dict, cfg_values: dict, device: str) -> dict:
     upload = method.client_update(0, 0)
     out = {"runtime_rss_bytes": runtime, "load_peak_rss_bytes": load_peak, "ready_rss_bytes": ready,
            "peak_rss_bytes": _status_bytes("VmHWM"), "peak_reset": reset_ok, "upload_bytes": len(upload.data),
+           "process_peak_rss_bytes": max(load_peak, _status_bytes("VmHWM")),
            "params": sum(b.numel for b in lm.blocks)}
     if device.startswith("cuda"):
         out["ready_cuda_bytes"] = ready_cuda

@@ -40,6 +40,13 @@ def apply_scalars(replica: Replica, round_idx: int, lr: float, q: int, dist: str
     replica.apply(LogEntry(round_idx, lr, q, dist, (update,)))
 
 
+def revert_local_steps(replica: Replica, round_idx: int, lr: float, q: int, dist: str, steps: Sequence[StepReport]) -> None:
+    """Return to the global weights by regenerating each local step's z and adding its update back, last
+    step first, as MeZO's and DeComFL's clients do: no copy of the weights, exact up to float rounding."""
+    apply_scalars(replica, round_idx, -lr, q, dist, steps[::-1])
+    replica.cursor -= 1  # an undo, not a log entry
+
+
 def mean_uploaded_scalars(method, clients: Sequence[int], round_idx: int, size: int) -> tuple[np.ndarray, list[int], list[float]]:
     """Run each client's update, average the `size` scalars they upload (float32, as on the wire);
     returns (mean, upload sizes, losses). Shared by the seed-and-scalar baselines (DeComFL, FedKSeed)."""

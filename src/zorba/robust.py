@@ -110,9 +110,10 @@ class RobustAggregator:
         self, blocks: Mapping[int, tuple[int, ...]], reports: Mapping[int, Report], weights: Mapping[int, float],
         lr_scales: Mapping[int, float] | None = None,
     ) -> tuple[ClientUpdate, ...]:
-        """`lr_scales`: each client's step factor. Clients are compared on factor x mean |g|, the size of
-        the step they ask for: under the default step rule (gamma = 1/2) an honest client's is about the
-        same whatever its block set (docs/theory.md, A3), while raw |g| grows with the set's energy."""
+        """`lr_scales`: each client's step factor s. Clients are compared on s x mean |g|, the size of the
+        step they ask for. Raw |g| grows with the energy of the client's block set (E g^2 = e_S), while
+        under the default step rule (s = (D / d_S)^1/2, docs/theory.md A2) s |g| ~ (D e_S / d_S)^1/2
+        depends only on the set's energy density: honest clients on sets of different sizes compare."""
         bound = self.last_bound = self.bound(reports)
         steps = {c: _clip(r.steps, bound) for c, r in sorted(reports.items())}
         mags = {c: (lr_scales or {}).get(c, 1.0) * _magnitude(s) for c, s in steps.items()}

@@ -64,3 +64,21 @@ def test_a_study_folder_of_other_run_options_is_refused_before_any_cell(tiny_mod
     (tmp_path / "study.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="not a study record"):
         run_study(study, tmp_path, say=lambda _: None)
+
+
+def test_a_seed_cell_run_at_a_no_longer_chosen_lr_runs_again(tiny_models, data_dir, tmp_path):
+    """The grid grew and another lr won on validation: the seed cells of the old lr are stale."""
+    from zorba.study import next_cells
+
+    study = _study(tiny_models, data_dir, planners=["all"], lr_grid=[1e-3, 1e-2])
+    for lr, acc in ((1e-3, 0.6), (1e-2, 0.7)):
+        (tune_dir(tmp_path, "all", lr)).mkdir(parents=True)
+        record = {"config": {"lr": lr}, "history": [{"validation_accuracy": acc, "validation_loss": 0.5}]}
+        (tune_dir(tmp_path, "all", lr) / "result.json").write_text(json.dumps(record))
+    stale = seed_dir(tmp_path, "all", 1)
+    stale.mkdir(parents=True)
+    (stale / "result.json").write_text(json.dumps({"config": {"lr": 1e-3}}))
+    cells = next_cells(study, tmp_path, set())
+    assert [(v["lr"], v["seed"]) for v, _ in cells] == [(1e-2, 1)]
+    assert not stale.exists()
+    assert json.loads((seed_dir(tmp_path, "all", 0) / "result.json").read_text())["config"]["lr"] == 1e-2

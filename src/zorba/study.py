@@ -161,7 +161,8 @@ def check_same_federation(study: StudyConfig, out: Path) -> None:
 
 def next_cells(study: StudyConfig, out: Path, busy: set[str]) -> list[tuple[dict, str]]:
     """The cells that can start now, in priority order (a seed cell needs its planner's chosen lr;
-    tune_seed's seed cell is its tuning run, copied)."""
+    tune_seed's seed cell is its tuning run, copied). A seed cell run at another lr (the grid grew
+    and another value won) is stale: it is removed and runs again."""
     ready = []
     for p in study.planners:
         for lr in study.grid(p):
@@ -173,8 +174,12 @@ def next_cells(study: StudyConfig, out: Path, busy: set[str]) -> list[tuple[dict
             continue
         for seed in study.seeds:
             where = seed_dir(out, p, seed)
-            if (where / "result.json").is_file() or str(where) in busy:
+            if str(where) in busy:
                 continue
+            if (where / "result.json").is_file():
+                if json.loads((where / "result.json").read_text())["config"]["lr"] == lr:
+                    continue
+                shutil.rmtree(where)
             if seed == study.tune_seed:
                 where.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(tune_dir(out, p, lr), where)

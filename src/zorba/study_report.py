@@ -68,11 +68,24 @@ def summarize(out: Path) -> dict:
             if p != "zorba" and len(finals[p]) == len(finals["zorba"]):
                 diff = finals["zorba"] - finals[p]
                 row["zorba_minus_this"] = {"mean": float(diff.mean()), "ci95": interval(diff)}
+    mark_grid_edges(rows, out / "study.json")
     summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(render(summary))
     plot(curves, target, out / "convergence.png")
     return summary
+
+
+def mark_grid_edges(rows: dict, study_file: Path) -> None:
+    """Each planner's lr grid (from the study's record) and whether the chosen lr is its largest or
+    smallest value: there the grid, not the method, may have set the step."""
+    if not study_file.is_file():
+        return
+    study = json.loads(study_file.read_text())
+    for p, row in rows.items():
+        grid = sorted(study.get("lr_grids", {}).get(p, study["lr_grid"]))
+        row["lr_grid"] = grid
+        row["lr_at_grid_edge"] = len(grid) > 1 and row["lr"] in (grid[0], grid[-1])
 
 
 def claims(rows: dict) -> dict:
@@ -99,7 +112,7 @@ def render(summary: dict) -> str:
     lines = [
         f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
         "",
-        "| planner | seeds | lr | final dev acc % (95% CI) | zorba - this, pts (95% CI) | rounds to target "
+        "| planner | seeds | lr (chosen on validation) | final dev acc % (95% CI) | zorba - this, pts (95% CI) | rounds to target "
         "(mean curve) | per seed | wall s / run (machine shared: not a speed comparison) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -108,7 +121,8 @@ def render(summary: dict) -> str:
         diff = f"{100 * d['mean']:+.2f} ± {_pct(d['ci95'])}" if d else "-"
         per_seed = ", ".join("-" if x is None else f"{x:g}" for x in r["rounds_to_target_per_seed"])
         rt = r["rounds_to_target_mean_curve"]
-        lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
+        edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
+        lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g}{edge} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
                      f"{'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
     zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
     lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]

@@ -96,6 +96,12 @@ class Method(ABC):
     def __init__(self, setup: Setup, options: BaseModel) -> None:
         self.setup, self.cfg, self.options = setup, setup.cfg, options
 
+    @property
+    def frozen_precision(self) -> str:
+        """How this method's clients store the weights they do not train (the bench table shows it):
+        methods that train every weight have none."""
+        return "none frozen"
+
     @abstractmethod
     def client_update(self, cid: int, round_idx: int) -> Upload:
         """Train the working model in place as client `cid`; return its upload. ZO clients restore the

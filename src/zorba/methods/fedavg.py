@@ -1,7 +1,8 @@
 """FedAvg with first-order (backprop) local training: full-parameter (SGD or Adam) or LoRA adapters
 (peft, on every linear module of the transformer layers). Clients upload their trainable tensors as
 safetensors; the server averages them (equal client weights, as zorba's server) and sends the average
-back. With LoRA only the adapters travel: the frozen base model is already on every client."""
+back. With LoRA only the adapters travel: the frozen base model is already on every client, stored as
+the run's `precision` asks of zorba's frozen blocks (bf16 unless fp32)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,15 @@ def add_lora(model: nn.Module, r: int, alpha: float) -> nn.Module:
     return get_peft_model(model, config)
 
 
+@torch.no_grad()
+def frozen_to_bf16(model: nn.Module) -> None:
+    """The frozen base in bf16, the adapters in fp32: peft casts an adapter's input to its own dtype and
+    its output back, so the base runs in bf16 end to end."""
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+
+
 class FedAvg(Method):
     family = "fedavg"
     first_order = True
@@ -57,9 +67,18 @@ class FedAvg(Method):
         self.model = setup.lm.model
         if options.lora:
             self.peft = add_lora(self.model, options.lora_r, options.lora_alpha)
+            if self.cfg.precision != "fp32":
+                frozen_to_bf16(self.model)
         else:
             self.model.requires_grad_(True)
         self.global_state: dict[str, torch.Tensor] | None = None  # server side, created lazily
+
+    @property
+    def frozen_precision(self) -> str:
+        # The same option zorba's frozen blocks take; int8 has no peft path here, so LoRA's base is bf16.
+        if not self.options.lora:
+            return "none frozen"
+        return "fp32" if self.cfg.precision == "fp32" else "bf16"
 
     def trainable(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if p.requires_grad}

@@ -40,6 +40,10 @@ class Zorba(Method):
         self.runner, self.fallback = build_runner(setup, options.planner)
         self.cfg = self.runner.cfg
 
+    @property
+    def frozen_precision(self) -> str:
+        return self.cfg.precision
+
     def client_update(self, cid: int, round_idx: int) -> Upload:
         raise TypeError("ZorBA clients run inside zorba.runner (run_round); there is no separate client update")
 

@@ -21,8 +21,8 @@ def _study(tiny_models, data_dir, **over) -> StudyConfig:
 def test_study_tunes_on_validation_runs_every_seed_and_resumes(tiny_models, data_dir, tmp_path):
     study = _study(tiny_models, data_dir)
     run_study(study, tmp_path, say=lambda _: None)
-    for p in study.planners:
-        lr = chosen_lr(study, tmp_path, p)
+    for arm in study.arms():
+        p, lr = arm.name, chosen_lr(arm, tmp_path)
         assert lr in study.lr_grid
         for seed in study.seeds:
             r = json.loads((seed_dir(tmp_path, p, seed) / "result.json").read_text())

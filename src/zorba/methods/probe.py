@@ -71,14 +71,12 @@ def measure(name: str, options: dict, cfg_values: dict, device: str = "cpu", tim
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_method(method) -> dict:
-    """Probe the client side of an existing method instance (same name, options and config)."""
-    cfg = method.cfg.model_dump(mode="json")
-    if method.cfg.data_dir is None:
-        from zorba.config import find_data_dir
+def measure_client(name: str, options: dict, cfg) -> dict:
+    """Probe the client of method `name` with `options` under RunConfig `cfg` (its model, task, batch
+    and length); the data folder is resolved here, so the fresh process finds what this one does."""
+    from zorba.config import find_data_dir
 
-        cfg["data_dir"] = str(find_data_dir(method.cfg))
-    return measure(method.name, method.options.model_dump(mode="json"), cfg)
+    return measure(name, options, {**cfg.model_dump(mode="json"), "data_dir": str(find_data_dir(cfg))})
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ _PROBE_EXAMPLES = 4  # batches' worth of examples the probe client holds
 def _probe(name: str, options: dict, cfg_values: dict, device: str) -> dict:
     import numpy as np
     import torch
+    import transformers.modeling_utils  # noqa: F401 - library code is runtime, as in zorba.memprobe
 
     from zorba.client import TokenizedData
     from zorba.config import RunConfig, find_data_dir

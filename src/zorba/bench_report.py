@@ -148,7 +148,7 @@ def summarize(out: Path, reference: str | None = None) -> dict:
         defined = target is not None and target > ref_zero_shot
         rows = [_row(label, data["seeds"].get((task, label), []), data["tuning"].get((task, label), []),
                      data["memory"].get((task, label)), target if defined else None)
-                for label in labels if any((task, label) in data[k] for k in ("seeds", "tuning", "memory"))]
+                for label in labels]
         summary["tasks"][task] = {
             "target": target, "target_above_zero_shot": defined,
             "budgets": [{"class": name, "bytes": b} for name, b in _budgets(data["memory"], task)],
@@ -276,6 +276,7 @@ def plot(data: dict, summary: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     tasks = list(summary["tasks"])
     ref = summary["reference"]
@@ -294,6 +295,8 @@ def plot(data: dict, summary: dict, out: Path) -> None:
                 ax.axhline(100 * zero_shot, color="grey", ls=":", lw=1, label="zero-shot (0 bytes)")
             if t["target"] is not None:
                 ax.axhline(100 * t["target"], color="k", ls="--", lw=0.8, label=f"target: {ref}'s mean final")
+            if cost is None:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             seeds = max((len(cs) for cs in curves.values()), default=0)
             ax.set(title=f"{task}: dev accuracy, mean of {seeds} seeds, 95% bands", xlabel=xlabel, ylabel="dev accuracy (%)")
         _figure_legend(fig, axes[0])

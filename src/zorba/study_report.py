@@ -147,7 +147,8 @@ def mean_curve(cs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
 
 def draw_curves(ax, curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], log: bool = False,
                 emphasis: str | None = None) -> None:
-    """Mean dev accuracy (%) per arm with its 95% band over seeds. On a log axis the points at x = 0
+    """Mean dev accuracy (%) per arm with its 95% band over seeds, drawn within 0-100% (with few seeds
+    a t-interval can pass the bounds; the tables keep it whole). On a log axis the points at x = 0
     (zero-shot) are left out rather than moved: the caller marks zero-shot as a line."""
     for k, (name, cs) in enumerate(curves.items()):
         xs, mean, half = mean_curve(cs)
@@ -155,7 +156,8 @@ def draw_curves(ax, curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], log:
         line, = ax.plot(xs[keep], 100 * mean[keep], marker=_MARKERS[k % len(_MARKERS)], ms=4, fillstyle="none",
                         ls=("-", "--")[(k // len(_MARKERS)) % 2], lw=2.2 if name == emphasis else 1.3,
                         label=f"{name} (n={len(cs)})")
-        ax.fill_between(xs[keep], 100 * (mean - half)[keep], 100 * (mean + half)[keep], color=line.get_color(), alpha=0.12)
+        low, high = np.clip(100 * (mean - half), 0, 100), np.clip(100 * (mean + half), 0, 100)
+        ax.fill_between(xs[keep], low[keep], high[keep], color=line.get_color(), alpha=0.12)
     if log:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)

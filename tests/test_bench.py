@@ -1,87 +1,218 @@
-"""`zorba bench`: a 1-method x 1-task x 1-seed matrix on a tiny model writes its tables and plots,
-resumes without recomputing, reruns a cell whose config changed, and rejects bad configs in one line."""
+"""`zorba bench` on tiny models: each row's lr is the validation-best of its grid (dev is never read for
+it) and every seed runs at it; finished cells are skipped on resume and a folder of other options is
+refused; equal-memory rows use the clients whose budget holds the probe's measured peak; the summary
+is computed from the files; bad configs are one-line errors; the shipped configs load."""
 
-import csv
-import subprocess
-import sys
+import json
+import shutil
+from pathlib import Path
 
 import pytest
+from conftest import assert_clean_error
 
 from zorba import bench as bench_mod
-from zorba.bench import load_bench_config, run_bench
+from zorba.bench import BenchConfig, load_bench_config, run_bench
+from zorba.bench_report import BEGIN, END, include, summarize
 from zorba.errors import UserError
+from zorba.study import Arm, chosen_lr, seed_dir, tune_dir
 
-TOML = """
-tasks = ["sst2"]
-seeds = [0]
-dev_size = 16
-measure_memory = {memory}
-
-[run]
-model = "{model}"
-data_dir = "{data}"
-clients = 2
-rounds = 2
-local_steps = 1
-batch_size = 4
-max_len = 24
-train_size = 40
-eval_every = 1
-measure_memory = false
-
-[[method]]
-name = "decomfl"
-lr = {lr}
-"""
+REPO = Path(__file__).resolve().parents[1]
+QUIET = dict(say=lambda _: None)
 
 
-def write_config(tmp_path, tiny_models, data_dir, lr=1e-3, memory="false"):
+def config(tiny_models, data_dir, methods=(("decomfl", [1e-3, 3e-2]),), **over) -> BenchConfig:
+    run = dict(model=str(tiny_models["opt"]), data_dir=str(data_dir), clients=2, rounds=2, local_steps=1, batch_size=4,
+               max_len=24, train_size=48, validation_size=16, eval_every=1, precision="fp32")
+    values = dict(tasks=["sst2"], seeds=[0, 1, 2], jobs=1, dev_size=16, reference="decomfl", measure_memory=False,
+                  run=run, method=[{"name": n, "lr_grid": g} for n, g in methods])
+    return BenchConfig(**{**values, **over})
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_models, data_dir, tmp_path_factory):
+    """One tiny bench run: decomfl, an lr grid of two, three seeds."""
+    out = tmp_path_factory.mktemp("bench")
+    bench = config(tiny_models, data_dir)
+    run_bench(bench, out, **QUIET)
+    return bench, out
+
+
+def _result(where: Path) -> dict:
+    return json.loads((where / "result.json").read_text())
+
+
+def _tuning_run(lr: float, validation: list[float], dev: float) -> dict:
+    history = [{"round": r, "validation_accuracy": v, "validation_loss": 0.7, "dev_accuracy": dev}
+               for r, v in enumerate(validation)]
+    return {"config": {"lr": lr}, "history": history}
+
+
+def test_tuning_picks_the_validation_best_lr_whatever_dev_says(tmp_path):
+    arm = Arm("sst2/m", (1e-3, 1e-2, 1e-1), {}, bench_mod.run_method_cell)
+    runs = {1e-3: _tuning_run(1e-3, [0.50, 0.60], dev=0.9), 1e-2: _tuning_run(1e-2, [0.60, 0.70], dev=0.1),
+            1e-1: _tuning_run(1e-1, [0.90, 0.30], dev=0.9)}
+    for lr, r in runs.items():
+        tune_dir(tmp_path, arm.name, lr).mkdir(parents=True)
+        if lr != 1e-1:
+            (tune_dir(tmp_path, arm.name, lr) / "result.json").write_text(json.dumps(r))
+    assert chosen_lr(arm, tmp_path) is None  # not before the whole grid is done
+    (tune_dir(tmp_path, arm.name, 1e-1) / "result.json").write_text(json.dumps(runs[1e-1]))
+    assert chosen_lr(arm, tmp_path) == 1e-2  # best mean of the last two validation accuracies
+    for r in runs.values():  # without any dev field the choice is the same: dev is not read
+        for h in r["history"]:
+            del h["dev_accuracy"]
+    for lr, r in runs.items():
+        (tune_dir(tmp_path, arm.name, lr) / "result.json").write_text(json.dumps(r))
+    assert chosen_lr(arm, tmp_path) == 1e-2
+
+
+def test_every_seed_runs_at_the_chosen_lr_with_validation_scored(finished):
+    bench, out = finished
+    arm = bench.arm(bench.rows()[0], "sst2", None)
+    lr = chosen_lr(arm, out)
+    assert lr in (1e-3, 3e-2)
+    for seed in bench.seeds:
+        r = _result(seed_dir(out, arm.name, seed))
+        assert (r["label"], r["config"]["seed"], r["config"]["lr"]) == ("decomfl", seed, lr)
+        assert (r["train_examples"], r["validation_examples"], r["dev_examples"]) == (32, 16, 16)
+        assert all({"dev_accuracy", "dev_loss", "validation_accuracy", "validation_loss"} <= set(h) for h in r["history"])
+        assert r["comm"]["uplink_bytes_per_client_round"] > 0 and r["versions"]["torch"]
+        preds = json.loads((seed_dir(out, arm.name, seed) / "predictions.json").read_text())
+        assert len(preds["dev_predictions"]) == len(preds["dev_indices"]) == 16
+    assert _result(seed_dir(out, arm.name, 0)) == _result(tune_dir(out, arm.name, lr))  # tune_seed's = its tuning run
+
+
+def test_resume_skips_finished_cells_and_refuses_other_options(finished, tmp_path, monkeypatch):
+    bench, src = finished
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    shutil.rmtree(seed_dir(out, "sst2/decomfl", 2))
+    ran = []
+    real = bench_mod.run_method_cell
+    monkeypatch.setattr(bench_mod, "run_method_cell", lambda arm, lr, seed: ran.append(seed) or real(arm, lr, seed))
+    stamp = (seed_dir(out, "sst2/decomfl", 1) / "result.json").stat().st_mtime_ns
+    run_bench(bench, out, **QUIET)
+    assert ran == [2]
+    assert (seed_dir(out, "sst2/decomfl", 1) / "result.json").stat().st_mtime_ns == stamp
+    run_bench(bench, out, **QUIET)
+    assert ran == [2]
+    changed = bench.model_copy(update={"run": {**bench.run, "rounds": 3}})
+    with pytest.raises(UserError, match="other run options"):
+        run_bench(changed, out, **QUIET)
+    other_mu = BenchConfig.model_validate({**bench.model_dump(), "method": [{"name": "decomfl", "lr_grid": [1e-3], "mu": 1e-2}]})
+    with pytest.raises(UserError, match="other run options"):  # same label, other method options
+        run_bench(other_mu, out, **QUIET)
+    assert ran == [2]
+
+
+def test_summary_is_computed_from_the_files(finished, tmp_path):
+    _, src = finished
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    before = summarize(out)["tasks"]["sst2"]["rows"][0]
+    assert before["status"] == "ran" and len(before["seeds"]) == 3 and before["clients_used"] == 2
+    assert [g["chosen"] for g in before["lr_grid"]].count(True) == 1
+    path = seed_dir(out, "sst2/decomfl", 1) / "result.json"
+    r = json.loads(path.read_text())
+    r["history"][-1]["dev_accuracy"] = r["accuracy"]["final"] = 1.0
+    path.write_text(json.dumps(r))
+    summary = summarize(out)
+    after = summary["tasks"]["sst2"]["rows"][0]
+    assert after["final_mean"] == pytest.approx(before["final_mean"] + (1.0 - before["finals"][1]) / 3)
+    assert f"{100 * after['final_mean']:.1f} ±" in (out / "summary.md").read_text()
+    for name in ("accuracy_vs_round.png", "accuracy_vs_bytes.png", "accuracy_vs_client_seconds.png", "memory.png"):
+        assert (out / name).stat().st_size > 5_000, name
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# Results\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
+    include(summary, out, doc)
+    text = doc.read_text()
+    assert "old table" not in text and text.startswith("# Results\n\nbefore\n") and text.endswith(f"{END}\nafter\n")
+    assert "| decomfl | 2 / 2 |" in text and "](copy/accuracy_vs_round.png)" in text
+
+
+@pytest.mark.parametrize("fits", [2, 0])
+def test_equal_memory_rows_use_the_clients_whose_budget_holds_the_measured_peak(fits, tiny_models, data_dir, tmp_path,
+                                                                                 monkeypatch):
+    """The probe is replaced by a measurement between two budgets (or above all): the equal-memory row
+    trains with exactly the clients whose budget (process bytes: model budget + runtime) holds it."""
+    from zorba import memprobe
+    from zorba.bench_memory import budget_section
+    from zorba.methods import probe
+
+    bench = config(tiny_models, data_dir, methods=(("decomfl", [1e-3]), ("zorba-all", [1e-3])), seeds=[0],
+                   reference=None, measure_memory=True, equal_memory=True, run={**config(tiny_models, data_dir).run, "clients": 4})
+    runtime = 300 * 2**20
+    budgets = budget_section(bench.run_config(bench.rows()[0], "sst2"), 0, runtime)["budget_bytes_per_client"]
+    ranked = sorted(budgets, reverse=True)
+    peak = int((ranked[1] + ranked[2]) / 2) if fits else int(ranked[0] + 1)
+    measured = {"process_peak_rss_bytes": peak, "runtime_rss_bytes": runtime}
+    monkeypatch.setattr(probe, "measure", lambda *a, **k: measured)
+    monkeypatch.setattr(memprobe, "measure", lambda *a, **k: measured)
+    run_bench(bench, tmp_path, **QUIET)
+    admitted = [c for c, b in enumerate(budgets) if b >= peak]
+    assert len(admitted) == fits
+    for method in ("decomfl", "zorba-all"):
+        plain = _result(seed_dir(tmp_path, f"sst2/{method}", 0))
+        assert [h["clients"] for h in plain["history"]] == [4, 4]
+        record = json.loads((tmp_path / "memory" / "sst2" / f"{method}-equal-memory.json").read_text())
+        assert record["clients_used"] == admitted
+        equal = seed_dir(tmp_path, f"sst2/{method}-equal-memory", 0)
+        if not fits:
+            assert not equal.exists()
+            continue
+        r = _result(equal)
+        assert r["clients_used"] == admitted and [h["clients"] for h in r["history"]] == [fits, fits]
+        if method == "zorba-all":
+            assert all({int(c) for c in h["blocks"]} == set(admitted) for h in r["history"])
+    rows = {r["label"]: r for r in summarize(tmp_path)["tasks"]["sst2"]["rows"]}
+    assert rows["decomfl (equal memory)"]["clients_used"] == fits and rows["decomfl"]["clients_used"] == 4
+    assert rows["decomfl"]["clients_within_budget"] == fits and rows["decomfl"]["peak_bytes_max"] == peak
+    if not fits:
+        assert rows["decomfl (equal memory)"]["status"].startswith("not run: no client's budget")
+
+
+def test_bad_configs_are_one_line_user_errors(tmp_path):
     path = tmp_path / "bench.toml"
-    path.write_text(TOML.format(model=tiny_models["opt"], data=data_dir, lr=lr, memory=memory))
-    return path
+    good = 'seeds = [0]\n[run]\nvalidation_size = 8\n[[method]]\nname = "decomfl"\nlr_grid = [1e-4]\n'
+    for text, message in [
+        (good.replace('"decomfl"', '"fedsomething"'), "unknown method 'fedsomething'"),
+        (good + "options = { k_seeds = 1 }\n", "invalid option k_seeds"),
+        (good.replace('"decomfl"', '"fedkseed"') + "options = { k_seeds = 0 }\n", "k_seeds"),
+        (good.replace("validation_size = 8", "validation_size = 0"), "validation_size must be > 0"),
+        (good.replace("validation_size = 8", "validation_size = 8\nlr = 1e-3"), "'lr' is set by the bench"),
+        (good + 'equal_memory = true\n[[method]]\nname = "zorba"\nlr_grid = [1e-4]\nequal_memory = true\n', "zorba planner"),
+        (good.replace("seeds = [0]", "seeds = [0]\nreference = \"zorba\""), "reference 'zorba' is not a method label"),
+        (good.replace("seeds = [0]", "seeds = [1]"), "tune_seed must be one of seeds"),
+        (good.replace("validation_size = 8", "validation_size = 8\nclients = -1"), "clients"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(UserError, match=message):
+            load_bench_config(path)
 
 
-def test_tiny_bench_writes_tables_and_resumes(tmp_path, tiny_models, data_dir, monkeypatch):
-    out = tmp_path / "out"
-    cfg = load_bench_config(write_config(tmp_path, tiny_models, data_dir, memory="true"))
-    run_bench(cfg, out, progress=False)
-    for name in ("results.md", "results.csv", "accuracy_vs_round.png", "accuracy_vs_bytes.png", "memory.png"):
-        assert (out / name).is_file(), name
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 1 and rows[0]["method"] == "decomfl" and rows[0]["task"] == "sst2"
-    assert float(rows[0]["uplink_bytes_per_client_round"]) == 15 + 4  # header + one scalar
-    assert float(rows[0]["peak_client_mem_max_bytes"]) > 0
-    assert "| decomfl | sst2 |" in (out / "results.md").read_text()
-    cell = out / "cells" / "decomfl__sst2__seed0.json"
-    stamp = cell.stat().st_mtime_ns
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("a finished cell was recomputed")
-
-    monkeypatch.setattr(bench_mod, "run_cell", must_not_run)
-    run_bench(cfg, out, progress=False)
-    assert cell.stat().st_mtime_ns == stamp
-
-    changed = load_bench_config(write_config(tmp_path, tiny_models, data_dir, lr=2e-3, memory="true"))
-    with pytest.raises(AssertionError, match="recomputed"):
-        run_bench(changed, out, progress=False)
+def test_cli_reports_a_missing_config_with_exit_code_2(zorba, tmp_path):
+    assert_clean_error(zorba("bench", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path / "o")),
+                       "no such bench config")
+    assert_clean_error(zorba("bench", "--summarize-only", "--out", str(tmp_path / "o")), "no <task>/<row>/seed<k>")
 
 
-def test_bad_configs_are_one_line_user_errors(tmp_path, tiny_models, data_dir):
-    path = write_config(tmp_path, tiny_models, data_dir)
-    path.write_text(path.read_text().replace('name = "decomfl"', 'name = "fedsomething"'))
-    with pytest.raises(UserError, match="unknown method 'fedsomething'"):
-        load_bench_config(path)
-    path.write_text(path.read_text().replace('name = "fedsomething"', 'name = "fedkseed"\noptions = { k_seeds = 0 }'))
-    with pytest.raises(UserError, match="k_seeds"):
-        load_bench_config(path)
-    path.write_text(path.read_text().replace("clients = 2", "clients = -1"))
-    with pytest.raises(UserError):
-        load_bench_config(path)
+def test_the_shipped_configs_load_and_the_full_one_is_the_promised_matrix():
+    full = load_bench_config(REPO / "configs" / "bench.toml")
+    names = [e.name for e in full.method]
+    assert {"fedavg-sgd", "fedavg-adam", "fedavg-lora", "fedzo", "fedkseed", "decomfl", "zorba"} <= set(names)
+    assert len(full.seeds) >= 3 and all(len(e.lr_grid) == 2 for e in full.method) and full.equal_memory
+    assert full.reference in names and "(equal memory)" in " ".join(r.label for r in full.rows())
+    load_bench_config(REPO / "configs" / "bench_short.toml")
 
 
-def test_cli_reports_a_missing_config_with_exit_code_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "zorba", "bench", "--config", str(tmp_path / "none.toml"),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "no such bench config" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+@pytest.mark.slow
+def test_both_probes_measure_the_same_runtime(tiny_models, data_dir):
+    """Every row's budgets add the runtime its probe measured: the baselines' probe and zorba's must
+    measure it alike (the model library imported, no model loaded), or rows get different budgets."""
+    from zorba.bench_memory import probe_client
+    from zorba.config import make_config
+
+    cfg = make_config(model=str(tiny_models["opt"]), data_dir=str(data_dir), batch_size=4, max_len=24)
+    baseline, zorba_all = probe_client("decomfl", {}, cfg, 4), probe_client("zorba-all", {}, cfg, 4)
+    assert abs(baseline["runtime_rss_bytes"] - zorba_all["runtime_rss_bytes"]) < 0.05 * zorba_all["runtime_rss_bytes"]
+    assert baseline["process_peak_rss_bytes"] > baseline["runtime_rss_bytes"]

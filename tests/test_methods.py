@@ -1,5 +1,6 @@
 """Baseline methods: one round end to end on tiny models, byte counts from first principles, the
-first-order loss matches the scorer's and training lowers it, and scalar replay reproduces training."""
+first-order loss matches the scorer's and training lowers it, scalar replay reproduces training, and
+the engine evaluates the held-out validation split and leaves excluded clients out."""
 
 import struct
 
@@ -52,13 +53,30 @@ def test_each_method_runs_a_round(name, opt_env):
     method = build(name, opt_env)
     result = run_method(method)
     cfg = method.cfg
-    assert 0.0 <= result["final_accuracy"] <= 1.0 and len(result["history"]) == 2
-    assert result["uplink_bytes_total"] > 0 and result["downlink_bytes_total"] > 0
+    assert 0.0 <= result["accuracy"]["final"] <= 1.0 and len(result["history"]) == 1
+    assert result["comm"]["uplink_bytes_total"] > 0 and result["comm"]["downlink_bytes_total"] > 0
+    assert result["client_seconds"] > 0 and len(result["dev_predictions"]) == 16
     steps = cfg.local_steps * cfg.clients
     if method.first_order:
-        assert (result["forward_passes"], result["backward_passes"]) == (steps, steps)
+        assert (result["passes"]["forward"], result["passes"]["backward"]) == (steps, steps)
     else:
-        assert (result["forward_passes"], result["backward_passes"]) == (2 * cfg.q * steps, 0)
+        assert (result["passes"]["forward"], result["passes"]["backward"]) == (2 * cfg.q * steps, 0)
+
+
+@pytest.mark.parametrize("name", ["decomfl", "zorba-all"])
+def test_engine_scores_validation_and_never_draws_an_excluded_client(name, tiny_models, data_dir):
+    """The validation split is carved from train before the partition (runner.read_inputs), scored at
+    every evaluation beside dev; a client outside `clients` takes part in no round."""
+    cfg = tiny_cfg(tiny_models["opt"], data_dir, clients=3, rounds=2, train_size=60, validation_size=12)
+    inputs = subsample_dev(read_inputs(cfg), 16)
+    setup = make_setup(cfg, inputs)
+    assert len(setup.train.ids) == 48 and len(setup.validation[0]) == 12 and sum(map(len, setup.parts)) == 48
+    result = run_method(make_method(name, setup), clients=[0, 2])
+    assert [h["clients"] for h in result["history"]] == [2, 2]
+    assert {"validation_accuracy", "validation_loss", "dev_loss"} <= set(result["initial_evaluation"])
+    assert all({"dev_accuracy", "validation_accuracy", "validation_loss"} <= set(h) for h in result["history"])
+    if name == "zorba-all":
+        assert all(set(h["blocks"]) == {"0", "2"} for h in result["history"])
 
 
 def test_fedavg_uplink_is_the_safetensors_of_all_weights(opt_env):

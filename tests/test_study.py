@@ -21,8 +21,8 @@ def _study(tiny_models, data_dir, **over) -> StudyConfig:
 def test_study_tunes_on_validation_runs_every_seed_and_resumes(tiny_models, data_dir, tmp_path):
     study = _study(tiny_models, data_dir)
     run_study(study, tmp_path, say=lambda _: None)
-    for p in study.planners:
-        lr = chosen_lr(study, tmp_path, p)
+    for arm in study.arms():
+        p, lr = arm.name, chosen_lr(arm, tmp_path)
         assert lr in study.lr_grid
         for seed in study.seeds:
             r = json.loads((seed_dir(tmp_path, p, seed) / "result.json").read_text())
@@ -78,7 +78,7 @@ def test_a_seed_cell_run_at_a_no_longer_chosen_lr_runs_again(tiny_models, data_d
     stale = seed_dir(tmp_path, "all", 1)
     stale.mkdir(parents=True)
     (stale / "result.json").write_text(json.dumps({"config": {"lr": 1e-3}}))
-    cells = next_cells(study, tmp_path, set())
-    assert [(v["lr"], v["seed"]) for v, _ in cells] == [(1e-2, 1)]
+    cells = next_cells(study.arms(), study.seeds, study.tune_seed, tmp_path, set())
+    assert [(lr, seed) for _, lr, seed, _ in cells] == [(1e-2, 1)]
     assert not stale.exists()
     assert json.loads((seed_dir(tmp_path, "all", 0) / "result.json").read_text())["config"]["lr"] == 1e-2

@@ -188,6 +188,8 @@ class Runner:
         replica = make_client_replica(device_lm, cfg.precision)
         self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device,
                               profiles=profiles, memory_model=mem)
+        # Clients that never take part (zorba bench's equal-memory rows: a budget below the measured peak).
+        self.excluded: frozenset[int] = frozenset()
 
     def evaluate(self, round_idx: int) -> dict:
         dev = self.eval_scorer.evaluate(*self.dev)
@@ -211,23 +213,25 @@ class Runner:
         return self.state.memory_model
 
     def present_clients(self, round_idx: int) -> list[int]:
-        """This round's participants minus the (seeded) dropouts: whom the server plans for."""
-        return online(participants(self.cfg, round_idx), self.cfg.seed, round_idx, self.reliability.dropout)
+        """This round's participants minus the (seeded) dropouts and the excluded: whom the server plans for."""
+        drawn = [c for c in participants(self.cfg, round_idx) if c not in self.excluded]
+        return online(drawn, self.cfg.seed, round_idx, self.reliability.dropout)
 
     def run_round(self) -> dict:
         """One round through the codec: plans down, reports up, aggregate, replay on the server.
         Late (past the deadline) and rejected reports are left out; the round goes on without them."""
         s, started = self.state, time.perf_counter()
         plans = s.server.make_plans(self.present_clients(s.server.round))
-        losses, up, down, answered = [], 0, 0, 0
+        losses, up, down, answered, busy = [], 0, 0, 0, 0.0
         for cid, plan in plans.items():
             wire_plan = codec.encode_plan(plan)
             client_started = time.perf_counter()
             report = run_round(codec.decode_plan(wire_plan), s.clients[cid], s.device, self.train_scorer, self.train)
             wire_report = codec.encode_report(report)
             up, down = up + len(wire_report), down + len(wire_plan)
-            speed = self.profiles[cid].speed
-            if is_late(time.perf_counter() - client_started, speed, self.reliability.deadline):
+            seconds = time.perf_counter() - client_started
+            busy += seconds
+            if is_late(seconds, self.profiles[cid].speed, self.reliability.deadline):
                 continue
             try:
                 s.server.receive(codec.decode_report(wire_report, s.server.plans))
@@ -247,6 +251,7 @@ class Runner:
             "blocks": {str(c): list(p.blocks) for c, p in plans.items()},
             "uplink_bytes_per_client": up / n,
             "downlink_bytes_per_client": down / n,
+            "client_seconds": busy,  # summed over the round's clients (they run one after another here)
             "seconds": time.perf_counter() - started,
         }
 

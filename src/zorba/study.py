@@ -1,14 +1,16 @@
-"""`zorba study`: a resumable time-to-accuracy study of block planners under client memory budgets.
+"""`zorba study`: a resumable grid of runs, each arm given its own step size on validation data.
 
-Every planner runs the same federation (model, task, partition, batches, client budgets: all derive
-from the run seed) and is given its own step size: for each lr of the grid one run on `tune_seed`,
-scored on a validation split carved from the training data (never dev); the chosen lr then runs on
-every seed. A cell is one run; it writes `result.json` (config, versions, seeds, per-evaluation dev
-and validation accuracy and loss) and `predictions.json` (the final per-example dev predictions)
-atomically, so an interrupted study resumes at the first missing cell. Layout under the out folder:
+An arm is one row of a comparison: a block planner of zorba's runner (`zorba study`) or a federated
+method on one task (`zorba bench`, zorba.bench). Every arm runs the same federation (model, task,
+partition, batches, client budgets: all derive from the run seed) and is given its own step size: for
+each lr of its grid one run on `tune_seed`, scored on a validation split carved from the training data
+(never dev); the chosen lr then runs on every seed. A cell is one run; it writes `result.json`
+(config, versions, seeds, per-evaluation dev and validation accuracy and loss) and `predictions.json`
+(the final per-example dev predictions) atomically, so an interrupted study resumes at the first
+missing cell. Layout under the out folder (an arm's name may hold a `/`, e.g. `sst2/fedzo`):
 
-    tune/<planner>/lr<lr>/result.json     the lr grid on tune_seed
-    <planner>/seed<k>/result.json         the chosen lr on every seed (tune_seed's is its tuning run)
+    tune/<arm>/lr<lr>/result.json     the lr grid on tune_seed
+    <arm>/seed<k>/result.json         the chosen lr on every seed (tune_seed's is its tuning run)
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -25,6 +28,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from zorba.config import PLANNERS, make_config
 from zorba.errors import UserError, read_toml
+
+CellRun = Callable[["Arm", float, int], tuple[dict, dict]]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row: its folder name, the lr grid it is tuned over, the shared run options of its cells
+    (without lr and seed), and `run(arm, lr, seed) -> (result, predictions)`: one cell, a module-level
+    function so that a worker process can import it. `spec` is whatever else `run` needs."""
+
+    name: str
+    grid: tuple[float, ...]
+    values: dict
+    run: CellRun
+    spec: dict = field(default_factory=dict)
 
 
 class StudyConfig(BaseModel):
@@ -52,6 +70,14 @@ class StudyConfig(BaseModel):
     def grid(self, planner: str) -> list[float]:
         return self.lr_grids.get(planner, self.lr_grid)
 
+    def arms(self) -> list[Arm]:
+        return [Arm(p, tuple(self.grid(p)), {**self.run, "planner": p, "measure_memory": False}, run_planner_cell)
+                for p in self.planners]
+
+    def compatible(self, before: dict) -> bool:
+        """Whether a folder's finished cells (recorded options `before`) may be reused by this study."""
+        return before["run"] == self.model_dump(mode="json")["run"] and before["tune_seed"] == self.tune_seed
+
 
 def load_study_config(path: Path) -> StudyConfig:
     data = read_toml(path, "study config")
@@ -65,37 +91,35 @@ def load_study_config(path: Path) -> StudyConfig:
     return cfg
 
 
-def tune_dir(out: Path, planner: str, lr: float) -> Path:
-    return out / "tune" / planner / f"lr{lr:g}"
+def tune_dir(out: Path, arm: str, lr: float) -> Path:
+    return out / "tune" / arm / f"lr{lr:g}"
 
 
-def seed_dir(out: Path, planner: str, seed: int) -> Path:
-    return out / planner / f"seed{seed}"
+def seed_dir(out: Path, arm: str, seed: int) -> Path:
+    return out / arm / f"seed{seed}"
 
 
-def cell_values(study: StudyConfig, planner: str, lr: float, seed: int) -> dict:
-    return {**study.run, "planner": planner, "lr": lr, "seed": seed, "measure_memory": False}
-
-
-def run_cell(values: dict, where: str) -> str:
-    """One run in a fresh process (one thread): result.json and predictions.json, written atomically."""
-    import torch
-
+def run_planner_cell(arm: Arm, lr: float, seed: int) -> tuple[dict, dict]:
+    """One `zorba run` of the arm's planner: its result.json and final dev predictions."""
     from zorba.job import build_result
     from zorba.models import load_model, state_digest
     from zorba.runner import Runner, check_inputs
 
-    torch.set_num_threads(1)
-    cfg = make_config(**values)
+    cfg = make_config(**{**arm.values, "lr": lr, "seed": seed})
     lm = load_model(cfg.model)
     base = state_digest(lm.model)
     state = Runner(cfg, check_inputs(cfg), lm).run()
-    result = build_result(cfg, state, base)
+    return build_result(cfg, state, base), {"dev_predictions": state.dev_predictions}
+
+
+def run_cell(arm: Arm, lr: float, seed: int, where: str) -> str:
+    """One cell: result.json and predictions.json, published together by one rename."""
+    result, predictions = arm.run(arm, lr, seed)
     tmp = Path(where).with_name(Path(where).name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)  # a partial cell of our own from an interrupted study
     tmp.mkdir(parents=True)
     (tmp / "result.json").write_text(json.dumps(result, indent=1))
-    (tmp / "predictions.json").write_text(json.dumps({"dev_predictions": state.dev_predictions}))
+    (tmp / "predictions.json").write_text(json.dumps(predictions))
     os.replace(tmp, where)
     return where
 
@@ -108,31 +132,43 @@ def validation_score(result: dict) -> tuple[float, float]:
     return sum(h["validation_accuracy"] for h in last) / len(last), -evals[-1]["validation_loss"]
 
 
-def chosen_lr(study: StudyConfig, out: Path, planner: str) -> float | None:
-    """The grid's best lr on validation, once every tuning cell of the planner is done."""
+def chosen_lr(arm: Arm, out: Path) -> float | None:
+    """The grid's best lr on validation (ties: the smaller lr), once every tuning cell of the arm is done."""
     scores = {}
-    for lr in study.grid(planner):
-        path = tune_dir(out, planner, lr) / "result.json"
+    for lr in arm.grid:
+        path = tune_dir(out, arm.name, lr) / "result.json"
         if not path.is_file():
             return None
         scores[lr] = validation_score(json.loads(path.read_text()))
     return max(scores, key=lambda lr: (*scores[lr], -lr))
 
 
-def run_study(study: StudyConfig, out: Path, say: Callable[[str], None] = print) -> None:
-    """Runs every missing cell, `jobs` at a time, in the config's planner order: a planner's tuning
-    cells, then its seeds as soon as its lr is chosen (other planners' cells fill the idle slots), so
-    an interrupted study has whole planners done first."""
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_arms(arms: Sequence[Arm], seeds: Sequence[int], tune_seed: int, jobs: int, out: Path,
+             say: Callable[[str], None] = print) -> None:
+    """Runs every missing cell in the arms' order: an arm's tuning cells, then its seeds as soon as
+    its lr is chosen (other arms' cells fill the idle slots), so an interrupted study has whole arms
+    done first. `jobs` > 1: that many fresh processes of one thread each; 1: here, one after another."""
+    if jobs == 1:
+        while ready := next_cells(arms, seeds, tune_seed, out, set()):
+            arm, lr, seed, where = ready[0]
+            Path(where).parent.mkdir(parents=True, exist_ok=True)
+            say(f"started {where}")
+            say(f"finished {run_cell(arm, lr, seed, where)}")
+        return
     os.environ["OMP_NUM_THREADS"] = "1"  # each cell one thread; `jobs` cells share the cores
-    check_same_federation(study, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(study.model_dump(mode="json"), indent=1))
     running: dict = {}
-    with ProcessPoolExecutor(study.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1,
+                             initializer=_one_thread) as pool:
         while True:
-            for values, where in next_cells(study, out, set(running.values()))[: study.jobs - len(running)]:
+            for arm, lr, seed, where in next_cells(arms, seeds, tune_seed, out, set(running.values()))[: jobs - len(running)]:
                 Path(where).parent.mkdir(parents=True, exist_ok=True)
-                running[pool.submit(run_cell, values, where)] = where
+                running[pool.submit(run_cell, arm, lr, seed, where)] = where
                 say(f"started {where}")
             if not running:
                 return
@@ -142,47 +178,58 @@ def run_study(study: StudyConfig, out: Path, say: Callable[[str], None] = print)
                 del running[fut]
 
 
-def check_same_federation(study: StudyConfig, out: Path) -> None:
-    """Finished cells are skipped by name (planner, lr, seed), so they must come from the same shared
-    run options: a study whose `run` or `tune_seed` changed is refused rather than mixed in. Planners,
-    seeds and lr values may be added."""
-    path = out / "study.json"
+def run_study(study: StudyConfig, out: Path, say: Callable[[str], None] = print) -> None:
+    check_same_federation(out, "study.json", study.compatible)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(study.model_dump(mode="json"), indent=1))
+    run_arms(study.arms(), study.seeds, study.tune_seed, study.jobs, out, say)
+
+
+def check_same_federation(out: Path, record: str, compatible: Callable[[dict], bool]) -> None:
+    """Finished cells are skipped by name (arm, lr, seed), so they must come from the same shared run
+    options: a folder whose record (`out/record`, the options its cells ran with) is not `compatible`
+    is refused rather than mixed in. Arms, seeds and lr values may be added."""
+    path = out / record
     if not path.is_file():
         return
+    kind = record.removesuffix(".json")
     try:
-        before = json.loads(path.read_text())
-        same = before["run"] == study.model_dump(mode="json")["run"] and before["tune_seed"] == study.tune_seed
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{path} is not a study record; choose another --out") from None
+        same = compatible(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{path} is not a {kind} record; choose another --out") from None
     if not same:
-        raise UserError(f"{out} holds cells of a study with other run options or tune_seed; "
+        raise UserError(f"{out} holds cells of a {kind} with other run options or tune_seed; "
                         "choose another --out (or remove that folder)")
 
 
-def next_cells(study: StudyConfig, out: Path, busy: set[str]) -> list[tuple[dict, str]]:
-    """The cells that can start now, in priority order (a seed cell needs its planner's chosen lr;
+def next_cells(arms: Sequence[Arm], seeds: Sequence[int], tune_seed: int, out: Path,
+               busy: set[str]) -> list[tuple[Arm, float, int, str]]:
+    """The cells that can start now, in priority order (a seed cell needs its arm's chosen lr;
     tune_seed's seed cell is its tuning run, copied). A seed cell run at another lr (the grid grew
     and another value won) is stale: it is removed and runs again."""
     ready = []
-    for p in study.planners:
-        for lr in study.grid(p):
-            where = tune_dir(out, p, lr)
+    for arm in arms:
+        for lr in arm.grid:
+            where = tune_dir(out, arm.name, lr)
             if not (where / "result.json").is_file() and str(where) not in busy:
-                ready.append((cell_values(study, p, lr, study.tune_seed), str(where)))
-        lr = chosen_lr(study, out, p)
+                ready.append((arm, lr, tune_seed, str(where)))
+        lr = chosen_lr(arm, out)
         if lr is None:
             continue
-        for seed in study.seeds:
-            where = seed_dir(out, p, seed)
+        for seed in seeds:
+            where = seed_dir(out, arm.name, seed)
             if str(where) in busy:
                 continue
             if (where / "result.json").is_file():
                 if json.loads((where / "result.json").read_text())["config"]["lr"] == lr:
                     continue
                 shutil.rmtree(where)
-            if seed == study.tune_seed:
+            if seed == tune_seed:
+                tmp = where.with_name(where.name + ".partial")
+                shutil.rmtree(tmp, ignore_errors=True)
                 where.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copytree(tune_dir(out, p, lr), where)
+                shutil.copytree(tune_dir(out, arm.name, lr), tmp)
+                os.replace(tmp, where)
             else:
-                ready.append((cell_values(study, p, lr, seed), str(where)))
+                ready.append((arm, lr, seed, str(where)))
     return ready

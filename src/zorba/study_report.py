@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,17 @@ def load_cells(out: Path) -> dict[str, list[dict]]:
     return {p: sorted(rs, key=lambda r: r["config"]["seed"]) for p, rs in cells.items()}
 
 
-def curve(result: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(rounds, dev accuracy) with round 0 = the zero-shot accuracy."""
-    points = [(0, result["accuracy"]["initial"])]
-    points += [(h["round"] + 1, h["dev_accuracy"]) for h in result["history"] if "dev_accuracy" in h]
+def curve(result: dict, cost: Callable[[dict], float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(x, dev accuracy) at zero-shot and at every evaluation. x is the round (0 = zero-shot), or with
+    `cost` the running sum of cost(round record) up to the evaluation (bytes, client-seconds; 0 at
+    zero-shot)."""
+    points, spent = [(0.0, result["accuracy"]["initial"])], 0.0
+    for h in result["history"]:
+        spent += cost(h) if cost else 0.0
+        if "dev_accuracy" in h:
+            points.append((spent if cost else h["round"] + 1, h["dev_accuracy"]))
     r, a = zip(*points, strict=True)
-    return np.array(r), np.array(a)
+    return np.array(r, dtype=float), np.array(a)
 
 
 def interval(values: np.ndarray) -> float:
@@ -52,14 +58,14 @@ def summarize(out: Path) -> dict:
     rows = {}
     for p, cs in curves.items():
         rounds = cs[0][0]
-        mean_curve = np.mean([a for _, a in cs], axis=0)
+        mean_acc = np.mean([a for _, a in cs], axis=0)
         rows[p] = {
             "lr": cells[p][0]["config"]["lr"],
             "seeds": [r["config"]["seed"] for r in cells[p]],
             "zero_shot": float(np.mean([a[0] for _, a in cs])),
             "final_mean": float(finals[p].mean()),
             "final_ci95": interval(finals[p]),
-            "rounds_to_target_mean_curve": rounds_to(rounds, mean_curve, target) if target is not None else None,
+            "rounds_to_target_mean_curve": rounds_to(rounds, mean_acc, target) if target is not None else None,
             "rounds_to_target_per_seed": [rounds_to(r, a, target) if target is not None else None for r, a in cs],
             "seconds_mean": float(np.mean([r["seconds"] for r in cells[p]])),
         }
@@ -140,6 +146,37 @@ def render(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*")  # identical curves stay distinguishable
+
+
+def mean_curve(cs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds' curves -> (mean x, mean accuracy, half-width of the 95% t-interval; 0 with one seed),
+    over the evaluations every seed has."""
+    n = min(len(a) for _, a in cs)
+    xs = np.mean([x[:n] for x, _ in cs], axis=0)
+    accs = np.array([a[:n] for _, a in cs])
+    half = np.array([interval(accs[:, i]) for i in range(n)]) if len(cs) > 1 else np.zeros(n)
+    return xs, accs.mean(axis=0), half
+
+
+def draw_curves(ax, curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], log: bool = False,
+                emphasis: str | None = None) -> None:
+    """Mean dev accuracy (%) per arm with its 95% band over seeds, drawn within 0-100% (with few seeds
+    a t-interval can pass the bounds; the tables keep it whole). On a log axis the points at x = 0
+    (zero-shot) are left out rather than moved: the caller marks zero-shot as a line."""
+    for k, (name, cs) in enumerate(curves.items()):
+        xs, mean, half = mean_curve(cs)
+        keep = xs > 0 if log else np.ones(len(xs), bool)
+        line, = ax.plot(xs[keep], 100 * mean[keep], marker=_MARKERS[k % len(_MARKERS)], ms=4, fillstyle="none",
+                        ls=("-", "--")[(k // len(_MARKERS)) % 2], lw=2.2 if name == emphasis else 1.3,
+                        label=f"{name} (n={len(cs)})")
+        low, high = np.clip(100 * (mean - half), 0, 100), np.clip(100 * (mean + half), 0, 100)
+        ax.fill_between(xs[keep], low[keep], high[keep], color=line.get_color(), alpha=0.12)
+    if log:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+
+
 def plot(curves: dict, target: float | None, path: Path) -> None:
     import matplotlib
 
@@ -147,13 +184,7 @@ def plot(curves: dict, target: float | None, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for p, cs in sorted(curves.items()):
-        rounds = cs[0][0]
-        accs = 100 * np.array([a for _, a in cs])
-        mean = accs.mean(axis=0)
-        half = np.array([interval(accs[:, i]) for i in range(accs.shape[1])]) if len(cs) > 1 else 0 * mean
-        line, = ax.plot(rounds, mean, marker="o", ms=3, lw=2.2 if p == "zorba" else 1.3, label=f"{p} (n={len(cs)})")
-        ax.fill_between(rounds, mean - half, mean + half, color=line.get_color(), alpha=0.12)
+    draw_curves(ax, dict(sorted(curves.items())), emphasis="zorba")
     if target is not None:
         ax.axhline(100 * target, color="grey", ls=":", lw=1, label=f"target: {REFERENCE}'s mean final")
     ax.set_xlabel("round (round 0 = zero-shot)")

@@ -6,11 +6,13 @@ A method keeps ONE working model. Between rounds it holds the global weights (th
 evaluated); `client_update` trains it in place as client `cid` would and returns what that client
 uploads. Everything a real client must hold (snapshots, optimiser states, gradients, the serialised
 upload) is created inside `client_update`, so a fresh process that calls it once measures a client's
-peak memory (methods/probe.py); server-side state lives outside it."""
+peak memory (methods/probe.py); server-side state lives outside it. The validation split (carved from
+the training data by runner.read_inputs) is evaluated beside dev and never reaches a client's data."""
 
 from __future__ import annotations
 
 import copy
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -25,7 +27,7 @@ from zorba.errors import UserError
 from zorba.models import LoadedModel, load_model
 from zorba.protocol import round_seed
 from zorba.runner import Inputs
-from zorba.scoring import Scorer
+from zorba.scoring import Evaluation, Scorer
 from zorba.tasks import Task, get_task
 
 
@@ -45,6 +47,7 @@ class Setup:
     train: TokenizedData
     dev: tuple[list[list[int]], list[int]]
     parts: list[np.ndarray]
+    validation: tuple[list[list[int]], list[int]] | None = None
 
     def batch(self, cid: int, round_idx: int, step: int) -> tuple[list[list[int]], list[int]]:
         """Client cid's mini-batch for a local step: the same draw ZorBA's clients make (client.py)."""
@@ -59,8 +62,9 @@ def make_setup(cfg: RunConfig, inputs: Inputs, lm: LoadedModel | None = None) ->
     scorer = Scorer(lm, task, cfg.max_len)
     train = TokenizedData(scorer.encode(inputs.train), [e.label for e in inputs.train])
     dev = (scorer.encode(inputs.dev), [e.label for e in inputs.dev])
+    validation = (scorer.encode(inputs.validation), [e.label for e in inputs.validation]) if inputs.validation else None
     parts = dirichlet_partition(train.labels, cfg.clients, cfg.alpha, cfg.seed)
-    return Setup(cfg, inputs, lm, task, scorer, train, dev, parts)
+    return Setup(cfg, inputs, lm, task, scorer, train, dev, parts, validation)
 
 
 @dataclass
@@ -71,6 +75,7 @@ class Upload:
     loss: float
     forward: int
     backward: int = 0
+    seconds: float = 0.0  # the client's compute time (Method.train_client measures it)
 
 
 @dataclass
@@ -83,6 +88,7 @@ class RoundStats:
     forward: int  # summed over the round's clients
     backward: int
     extra: dict | None = None
+    client_seconds: float = 0.0  # summed over the round's clients
 
 
 class Method(ABC):
@@ -95,6 +101,7 @@ class Method(ABC):
 
     def __init__(self, setup: Setup, options: BaseModel) -> None:
         self.setup, self.cfg, self.options = setup, setup.cfg, options
+        self.excluded: frozenset[int] = frozenset()
 
     @property
     def frozen_precision(self) -> str:
@@ -111,15 +118,29 @@ class Method(ABC):
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
         """One federated round over `clients`: their updates, aggregated into the global model."""
 
-    def accuracy(self) -> float:
-        return self.setup.scorer.accuracy(*self.setup.dev)
+    def exclude(self, clients: frozenset[int]) -> None:
+        """Clients that never take part (zorba bench's equal-memory rows); the engine leaves them out
+        of the participants it hands `run_round`, a method that draws its own must too."""
+        self.excluded = clients
 
-    def client_peak_memory(self) -> list[int]:
-        """Measured peak memory per client (bytes), each in a fresh process."""
-        from zorba.methods.probe import measure_method
+    def train_client(self, cid: int, round_idx: int) -> Upload:
+        """`client_update`, timed: what a round's time-to-accuracy counts is client compute, not the
+        server's aggregation or the simulation's bookkeeping."""
+        started = time.perf_counter()
+        upload = self.client_update(cid, round_idx)
+        upload.seconds = time.perf_counter() - started
+        return upload
 
-        peak = measure_method(self)["process_peak_rss_bytes"]
-        return [peak] * self.cfg.clients
+    def idle_round(self, round_idx: int) -> RoundStats:
+        """A round in which no admitted client was drawn: nothing trains and nothing travels."""
+        return RoundStats(float("nan"), [], [], forward=0, backward=0)
+
+    def evaluate(self) -> dict[str, Evaluation]:
+        """The global model on dev and, when the setup has one, on the validation split."""
+        out = {"dev": self.setup.scorer.evaluate(*self.setup.dev)}
+        if self.setup.validation is not None:
+            out["validation"] = self.setup.scorer.evaluate(*self.setup.validation)
+        return out
 
 
 def parse_options(cls: type[Method], values: dict) -> BaseModel:

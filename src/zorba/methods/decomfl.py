@@ -38,10 +38,11 @@ class DeComFL(Method):
 
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
         downs = [len(encode_catch_up(round_idx, self.history[self.seen.get(c, 0) : round_idx])) for c in clients]
-        mean, ups, losses = mean_uploaded_scalars(self, clients, round_idx, self.cfg.local_steps * self.cfg.q)
+        mean, ups, losses, busy = mean_uploaded_scalars(self, clients, round_idx, self.cfg.local_steps * self.cfg.q)
         self.history.append((round_idx, tuple(float(g) for g in mean)))
         q = self.cfg.q
         steps = [StepReport(s, tuple(float(g) for g in mean[k * q : (k + 1) * q])) for k, s in enumerate(self.round_seeds(round_idx))]
         apply_scalars(self.replica, round_idx, self.cfg.lr, q, self.cfg.dist, steps)
         n = len(clients)
-        return RoundStats(float(np.mean(losses)), ups, downs, forward=2 * q * self.cfg.local_steps * n, backward=0)
+        return RoundStats(float(np.mean(losses)), ups, downs, forward=2 * q * self.cfg.local_steps * n, backward=0,
+                          client_seconds=busy)

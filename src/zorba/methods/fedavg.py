@@ -117,15 +117,17 @@ class FedAvg(Method):
             self.global_state = {n: p.detach().clone() for n, p in self.trainable().items()}
         down = len(tensors_to_bytes(self.global_state))  # the same message goes to every client
         total = {n: torch.zeros_like(v) for n, v in self.global_state.items()}
-        ups, losses = [], []
+        ups, losses, busy = [], [], 0.0
         for cid in clients:
             self._load(self.global_state)
-            up = self.client_update(cid, round_idx)
+            up = self.train_client(cid, round_idx)
             for name, value in tensors_from_bytes(up.data).items():
                 total[name] += value
             ups.append(len(up.data))
             losses.append(up.loss)
+            busy += up.seconds
         self.global_state = {n: v / len(clients) for n, v in total.items()}
         self._load(self.global_state)
         k = self.cfg.local_steps * len(clients)
-        return RoundStats(sum(losses) / len(losses), ups, [down] * len(clients), forward=k, backward=k)
+        return RoundStats(sum(losses) / len(losses), ups, [down] * len(clients), forward=k, backward=k,
+                          client_seconds=busy)

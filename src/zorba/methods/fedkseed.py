@@ -90,10 +90,11 @@ class FedKSeed(Method):
 
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
         downs = [len(self._catch_up(cid, round_idx)) for cid in clients]
-        mean, ups, losses = mean_uploaded_scalars(self, clients, round_idx, self.options.k_seeds)
+        mean, ups, losses, busy = mean_uploaded_scalars(self, clients, round_idx, self.options.k_seeds)
         self._apply(round_idx, mean)
         n = len(clients)
-        return RoundStats(float(np.mean(losses)), ups, downs, forward=2 * self.cfg.local_steps * n, backward=0)
+        return RoundStats(float(np.mean(losses)), ups, downs, forward=2 * self.cfg.local_steps * n, backward=0,
+                          client_seconds=busy)
 
     def _catch_up(self, cid: int, round_idx: int) -> bytes:
         """The aggregated scalars of every round since the client's last one, its own included."""

@@ -40,14 +40,16 @@ class FedZO(Method):
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
         down = len(tensors_to_bytes(self._named()))  # every client receives the full global weights
         total: dict[str, torch.Tensor] = {}
-        ups, losses = [], []
+        ups, losses, busy = [], [], 0.0
         for cid in clients:
-            up = self.client_update(cid, round_idx)
+            up = self.train_client(cid, round_idx)
             for name, value in tensors_from_bytes(up.data).items():
                 total[name] = total[name] + value if name in total else value
             ups.append(len(up.data))
             losses.append(up.loss)
+            busy += up.seconds
         for name, p in self._named().items():
             p.add_(total[name] / len(clients))
         n = len(clients)
-        return RoundStats(sum(losses) / n, ups, [down] * n, forward=2 * self.cfg.q * self.cfg.local_steps * n, backward=0)
+        return RoundStats(sum(losses) / n, ups, [down] * n, forward=2 * self.cfg.q * self.cfg.local_steps * n, backward=0,
+                          client_seconds=busy)

@@ -21,6 +21,7 @@ _PROBE_EXAMPLES = 4  # batches' worth of examples the probe client holds
 def _probe(name: str, options: dict, cfg_values: dict, device: str) -> dict:
     import numpy as np
     import torch
+    import transformers.modeling_utils  # noqa: F401 - library code is runtime, as in zorba.memprobe
 
     from zorba.client import TokenizedData
     from zorba.config import RunConfig, find_data_dir
@@ -71,14 +72,12 @@ def measure(name: str, options: dict, cfg_values: dict, device: str = "cpu", tim
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_method(method) -> dict:
-    """Probe the client side of an existing method instance (same name, options and config)."""
-    cfg = method.cfg.model_dump(mode="json")
-    if method.cfg.data_dir is None:
-        from zorba.config import find_data_dir
+def measure_client(name: str, options: dict, cfg) -> dict:
+    """Probe the client of method `name` with `options` under RunConfig `cfg` (its model, task, batch
+    and length); the data folder is resolved here, so the fresh process finds what this one does."""
+    from zorba.config import find_data_dir
 
-        cfg["data_dir"] = str(find_data_dir(method.cfg))
-    return measure(method.name, method.options.model_dump(mode="json"), cfg)
+    return measure(name, options, {**cfg.model_dump(mode="json"), "data_dir": str(find_data_dir(cfg))})
 
 
 if __name__ == "__main__":

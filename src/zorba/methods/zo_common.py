@@ -47,17 +47,21 @@ def revert_local_steps(replica: Replica, round_idx: int, lr: float, q: int, dist
     replica.cursor -= 1  # an undo, not a log entry
 
 
-def mean_uploaded_scalars(method, clients: Sequence[int], round_idx: int, size: int) -> tuple[np.ndarray, list[int], list[float]]:
+def mean_uploaded_scalars(
+    method, clients: Sequence[int], round_idx: int, size: int
+) -> tuple[np.ndarray, list[int], list[float], float]:
     """Run each client's update, average the `size` scalars they upload (float32, as on the wire);
-    returns (mean, upload sizes, losses). Shared by the seed-and-scalar baselines (DeComFL, FedKSeed)."""
+    returns (mean, upload sizes, losses, client seconds summed). Shared by the seed-and-scalar
+    baselines (DeComFL, FedKSeed)."""
     from zorba.methods.wire import decode_scalars
 
     total = np.zeros(size, dtype=np.float64)
-    ups, losses = [], []
+    ups, losses, busy = [], [], 0.0
     for cid in clients:
-        up = method.client_update(cid, round_idx)
+        up = method.train_client(cid, round_idx)
         total += np.asarray(decode_scalars(up.data)[2], dtype=np.float64)
         ups.append(len(up.data))
         losses.append(up.loss)
+        busy += up.seconds
         method.seen[cid] = round_idx
-    return (total / len(clients)).astype(np.float32), ups, losses
+    return (total / len(clients)).astype(np.float32), ups, losses, busy

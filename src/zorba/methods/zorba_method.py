@@ -1,6 +1,6 @@
 """ZorBA and its ablations, wrapped (not reimplemented): zorba.runner.Runner with planner "zorba"
 (optimised heterogeneous blocks), "all", "random" or "round-robin". Bytes are the real codec message
-lengths the runner counts; memory is zorba.job's per-client probe of each client's largest block set."""
+lengths the runner counts; evaluation is the runner's (dev, and the validation split it holds out)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 from zorba.runner import Runner
+from zorba.scoring import Evaluation
 
 
 class ZorbaOptions(BaseModel):
@@ -44,11 +45,15 @@ class Zorba(Method):
     def frozen_precision(self) -> str:
         return self.cfg.precision
 
+    def exclude(self, clients: frozenset[int]) -> None:
+        self.runner.excluded = clients
+
     def client_update(self, cid: int, round_idx: int) -> Upload:
         raise TypeError("ZorBA clients run inside zorba.runner (run_round); there is no separate client update")
 
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
-        # The runner draws the same participants (zorba.runner.participants) as the other methods.
+        # The runner draws the same participants (zorba.runner.participants, minus runner.excluded) as
+        # the engine hands the other methods.
         rec = self.runner.run_round()
         self.runner.state.history.append(rec)
         n = rec["clients"]
@@ -58,14 +63,17 @@ class Zorba(Method):
             extra["fallback"] = self.fallback
         return RoundStats(
             rec["train_loss"], [round(rec["uplink_bytes_per_client"])] * n, [round(rec["downlink_bytes_per_client"])] * n,
-            forward=per_client * n, backward=0, extra=extra,
+            forward=per_client * n, backward=0, extra=extra, client_seconds=rec["client_seconds"],
         )
 
-    def accuracy(self) -> float:
-        return self.runner.eval_scorer.accuracy(*self.runner.dev)
+    def idle_round(self, round_idx: int) -> RoundStats:
+        # The runner logs the empty round, so its round counter (and every seed derived from it) stays
+        # in step with the other methods'.
+        return self.run_round(round_idx, [])
 
-    def client_peak_memory(self) -> list[int]:
-        from zorba.memprobe import planned_client_peaks
-
-        state = self.runner.state
-        return planned_client_peaks(self.cfg, state.lm.blocks, state.history)
+    def evaluate(self) -> dict[str, Evaluation]:
+        r = self.runner
+        out = {"dev": r.eval_scorer.evaluate(*r.dev)}
+        if r.validation is not None:
+            out["validation"] = r.eval_scorer.evaluate(*r.validation)
+        return out

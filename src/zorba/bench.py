@@ -216,6 +216,7 @@ def run_method_cell(arm: Arm, lr: float, seed: int) -> tuple[dict, dict]:
         "equal_memory": spec["equal_memory"],
         "clients_used": spec["clients"] if spec["clients"] is not None else list(range(cfg.clients)),
         "options": method.options.model_dump(mode="json"), "first_order": method.first_order,
+        "frozen_precision": method.frozen_precision,
         "config": method.cfg.model_dump(mode="json"), "versions": versions(),
         "seeds": {"run": seed, "partition": seed, "note": "every stream derives from the run seed; dev subsample fixed"},
         "dev_examples": len(inputs.dev), "validation_examples": len(inputs.validation), "train_examples": len(inputs.train),

@@ -94,6 +94,7 @@ def _row(label: str, runs: list[dict], tuning: list[dict], mem: dict | None, tar
     row = {"label": label, "method": (mem or first).get("method"), "equal_memory": (mem or first).get("equal_memory", False),
            "clients": clients, "clients_used": len(used), "peak_bytes_max": peak_max, "peak_bytes_mean": peak_mean,
            "clients_within_budget": within, "seeds": [r["config"]["seed"] for r in runs],
+           "frozen_precision": first.get("frozen_precision", "-"),
            "lr": runs[0]["config"]["lr"] if runs else None,
            "lr_grid": _tuning_rows(tuning, runs[0]["config"]["lr"] if runs else None)}
     if not runs:
@@ -212,18 +213,18 @@ def render(summary: dict, images: str = "") -> str:
                 f"{_pct(r['zero_shot'])} | {_num(r['rounds_to_target_mean_curve'])}; {per_seed} | "
                 f"{_num(r['client_seconds_to_target_mean_curve'], '{:.0f}')} |")
         lines += [
-            "", "| method | up / client / round | down / client / round | client peak, max / mean (process, loading incl.) "
-            "| clients whose budget holds it | forward / backward passes | client-s / run | wall s / run |",
-            "|---|---|---|---|---|---|---|---|",
+            "", "| method | frozen weights | up / client / round | down / client / round | client peak, max / mean (process, "
+            "loading incl.) | clients whose budget holds it | forward / backward passes | client-s / run | wall s / run |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in t["rows"]:
             within = "-" if r["clients_within_budget"] is None else f"{r['clients_within_budget']} / {r['clients']}"
             peak = f"{_size(r['peak_bytes_max'])} / {_size(r['peak_bytes_mean'])}"
             if r["status"] != "ran":
-                lines.append(f"| {r['label']} | - | - | {peak} | {within} | - | - | - |")
+                lines.append(f"| {r['label']} | {r['frozen_precision']} | - | - | {peak} | {within} | - | - | - |")
                 continue
             lines.append(
-                f"| {r['label']} | {_size(r['uplink_bytes_per_client_round'])} | {_size(r['downlink_bytes_per_client_round'])} | "
+                f"| {r['label']} | {r['frozen_precision']} | {_size(r['uplink_bytes_per_client_round'])} | {_size(r['downlink_bytes_per_client_round'])} | "
                 f"{peak} | {within} | {r['forward_passes']:.0f} / {r['backward_passes']:.0f} | "
                 f"{r['client_seconds_mean']:.0f} | {r['seconds_mean']:.0f} |")
         lines += ["", "Step sizes, chosen on the validation split (mean validation accuracy of the last two "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,6 +176,15 @@ def draw_curves(ax, curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], log:
     if log:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
+
+
+def include(summary: dict, out: Path, target_file: Path) -> None:
+    """Rewrite the text between the convergence-summary markers of `target_file` with the table and plot."""
+    from zorba.markers import write_between
+
+    image = os.path.relpath(out / "convergence.png", target_file.parent)
+    body = render(summary) + f"\n![dev accuracy per round, mean and 95% band over seeds]({image})\n"
+    write_between(target_file, "convergence-summary", body, f"zorba study --summarize-only --out {out}")
 
 
 def plot(curves: dict, target: float | None, path: Path) -> None:

@@ -30,7 +30,7 @@ class RunConfig(BaseModel):
     participation: float = Field(1.0, gt=0.0, le=1.0)
     rounds: int = Field(30, ge=1, le=1_000_000)
     local_steps: int = Field(5, ge=1, le=10_000)
-    lr: float = Field(2e-4, gt=0.0, le=1.0)  # zorba's lr chosen on validation in docs/convergence
+    lr: float = Field(5e-5, gt=0.0, le=1.0)  # the largest lr stable in every run (docs/results.md, "The default run")
     # step rule (steprule.py): a client perturbing d_n of the model's D weights steps with
     # lr * (D / d_n)^lr_exponent; 0 = one lr for every plan
     lr_exponent: float = Field(0.5, ge=0.0, le=2.0)

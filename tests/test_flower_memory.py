@@ -16,7 +16,7 @@ def test_planned_client_peaks_probes_each_clients_largest_set_once(monkeypatch):
 
     def fake_measure(probe, timeout=600):
         probed.append(probe.blocks)
-        return {"peak_rss_bytes": 1000 + 10 * sum(probe.blocks), "runtime_rss_bytes": 500}
+        return {"process_peak_rss_bytes": 1000 + 10 * sum(probe.blocks), "runtime_rss_bytes": 500}
 
     monkeypatch.setattr(memprobe, "measure", fake_measure)
     cfg = make_config(clients=3, measure_memory=True)
@@ -35,7 +35,7 @@ def test_planned_client_peaks_probes_each_clients_largest_set_once(monkeypatch):
 def test_simulation_results_carry_measured_memory_deployment_results_do_not(monkeypatch):
     from zorba.flower import outputs
 
-    monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: {"peak_rss_bytes": 5, "runtime_rss_bytes": 3})
+    monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: {"process_peak_rss_bytes": 5, "runtime_rss_bytes": 3})
     blocks = [SimpleNamespace(numel=1), SimpleNamespace(numel=1)]
     mem = MemoryModel(base=100.0, delta=np.array([1.0, 2.0]))
     run = SimpleNamespace(cfg=make_config(clients=2), lm=SimpleNamespace(blocks=blocks),

@@ -17,7 +17,7 @@ MIB = 2**20
 
 
 def _section(monkeypatch, peaks: dict, calibrated: bool) -> dict:
-    monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: {"peak_rss_bytes": peaks[probe.blocks],
+    monkeypatch.setattr(memprobe, "measure", lambda probe, timeout=600: {"process_peak_rss_bytes": peaks[probe.blocks],
                                                                            "runtime_rss_bytes": 400 + len(probe.blocks)})
     cfg = make_config(clients=3, memory_model="calibration.json" if calibrated else None)
     blocks = [SimpleNamespace(numel=n) for n in (100, 10, 10)]

@@ -10,6 +10,7 @@ from zorba.logio import entry_from_dict, entry_to_dict
 from zorba.plans import AllBlocks, RoundRobin
 from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, StepReport, step_seed
 from zorba.replica import replay_ops
+from zorba.robust import RobustPolicy
 from zorba.server import Server
 from zorba.steprule import StepRule
 
@@ -55,7 +56,9 @@ def test_entries_round_trip_through_codec_and_json_and_v1_entries_decode():
 
 
 def _server(rule: StepRule) -> Server:
-    return Server(RoundRobin(3, [1, 1, 3]), Hyper(1e-3, 1e-3, 1, 1), seed=5, step_rule=rule)
+    # the plain mean: these tests follow the step factors, not what robust aggregation does to scalars
+    return Server(RoundRobin(3, [1, 1, 3]), Hyper(1e-3, 1e-3, 1, 1), seed=5, step_rule=rule,
+                  robust=RobustPolicy(aggregate="mean"))
 
 
 def _answer(server: Server, plans) -> LogEntry:

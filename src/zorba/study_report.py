@@ -142,8 +142,9 @@ def render(summary: dict) -> str:
             timing = "zorba never reached it" if ratio is None else f"{ratio:.2f}"
         lines += [f"Rounds to the target, zorba / all (mean curves): {timing}"
                   f" (goal <= 0.7: {'met' if c['faster_by_0.7x'] else 'not met'}).",
-                  "zorba ahead at the final round of: " + ", ".join(
-                      f"{p} {'yes' if v else 'no'}" for p, v in c["ahead_at_final_round"].items()) + "."]
+                  ("zorba ahead at the final round of: " + ", ".join(
+                      f"{p} {'yes' if v else 'no'}" for p, v in c["ahead_at_final_round"].items()) + "."
+                   if c["ahead_at_final_round"] else "No budget-feasible baseline has seed runs yet.")]
     return "\n".join(lines) + "\n"
 
 

@@ -36,14 +36,19 @@ def synthetic_tsv(n: int, seed: int) -> str:
     return "\n".join(rows) + "\n"
 
 
-@pytest.fixture(scope="module")
-def cfg(tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
+def synthetic_data_dir(tmp_path_factory, name: str, dev_size: int) -> str:
+    root = tmp_path_factory.mktemp(name)
     (root / "sst2").mkdir()
     (root / "sst2" / "train.tsv").write_text(synthetic_tsv(400, 1))
-    (root / "sst2" / "dev.tsv").write_text(synthetic_tsv(200, 2))
+    (root / "sst2" / "dev.tsv").write_text(synthetic_tsv(dev_size, 2))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_models, tmp_path_factory):
+    root = synthetic_data_dir(tmp_path_factory, "synthetic", 200)
     return make_config(model=str(tiny_models["bert"]), clients=10, rounds=ROUNDS, local_steps=2, planner="all",
-                       data_dir=str(root), lr=LR, mu=1e-3, batch_size=16, max_len=16, measure_memory=False,
+                       data_dir=root, lr=LR, mu=1e-3, batch_size=16, max_len=16, measure_memory=False,
                        eval_every=ROUNDS, seed=1, alpha=1.0)
 
 
@@ -113,11 +118,8 @@ ATTACK_SEEDS = (1, 2, 3)
 
 @pytest.fixture(scope="module")
 def attack_cfg(cfg, tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic-large-dev")
-    (root / "sst2").mkdir()
-    (root / "sst2" / "train.tsv").write_text(synthetic_tsv(400, 1))
-    (root / "sst2" / "dev.tsv").write_text(synthetic_tsv(1000, 2))
-    return cfg.model_copy(update={"data_dir": str(root), "rounds": 8, "eval_every": 8, "lr": 3e-3, "alpha": 100.0})
+    root = synthetic_data_dir(tmp_path_factory, "synthetic-large-dev", 1000)
+    return cfg.model_copy(update={"data_dir": root, "rounds": 8, "eval_every": 8, "lr": 3e-3, "alpha": 100.0})
 
 
 def mean_final(cfg, reliability=None) -> float:

@@ -25,6 +25,10 @@ def test_tiny_federated_run_lowers_training_loss(tiny_models, data_dir):
     after = runner.eval_scorer.loss(ids, labels)
     assert after < before - 0.02, (before, after)
     assert np.mean([h["train_loss"] for h in state.history[-3:]]) < np.mean([h["train_loss"] for h in state.history[:3]])
+    # Blocks are averaged with each client weighted by its examples (FedAvg's n_k), and the log says so.
+    sizes = {c.cid: len(c.indices) for c in state.clients}
+    assert len(set(sizes.values())) > 1, sizes  # a skewed split: equal weights would pass unnoticed
+    assert all(u.weight == sizes[u.client] for e in state.server.log for u in e.updates)
 
 
 @pytest.fixture(scope="module")

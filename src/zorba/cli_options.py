@@ -23,7 +23,6 @@ _SHARED = (  # name, type, default, help
     ("lr", float, None, "learning rate (of a client perturbing every block)"),
     ("lr_exponent", float, None, "step rule: a client perturbing d of the model's D weights steps with "
      "lr (D/d)^this; 0 = one lr for all"),
-    ("coverage_exponent", float, None, "step rule: a block covered by c clients moves by their mean times c^this"),
     ("mu", float, None, "perturbation scale"),
     ("q", int, None, "perturbations per step [1]"),
     ("batch_size", int, None, "mini-batch size [16]"),

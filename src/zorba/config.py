@@ -34,9 +34,6 @@ class RunConfig(BaseModel):
     # step rule (steprule.py): a client perturbing d_n of the model's D weights steps with
     # lr * (D / d_n)^lr_exponent; 0 = one lr for every plan
     lr_exponent: float = Field(0.5, ge=0.0, le=2.0)
-    # a block covered by c clients moves by their average times c^coverage_exponent (the noise of
-    # an average of c clients is 1/c of one client's); 0 = the plain average
-    coverage_exponent: float = Field(0.0, ge=0.0, le=2.0)
     mu: float = Field(1e-3, gt=0.0, le=1.0)
     q: int = Field(1, ge=1, le=64)
     batch_size: int = Field(16, ge=1, le=4096)

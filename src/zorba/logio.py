@@ -25,8 +25,9 @@ def entry_from_dict(d: dict) -> LogEntry:
         )
         for u in d["updates"]
     )
-    return LogEntry(int(d["round"]), float(d["lr"]), int(d["q"]), str(d["dist"]), updates,
-                    float(d.get("coverage_exponent", 0.0)))
+    if float(d.get("coverage_exponent", 0.0)) != 0.0:  # written by a zorba that could sum covering clients
+        raise ValueError("log entry with a coverage exponent: this zorba only averages covering clients")
+    return LogEntry(int(d["round"]), float(d["lr"]), int(d["q"]), str(d["dist"]), updates)
 
 
 def write_log(path: Path, entries: Iterable[LogEntry]) -> None:

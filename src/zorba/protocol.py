@@ -51,27 +51,20 @@ class LogEntry:
     q: int
     dist: str
     updates: tuple[ClientUpdate, ...]
-    coverage_exponent: float = 0.0  # beta of the coverage factor c_l^beta (steprule.py)
 
     def scales(self) -> dict[int, float]:
         """Client -> the factor its local steps multiplied the round's lr by (steprule.py)."""
         return {u.client: u.lr_scale for u in self.updates}
 
     def coefficients(self) -> dict[tuple[int, int], float]:
-        """(client, block) -> weight of that client's steps on that block: a block is averaged over
-        the clients that activated it (clients that did not say nothing about it), then multiplied by
-        c_l^coverage_exponent, c_l = how many clients covered it: averaging c_l clients divides the
-        update's noise by c_l, so a well-covered block can take a larger step (steprule.py)."""
+        """(client, block) -> weight of that client's steps on that block: a block is the weighted mean
+        of the clients that activated it (clients that did not say nothing about it). Summing instead
+        of averaging (larger steps on well-covered blocks) was measured and lost (docs/theory.md, A3)."""
         totals: dict[int, float] = {}
-        counts: dict[int, int] = {}
         for u in self.updates:
             for b in u.blocks:
                 totals[b] = totals.get(b, 0.0) + u.weight
-                counts[b] = counts.get(b, 0) + 1
-        if self.coverage_exponent == 0.0:  # the plain average, with no extra rounding step
-            return {(u.client, b): u.weight / totals[b] for u in self.updates for b in u.blocks}
-        return {(u.client, b): u.weight / totals[b] * counts[b] ** self.coverage_exponent
-                for u in self.updates for b in u.blocks}
+        return {(u.client, b): u.weight / totals[b] for u in self.updates for b in u.blocks}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +147,15 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
 
 def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:
     """The step factor per block set (steprule.py), from the blocks' sizes."""
-    return StepRule(tuple(float(b.numel) for b in lm.blocks), cfg.lr_exponent, cfg.coverage_exponent)
+    return StepRule(tuple(float(b.numel) for b in lm.blocks), cfg.lr_exponent)
+
+
+def example_weights(parts: Sequence[Sequence[int]]) -> dict[int, float]:
+    """Each client's weight in a block's average: its number of training examples, as in FedAvg. The
+    federation then descends the loss over all its data; equal weights would descend the mean of the
+    clients' losses, which under label skew is a different task (a few small one-label clients pull
+    every prediction toward their label; docs/theory.md, "Client weights")."""
+    return {c: float(len(p)) for c, p in enumerate(parts)}
 
 
 def participants(cfg: RunConfig, round_idx: int) -> list[int]:
@@ -182,8 +190,8 @@ class Runner:
         counts = blocks_within_budget(profiles, mem)
         hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
         planner = make_planner(cfg, lm, profiles, mem)
-        server = Server(planner, hyper, cfg.seed, Replica(lm), robust=self.reliability.robust_policy(),
-                        step_rule=make_step_rule(cfg, lm))
+        server = Server(planner, hyper, cfg.seed, Replica(lm), example_weights(parts),
+                        robust=self.reliability.robust_policy(), step_rule=make_step_rule(cfg, lm))
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)
         self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device,

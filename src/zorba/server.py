@@ -101,8 +101,7 @@ class Server:
         blocks = {c: p.blocks for c, p in self._plans.items()}
         updates = tuple(replace(u, lr_scale=self._scales[u.client])
                         for u in self.aggregator.updates(blocks, self._reports, self.weights, self._scales))
-        beta = self.step_rule.coverage_exponent if self.step_rule else 0.0
-        entry = LogEntry(self.round, self.hyper.lr, self.hyper.q, self.hyper.dist, updates, beta)
+        entry = LogEntry(self.round, self.hyper.lr, self.hyper.q, self.hyper.dist, updates)
         if self.store is not None:
             self.store.append_entry(entry)
         crash_point("round-logged")

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 class StepRule:
     sizes: tuple[float, ...]  # parameters per block
     exponent: float = 0.5  # gamma
-    coverage_exponent: float = 0.0  # beta: block l's aggregate is multiplied by c_l^beta (protocol.py)
 
     def scale(self, blocks: Sequence[int]) -> float:
         """s = (D / d)^gamma for the blocks a client perturbs (1.0 for an empty set: it takes no step)."""

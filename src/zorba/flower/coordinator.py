@@ -93,7 +93,7 @@ def hello(grid: Grid, run: FlowerRun, nodes: list[int]) -> None:
         if reply.has_error():
             raise UserError(f"node {reply.metadata.src_node_id} failed to load: {error_line(reply.error.reason)}")
         try:
-            cid, digest, _ = _hello_answer(reply, run.cfg.clients)
+            cid, digest, examples = _hello_answer(reply, run.cfg.clients)
         except wire.WireError as exc:
             bad[reply.metadata.src_node_id] = str(exc)
             continue
@@ -102,6 +102,9 @@ def hello(grid: Grid, run: FlowerRun, nodes: list[int]) -> None:
         if cid in run.node_of:
             raise UserError(f"two SuperNodes claim partition-id {cid}")
         run.node_of[cid] = reply.metadata.src_node_id
+        # A client's weight in the block averages, as in-process (runner.example_weights). Self-reported,
+        # as FedAvg's num_examples is: screening bounds each client's step, not its weight.
+        run.server.weights[cid] = float(examples)
     if bad and len(run.node_of) < run.cfg.clients:
         node, why = next(iter(bad.items()))
         raise UserError(f"{len(bad)} SuperNode(s) sent a malformed hello (node {node}: {why})")

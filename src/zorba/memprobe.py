@@ -167,6 +167,8 @@ def _probe(p: MemoryProbe) -> dict:
 def _load(p: MemoryProbe):
     """(model, replica or None): the zo client streams a checkpoint into its format, as a Flower
     client does; random weights and the baselines load the fp32 model."""
+    if p.load not in ("stream", "full"):
+        raise ValueError(f"unknown probe load {p.load!r}")
     if p.mode == "zo" and p.load == "stream" and not p.model.startswith("random:"):
         from zorba.streamload import load_client_replica
 

@@ -132,3 +132,15 @@ def test_streamed_load_peaks_below_training_and_the_full_load():
     assert streamed["load_peak_rss_bytes"] <= streamed["peak_rss_bytes"], (streamed, full)
     assert streamed["load_peak_rss_bytes"] <= full["load_peak_rss_bytes"] - fp32_model / 2, (streamed, full)
     assert streamed["process_peak_rss_bytes"] == streamed["peak_rss_bytes"]
+
+
+def test_truncated_checkpoint_is_the_users_error(tiny_models, tmp_path):
+    from zorba.errors import UserError
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_models["bert"], folder)
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    with pytest.raises(UserError, match="weights cannot be loaded"):
+        load_client_replica(str(folder), "bf16")

@@ -24,17 +24,20 @@ name, a shape or dtype that does not match, persistent buffers.
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from zorba.models import load_config_and_tokenizer, load_model, loaded, model_kind
+from zorba.models import LoadedModel, load_config_and_tokenizer, load_model, loaded, model_kind
 from zorba.precision import MasterStore, TieredReplica, frozen_dtype, make_client_replica, working_dtype
 from zorba.quant import int8_eligible
 from zorba.replica import Replica
 
+log = logging.getLogger(__name__)
 _READ_ELEMENTS = 1 << 20  # elements read from the checkpoint at a time (4 MiB of fp32)
 _FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
 
@@ -48,27 +51,39 @@ def load_client_replica(name_or_path: str, precision: str = "bf16", device: str 
     """The replica a client trains on, as `make_client_replica(load_model(name_or_path), precision)`
     gives it, read from a safetensors checkpoint without holding the fp32 model; other checkpoints
     take that full load (see the module docstring)."""
+    frozen_dtype(precision)  # a bad precision is the user's error before anything is read
     device = torch.device(device)
     source, config, tokenizer = load_config_and_tokenizer(name_or_path)
     try:
         files = checkpoint_files(source)
         model = _empty_model(config)
         plan = _checkpoint_plan(model, files)
-    except _NotCovered:
+    except _NotCovered as why:
+        log.info("%s: full load (%s)", name_or_path, why)
         lm = load_model(name_or_path)
         lm.model.to(device)
         return make_client_replica(lm, precision, store)
     _move_buffers(model, device)
+    _materialize(model, device, _working_dtypes(model, precision))
+    lm = loaded(model, tokenizer, model_kind(config), name_or_path)
+    return TieredReplica(lm, precision, store, master=_streamed_store(lm, plan, files, device, store))
+
+
+def _working_dtypes(model: nn.Module, precision: str) -> Callable[[nn.Parameter], torch.dtype]:
     frozen = frozen_dtype(precision)
     eligible = int8_eligible(model) if frozen == torch.int8 else set()
-    _materialize(model, device, lambda p: working_dtype(frozen, id(p) in eligible))
-    lm = loaded(model, tokenizer, model_kind(config), name_or_path)
+    return lambda p: working_dtype(frozen, id(p) in eligible)
+
+
+def _streamed_store(lm: LoadedModel, plan: dict[str, str], files: dict[str, Path], device: torch.device,
+                    kind: str) -> MasterStore:
+    """The MasterStore of lm's blocks, filled from the checkpoint tensors `plan` names."""
     params = dict(lm.model.named_parameters())
-    keys = [[plan[n] for n in block.param_names] for block in lm.blocks]
-    shapes = [[params[n].shape for n in block.param_names] for block in lm.blocks]
-    master = MasterStore(shapes, device, store)
-    _fill_store(master, keys, files)
-    return TieredReplica(lm, precision, store, master=master)
+    store = MasterStore([[params[n].shape for n in block.param_names] for block in lm.blocks], device, kind)
+    for b, block in enumerate(lm.blocks):
+        for i, name in enumerate(block.param_names):
+            _stream_tensor(store, b, i, files[plan[name]], plan[name])
+    return store
 
 
 def checkpoint_files(source: str) -> dict[str, Path]:
@@ -177,22 +192,18 @@ def _materialize(model: nn.Module, device: torch.device, dtype_of: Callable[[nn.
             module._parameters[name] = new[id(p)]  # noqa: SLF001
 
 
-def _fill_store(store: MasterStore, keys: list[list[str]], files: dict[str, Path]) -> None:
-    for b, block in enumerate(keys):
-        for i, key in enumerate(block):
-            _stream_tensor(store, b, i, files[key], key)
-
-
 def _stream_tensor(store: MasterStore, b: int, i: int, path: Path, key: str) -> None:
     """Tensor `key` into the store, whole rows at a time, converted to fp32 as from_pretrained does.
     The file is reopened per read: its mapping, and so the pages a read touched, go when it closes."""
-    shape = store.shapes[b][i]
-    row = store.numel(b, i) // shape[0] if shape and shape[0] else 1
-    rows = shape[0] if shape else 1
-    step = max(1, _READ_ELEMENTS // max(row, 1))
     from safetensors import safe_open
 
-    for r in range(0, rows, step):
+    shape = store.shapes[b][i]
+    if not shape:  # a scalar: nothing to slice
         with safe_open(path, framework="pt") as f:
-            part = f.get_slice(key)[r : r + step] if shape else f.get_tensor(key)
-            store.write(b, i, r * row, part.reshape(-1).to(torch.float32))
+            store.write(b, i, 0, f.get_tensor(key).reshape(-1).to(torch.float32))
+        return
+    row = math.prod(shape[1:])
+    step = max(1, _READ_ELEMENTS // max(row, 1))
+    for r in range(0, shape[0], step):
+        with safe_open(path, framework="pt") as f:
+            store.write(b, i, r * row, f.get_slice(key)[r : r + step].reshape(-1).to(torch.float32))

@@ -104,7 +104,7 @@ def test_perturbation_signal_survives_frozen_blocks(tiny, precision):
 
 def test_master_store_file_round_trip_is_not_resident():
     t = torch.randn(3_000_001)
-    store = MasterStore([[t]], "file")
+    store = MasterStore.of([[t]], "file")
     back = torch.cat([store.read(0, 0, s, n) for s, n in store.chunks(0, 0)])
     assert torch.equal(back, t)
     assert store.nbytes() == 4 * t.numel()

@@ -4,7 +4,8 @@ run one local round on the given blocks, report peak RSS (CPU) or torch.cuda.max
 "Client memory" (docs/memory.md). On CPU: the peak resident set of the whole client process while it
 trains (runtime + weights + activations + scratch); the exact fp32 state lives in an unlinked temp
 file, so it is not resident. Loading the checkpoint is excluded (the high-water mark is reset once the
-weights are in the client's format) and reported separately: a client could stream the checkpoint.
+weights are in the client's format) and reported separately; the zo client streams a safetensors
+checkpoint into its format (streamload.py), so loading peaks below training.
 On a GPU it is the accelerator's peak allocation during the round.
 
 Modes, so that baselines are measured the same way on the same batch:
@@ -49,6 +50,7 @@ class MemoryProbe:
     data_dir: str | None = None
     precision: str = "bf16"  # frozen blocks' dtype on the client (zorba.precision)
     mode: str = "zo"
+    load: str = "stream"  # zo: "stream" the checkpoint into the client's format (streamload.py) or "full"
 
 
 def load_probe_model(spec: str):
@@ -138,11 +140,9 @@ def _probe(p: MemoryProbe) -> dict:
     task = get_task(p.task)
     cfg = make_config(task=p.task, data_dir=p.data_dir)
     examples = read_examples(find_data_dir(cfg) / p.task / "dev.tsv", task)[: p.batch_size * max(p.local_steps, 4)]
-    lm = load_probe_model(p.model)
-    lm.model.to(p.device)
+    lm, replica = _load(p)
     scorer = Scorer(lm, task, p.max_len)
     batches = probe_batches(p, scorer, examples)
-    replica = _prepare(p, lm)
     load_peak = _status_bytes("VmHWM")
     reset_ok = reset_peak_rss()
     ready = _status_bytes("VmRSS")
@@ -162,6 +162,21 @@ def _probe(p: MemoryProbe) -> dict:
         out["ready_cuda_bytes"] = ready_cuda
         out["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     return out
+
+
+def _load(p: MemoryProbe):
+    """(model, replica or None): the zo client streams a checkpoint into its format, as a Flower
+    client does; random weights and the baselines load the fp32 model."""
+    if p.load not in ("stream", "full"):
+        raise ValueError(f"unknown probe load {p.load!r}")
+    if p.mode == "zo" and p.load == "stream" and not p.model.startswith("random:"):
+        from zorba.streamload import load_client_replica
+
+        replica = load_client_replica(p.model, p.precision, p.device)
+        return replica.lm, replica
+    lm = load_probe_model(p.model)
+    lm.model.to(p.device)
+    return lm, _prepare(p, lm)
 
 
 def _prepare(p: MemoryProbe, lm):

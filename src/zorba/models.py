@@ -48,8 +48,27 @@ def model_kind(config) -> str:
 
 def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
     """fp32 model in eval mode (no dropout: the two SPSA forwards must see the same function)."""
+    source, config, tokenizer = load_config_and_tokenizer(name_or_path)
+    kind = model_kind(config)
+    try:
+        if kind == "causal":
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        else:
+            from transformers import AutoModel
+
+            model = _load_encoder(AutoModel, source)
+    except Exception as exc:  # truncated or corrupt weights raise whatever their reader raises
+        raise UserError(f"model {name_or_path!r}: its weights cannot be loaded ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    return loaded(model, tokenizer, kind, name_or_path)
+
+
+def load_config_and_tokenizer(name_or_path: str) -> tuple[str, object, object]:
+    """(resolved source, config, tokenizer with a pad token) of a model, without its weights."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -63,17 +82,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL) -> LoadedModel:
             f"model {name_or_path!r}: not a local model folder and not in the offline Hugging Face cache "
             f"({type(exc).__name__})"
         ) from None
-    kind = model_kind(config)
-    try:
-        if kind == "causal":
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-        else:
-            model = _load_encoder(AutoModel, source)
-    except Exception as exc:  # truncated or corrupt weights raise whatever their reader raises
-        raise UserError(f"model {name_or_path!r}: its weights cannot be loaded ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    model_kind(config)  # an unsupported architecture stops here, before any weights are read
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return source, config, tokenizer
+
+
+def loaded(model: nn.Module, tokenizer: object, kind: str, name_or_path: str) -> LoadedModel:
+    """A model with its weights in place, frozen and in eval mode, split into blocks."""
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, kind, name_or_path, split_into_blocks(model))

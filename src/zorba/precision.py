@@ -57,32 +57,46 @@ def frozen_dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def working_dtype(dtype: torch.dtype, int8_eligible: bool) -> torch.dtype:
+    """A tensor's working dtype in a block held in `dtype`: int8 only where eligible (quant.py), bf16
+    for the rest of an int8 block."""
+    if dtype == torch.int8:
+        return torch.int8 if int8_eligible else torch.bfloat16
+    return dtype
+
+
 class MasterStore:
     """Exact fp32 copies of all block tensors, in a temp file (CPU) or pinned host memory (GPU)."""
 
-    def __init__(self, tensors: Sequence[Sequence[torch.Tensor]], kind: str = "auto") -> None:
-        device = tensors[0][0].device
+    def __init__(self, shapes: Sequence[Sequence[tuple[int, ...]]], device: torch.device, kind: str = "auto") -> None:
+        """Room for tensors of these shapes (per block); their values are written with `write`."""
         self.kind = ("pinned" if device.type == "cuda" else "file") if kind == "auto" else kind
         if self.kind not in ("file", "pinned", "memory"):
             raise ValueError(f"unknown store kind {kind!r}")
-        self.shapes = [[tuple(t.shape) for t in block] for block in tensors]
+        self.shapes = [[tuple(s) for s in block] for block in shapes]
         self.device = device
         if self.kind == "file":
             self._file = tempfile.TemporaryFile(dir=os.environ.get("ZORBA_OFFLOAD_DIR"), prefix="zorba-master-")
             self._fd = self._file.fileno()
             self._offsets, end = {}, 0
-            for b, block in enumerate(tensors):
-                for i, t in enumerate(block):
+            for b, block in enumerate(self.shapes):
+                for i, _ in enumerate(block):
                     self._offsets[(b, i)] = end
-                    end += 4 * t.numel()
+                    end += 4 * self.numel(b, i)
         else:
             pin = self.kind == "pinned" and torch.cuda.is_available()
             self._host = [[torch.empty(s, dtype=torch.float32, pin_memory=pin) for s in block] for block in self.shapes]
+
+    @classmethod
+    def of(cls, tensors: Sequence[Sequence[torch.Tensor]], kind: str = "auto") -> MasterStore:
+        """A store holding fp32 copies of these tensors (per block), on their device's kind of store."""
+        store = cls([[t.shape for t in block] for block in tensors], tensors[0][0].device, kind)
         for b, block in enumerate(tensors):
             for i, t in enumerate(block):
                 flat = t.detach().reshape(-1)
                 for start in range(0, flat.numel(), _CHUNK):
-                    self.write(b, i, start, flat[start : start + _CHUNK].float())
+                    store.write(b, i, start, flat[start : start + _CHUNK].float())
+        return store
 
     def numel(self, b: int, i: int) -> int:
         return int(np.prod(self.shapes[b][i], dtype=np.int64))
@@ -225,7 +239,10 @@ def return_freed_memory_promptly() -> None:
 class TieredReplica(Replica):
     """A client's replica: exact fp32 state in a MasterStore, a mixed-precision working copy on the device."""
 
-    def __init__(self, lm: LoadedModel, precision: str = "bf16", store: str = "auto") -> None:
+    def __init__(self, lm: LoadedModel, precision: str = "bf16", store: str = "auto",
+                 master: MasterStore | None = None) -> None:
+        """`master`: the exact fp32 weights when they are already in a store (streamload.py); the
+        model's parameters then only need the right shapes and working dtypes, not their values."""
         # Before the working copies are allocated: made under glibc's raised threshold they would sit
         # in the heap, and promoting a block to fp32 would leave their pages resident (+26 MiB, OPT-125m).
         return_freed_memory_promptly()
@@ -233,7 +250,7 @@ class TieredReplica(Replica):
         self.precision = precision
         self.frozen = frozen_dtype(precision)
         self._int8 = int8_eligible(lm.model) if self.frozen == torch.int8 else set()
-        self.store = MasterStore(self.tensors, store)
+        self.store = master if master is not None else MasterStore.of(self.tensors, store)
         self.active: set[int] = set()
         self._names = {n: (b, i) for b, blk in enumerate(lm.blocks) for i, n in enumerate(blk.param_names)}
         self._hooks = attach_upcast_hooks(lm.model) if self.frozen != torch.float32 else []
@@ -245,10 +262,11 @@ class TieredReplica(Replica):
         """Re-derive block b's working tensors in `dtype` from the store, chunk by chunk (int8: the
         eligible weights quantised, the block's other tensors in bf16)."""
         for i, p in enumerate(self.tensors[b]):
-            if dtype == torch.int8 and id(p) in self._int8:
+            want = working_dtype(dtype, id(p) in self._int8)
+            if want == torch.int8:
                 self._quantize_working(b, i, p)
             else:
-                self._convert_working(b, i, p, torch.bfloat16 if dtype == torch.int8 else dtype)
+                self._convert_working(b, i, p, want)
 
     def _convert_working(self, b: int, i: int, p: torch.Tensor, dtype: torch.dtype) -> None:
         same = p.dtype == dtype

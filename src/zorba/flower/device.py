@@ -21,12 +21,12 @@ from zorba.client import TokenizedData
 from zorba.config import RunConfig
 from zorba.data import dirichlet_partition
 from zorba.flower.wire import WireError
-from zorba.models import LoadedModel, load_model, state_digest
-from zorba.precision import make_client_replica
+from zorba.models import LoadedModel
 from zorba.protocol import LogEntry
 from zorba.replica import Replica
 from zorba.runner import check_inputs
 from zorba.scoring import Scorer
+from zorba.streamload import load_client_replica
 from zorba.tasks import get_task
 
 LOG_RECORD = "zorba.log"
@@ -71,12 +71,13 @@ def forget_device() -> None:
 
 def _load_device(key: str, cfg: RunConfig) -> Device:
     inputs = check_inputs(cfg)
-    lm = load_model(cfg.model)
+    replica = load_client_replica(cfg.model, cfg.precision)  # never the whole fp32 model in memory
+    lm = replica.lm
     scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
     data = TokenizedData(scorer.encode(inputs.train), [e.label for e in inputs.train])
     parts = dirichlet_partition(data.labels, cfg.clients, cfg.alpha, cfg.seed)
-    digest = state_digest(lm.model)  # of the base fp32 weights, before frozen blocks go low precision
-    return Device(key, cfg, lm, make_client_replica(lm, cfg.precision), scorer, data, parts, digest)
+    digest = replica.digest()  # of the base fp32 weights (the store's), as models.state_digest gives it
+    return Device(key, cfg, lm, replica, scorer, data, parts, digest)
 
 
 def stored_log(context: Context) -> list[bytes]:
@@ -118,6 +119,6 @@ def sync_device(device: Device, log: list[bytes]) -> None:
 
 def _reload_weights(device: Device) -> None:
     """Back to the base weights: a fresh model, replica and scorer (same as the runner's clients)."""
-    device.lm = load_model(device.cfg.model)
+    device.replica = load_client_replica(device.cfg.model, device.cfg.precision)
+    device.lm = device.replica.lm
     device.scorer = Scorer(device.lm, get_task(device.cfg.task), device.cfg.max_len)
-    device.replica = make_client_replica(device.lm, device.cfg.precision)

@@ -13,9 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from zorba.memprobe import load_probe_model  # noqa: E402
-from zorba.scoring import Scorer  # noqa: E402
-from zorba.tasks import get_task, read_examples  # noqa: E402
+from zorba.core.scoring import Scorer  # noqa: E402
+from zorba.core.tasks import get_task, read_examples  # noqa: E402
+from zorba.federation.memprobe import load_probe_model  # noqa: E402
 
 
 def _find_data() -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from zorba import rng
-from zorba.protocol import stream_key
+from zorba.core import rng
+from zorba.wire.protocol import stream_key
 
 _CHUNK = 1 << 22
 

@@ -19,9 +19,9 @@ import _common as C
 def child(n_clients: int, model: str, rounds: int) -> dict:
     import time
 
-    from zorba.config import make_config
-    from zorba.memprobe import _status_bytes, load_probe_model
-    from zorba.runner import Runner, check_inputs
+    from zorba.federation.config import make_config
+    from zorba.federation.memprobe import _status_bytes, load_probe_model
+    from zorba.federation.runner import Runner, check_inputs
 
     cfg = make_config(model=model, clients=n_clients, rounds=rounds, local_steps=1, batch_size=4, max_len=16,
                       train_size=max(4 * n_clients, 400), alpha=1000.0, planner="round-robin", eval_every=1000,

@@ -1,5 +1,5 @@
 """Target A3 (docs/memory.md, docs/performance.md): client peak memory against baselines, each probe in
-a fresh process on the same model and batch (zorba.memprobe).
+a fresh process on the same model and batch (zorba.federation.memprobe).
 
 - ZO client, fp32, all blocks active / fp32 inference peak: target <= 1.10;
 - ZO client, low-precision frozen blocks (bf16; int8 weight-only with per-row scales), a quarter of
@@ -22,7 +22,7 @@ import math
 
 import _common as C
 
-from zorba.memprobe import MemoryProbe, load_probe_model, measure
+from zorba.federation.memprobe import MemoryProbe, load_probe_model, measure
 
 
 def quarter_blocks(n_blocks: int) -> tuple[int, ...]:

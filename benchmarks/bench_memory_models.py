@@ -2,7 +2,7 @@
 against every baseline's client (first-order FedAvg with Adam / SGD / LoRA, ZO on all blocks).
 
 Each number is one fresh process (load the model, reset the high-water mark, one local step), never
-an estimate: ZorBA's client through zorba.memprobe (mode "zo", frozen blocks in bf16), the baselines
+an estimate: ZorBA's client through zorba.federation.memprobe (mode "zo", frozen blocks in bf16), the baselines
 through zorba.methods.probe. Models are OPTConfig-built (125m / 350m, and 1.3b with --with-1.3b:
 about 5 GiB of fp32 weights, 3x that for Adam) with seeded random weights, saved once to a temp folder
 with the default model's tokenizer, so both probes load the same checkpoint. Weights being random does
@@ -52,7 +52,7 @@ def build_opt(size: str, folder: Path) -> Path:
     import torch
     import transformers as tf
 
-    from zorba.models import resolve_source
+    from zorba.core.models import resolve_source
 
     if (folder / "config.json").is_file():
         return folder
@@ -77,7 +77,7 @@ def in_fresh_process(kind: str, spec: dict, timeout: float) -> dict:
 
 def run_one(spec: dict) -> dict:
     if spec["kind"] == "zorba":
-        from zorba.memprobe import MemoryProbe, _probe
+        from zorba.federation.memprobe import MemoryProbe, _probe
 
         return _probe(MemoryProbe(spec["model"], "sst2", tuple(spec["blocks"]), spec["batch_size"], spec["max_len"],
                                   1, spec["device"], spec["data_dir"], "bf16", "zo"))

@@ -1,5 +1,5 @@
 """What the frozen blocks' precision costs in time: a client's ZO step on a quarter of the blocks with
-the other blocks in fp32, bf16 or int8 (zorba.precision, zorba.quant), side by side in one run.
+the other blocks in fp32, bf16 or int8 (zorba.memory.precision, zorba.memory.quant), side by side in one run.
 
 Memory is bench_memory.py's job (fresh processes); this script times the same step on three replicas
 of the same weights, interleaved (best of --reps), and prints how far each low-precision forward's
@@ -16,9 +16,9 @@ import math
 
 import _common as C
 
-from zorba.precision import make_client_replica
-from zorba.scoring import Scorer
-from zorba.zo import spsa_step
+from zorba.core.scoring import Scorer
+from zorba.core.zo import spsa_step
+from zorba.memory.precision import make_client_replica
 
 PRECISIONS = ("fp32", "bf16", "int8")
 

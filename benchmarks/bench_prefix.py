@@ -1,4 +1,4 @@
-"""A ZO step's cost with its forwards sharing the frozen prefix (zorba.prefix), against full forwards,
+"""A ZO step's cost with its forwards sharing the frozen prefix (zorba.memory.prefix), against full forwards,
 side by side in one run: one local step (q = 1: two forwards and three perturbation passes) on a client
 that trains a single transformer layer, for each layer.
 
@@ -16,9 +16,9 @@ import json
 
 import _common as C
 
-from zorba.precision import make_client_replica
-from zorba.prefix import SharedPrefix
-from zorba.zo import spsa_step
+from zorba.core.zo import spsa_step
+from zorba.memory.precision import make_client_replica
+from zorba.memory.prefix import SharedPrefix
 
 
 def layer_blocks(lm) -> list[int]:

@@ -20,10 +20,10 @@ import json
 import _common as C
 import torch
 
-from zorba import rng_native
-from zorba.precision import make_client_replica
-from zorba.protocol import ClientUpdate, LogEntry, StepReport
-from zorba.replica import Replica
+from zorba.core import rng_native
+from zorba.core.replica import Replica
+from zorba.memory.precision import make_client_replica
+from zorba.wire.protocol import ClientUpdate, LogEntry, StepReport
 
 ROUND_PAIRS = 40  # the default run's round: 8 clients x 5 local steps
 

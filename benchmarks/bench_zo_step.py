@@ -29,12 +29,12 @@ import _common as C
 import _legacy_rng as legacy
 import torch
 
-from zorba import rng_native, zo
-from zorba.deferred import DeferredTables
-from zorba.packed import PackedSmallTensors
-from zorba.precision import return_freed_memory_promptly
-from zorba.replica import Replica
-from zorba.zo import add_scaled_noise_, spsa_step
+from zorba.core import rng_native, zo
+from zorba.core.deferred import DeferredTables
+from zorba.core.packed import PackedSmallTensors
+from zorba.core.replica import Replica
+from zorba.core.zo import add_scaled_noise_, spsa_step
+from zorba.memory.precision import return_freed_memory_promptly
 
 ROUND_STEPS = 5  # the default local steps per round
 

@@ -48,7 +48,7 @@ def build_tiny_model(family: str, folder: Path) -> Path:
     import torch
     import transformers as tf
 
-    from zorba.models import resolve_source
+    from zorba.core.models import resolve_source
 
     torch.manual_seed(0)
     config = _tiny_config(family)
@@ -76,7 +76,7 @@ def data_dir() -> Path:
 def zorba(capsys, monkeypatch):
     """The real `zorba` entry point, in-process (a subprocess per case would cost seconds of imports):
     returns exit code, stdout and stderr."""
-    from zorba import cli
+    from zorba.cli.app import app as cli
 
     def call(*args):
         monkeypatch.setattr(sys, "argv", ["zorba", *args])

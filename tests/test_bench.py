@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import assert_clean_error
 
-from zorba import bench as bench_mod
-from zorba.bench import BenchConfig, load_bench_config, run_bench
-from zorba.bench_report import BEGIN, END, include, summarize
 from zorba.errors import UserError
-from zorba.study import Arm, chosen_lr, seed_dir, tune_dir
+from zorba.experiments import bench as bench_mod
+from zorba.experiments.bench import BenchConfig, load_bench_config, run_bench
+from zorba.experiments.bench_report import BEGIN, END, include, summarize
+from zorba.experiments.study import Arm, chosen_lr, seed_dir, tune_dir
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = dict(say=lambda _: None)
@@ -135,8 +135,8 @@ def test_equal_memory_rows_use_the_clients_whose_budget_holds_the_measured_peak(
                                                                                  monkeypatch):
     """The probe is replaced by a measurement between two budgets (or above all): the equal-memory row
     trains with exactly the clients whose budget (process bytes: model budget + runtime) holds it."""
-    from zorba import memprobe
-    from zorba.bench_memory import budget_section
+    from zorba.experiments.bench_memory import budget_section
+    from zorba.federation import memprobe
     from zorba.methods import probe
 
     bench = config(tiny_models, data_dir, methods=(("decomfl", [1e-3]), ("zorba-all", [1e-3])), seeds=[0],
@@ -209,8 +209,8 @@ def test_the_shipped_configs_load_and_the_full_one_is_the_promised_matrix():
 def test_both_probes_measure_the_same_runtime(tiny_models, data_dir):
     """Every row's budgets add the runtime its probe measured: the baselines' probe and zorba's must
     measure it alike (the model library imported, no model loaded), or rows get different budgets."""
-    from zorba.bench_memory import probe_client
-    from zorba.config import make_config
+    from zorba.experiments.bench_memory import probe_client
+    from zorba.federation.config import make_config
 
     cfg = make_config(model=str(tiny_models["opt"]), data_dir=str(data_dir), batch_size=4, max_len=24)
     baseline, zorba_all = probe_client("decomfl", {}, cfg, 4), probe_client("zorba-all", {}, cfg, 4)

@@ -1,7 +1,7 @@
 import pytest
 
-from zorba.blocks import split_into_blocks
-from zorba.models import load_model
+from zorba.core.blocks import split_into_blocks
+from zorba.core.models import load_model
 
 
 @pytest.mark.parametrize("family", ["opt", "llama", "gpt2", "bert"])

@@ -4,12 +4,12 @@ passes, bit for bit; only untied tables qualify."""
 import pytest
 import torch
 
-from zorba import deferred as deferred_mod
-from zorba import rng
-from zorba.deferred import DeferredTables
-from zorba.models import load_model, state_digest
-from zorba.replica import Replica
-from zorba.zo import spsa_step
+from zorba.core import deferred as deferred_mod
+from zorba.core import rng
+from zorba.core.deferred import DeferredTables
+from zorba.core.models import load_model, state_digest
+from zorba.core.replica import Replica
+from zorba.core.zo import spsa_step
 
 
 @pytest.fixture(autouse=True)

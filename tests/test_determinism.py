@@ -4,10 +4,10 @@ whether the machine is idle or busy (no planner decision depends on wall-clock t
 import subprocess
 import sys
 
-from zorba.config import make_config
-from zorba.job import build_result
-from zorba.models import load_model, state_digest
-from zorba.runner import Runner, check_inputs
+from zorba.core.models import load_model, state_digest
+from zorba.experiments.job import build_result
+from zorba.federation.config import make_config
+from zorba.federation.runner import Runner, check_inputs
 
 
 def _final_digest(cfg) -> str:

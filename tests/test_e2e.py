@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
-from zorba.config import make_config
-from zorba.runner import Runner, check_inputs
+from zorba.federation.config import make_config
+from zorba.federation.runner import Runner, check_inputs
 
 
 def zorba(*args, cwd=None):

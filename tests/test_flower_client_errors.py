@@ -4,7 +4,7 @@ open a test file the server names."""
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from zorba.config import make_config
+from zorba.federation.config import make_config
 from zorba.flower import client_app, wire
 from zorba.flower.settings import config_to_json
 

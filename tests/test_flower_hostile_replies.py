@@ -9,7 +9,7 @@ from flwr.app import ConfigRecord, Message, Metadata, RecordDict
 
 from zorba.flower import coordinator, wire
 from zorba.flower.settings import FlowerOptions
-from zorba.protocol import Report, StepReport, step_seed
+from zorba.wire.protocol import Report, StepReport, step_seed
 
 torch.set_num_threads(1)
 NODES = {0: 101, 1: 102}
@@ -36,7 +36,7 @@ class FakeGrid:
 
 @pytest.fixture
 def run(tiny_models, tmp_path, data_dir):
-    from zorba.config import make_config
+    from zorba.federation.config import make_config
 
     (tmp_path / "sst2").mkdir()
     for name, n in (("train", 40), ("dev", 8)):

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from zorba import memprobe
-from zorba.config import make_config
-from zorba.planner.memory_model import MemoryModel
-from zorba.profiles import ClientProfile
+from zorba.federation import memprobe
+from zorba.federation.config import make_config
+from zorba.memory.memory_model import MemoryModel
+from zorba.memory.profiles import ClientProfile
 
 
 def test_planned_client_peaks_probes_each_clients_largest_set_once(monkeypatch):

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from zorba.config import make_config
+from zorba.federation.config import make_config
+from zorba.federation.runner import Runner, check_inputs
 from zorba.flower.settings import FlowerOptions
 from zorba.flower.simulation import run_flower_simulation
-from zorba.runner import Runner, check_inputs
 
 
 @pytest.fixture(scope="module")

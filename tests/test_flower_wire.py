@@ -11,7 +11,7 @@ from zorba.flower import wire
 from zorba.flower.device import LogGap, merge_log
 from zorba.flower.faults import InjectedCrash, inject, parse_faults
 from zorba.flower.settings import split_run_config
-from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
+from zorba.wire.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
 
 
 def entry(r: int) -> LogEntry:
@@ -76,7 +76,7 @@ def test_flower_app_defaults_are_run_configs_defaults():
     (Flower needs the keys declared in pyproject.toml; this keeps the two from drifting apart)."""
     import tomllib
 
-    from zorba.config import RunConfig
+    from zorba.federation.config import RunConfig
     from zorba.flower.settings import _FLOWER_KEYS, _none_if_empty
 
     app = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]

@@ -7,12 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zorba import codec
-from zorba.config import make_config
-from zorba.durable import AppendLog, RunStore, frame
 from zorba.errors import UserError
-from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
-from zorba.reliability import make_reliability
+from zorba.federation.config import make_config
+from zorba.federation.durable import AppendLog, RunStore, frame
+from zorba.federation.reliability import make_reliability
+from zorba.wire import codec
+from zorba.wire.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

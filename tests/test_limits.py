@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from zorba import codec
-from zorba.data import dirichlet_partition
+from zorba.core.data import dirichlet_partition
 from zorba.errors import UserError
-from zorba.profiles import load_profiles
-from zorba.protocol import Hyper, LogEntry, RoundPlan
+from zorba.memory.profiles import load_profiles
+from zorba.wire import codec
+from zorba.wire.protocol import Hyper, LogEntry, RoundPlan
 
 PLANS = {0: RoundPlan(0, 0, (0,), 5, Hyper(1e-3, 1e-3, 1, 5))}
 

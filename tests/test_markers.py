@@ -3,7 +3,7 @@
 import pytest
 
 from zorba.errors import UserError
-from zorba.markers import write_between
+from zorba.experiments.markers import write_between
 
 
 def test_only_the_marked_section_is_rewritten(tmp_path):

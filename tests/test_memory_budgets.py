@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from zorba import memprobe
-from zorba.config import make_config
-from zorba.planner.memory_model import MemoryModel
-from zorba.profiles import ClientProfile
+from zorba.federation import memprobe
+from zorba.federation.config import make_config
+from zorba.memory.memory_model import MemoryModel
+from zorba.memory.profiles import ClientProfile
 
 MIB = 2**20
 
@@ -97,8 +97,8 @@ def test_bad_profiles_or_memory_model_fail_in_one_line_before_any_output(tiny_mo
 
 
 def test_plans_over_budget_are_listed_and_warned_about_once(monkeypatch):
-    from zorba.job import _budget_warning
-    from zorba.profiles import over_budget
+    from zorba.experiments.job import _budget_warning
+    from zorba.memory.profiles import over_budget
 
     mem = MemoryModel(base=1000.0, delta=np.array([300.0, 20.0, 30.0]), activation=5.0)
     profiles = [ClientProfile("big", 2000.0), ClientProfile("small", 1040.0), ClientProfile("idle", 9000.0)]

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from zorba.cli_profile import fit_affine, to_memory_model
+from zorba.cli.profile import fit_affine, to_memory_model
 from zorba.errors import UserError
 
 

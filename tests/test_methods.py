@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from zorba.bench import subsample_dev
-from zorba.config import make_config
+from zorba.core.models import load_model
+from zorba.experiments.bench import subsample_dev
+from zorba.federation.config import make_config
+from zorba.federation.runner import read_inputs
 from zorba.methods import REGISTRY, make_method, make_setup
 from zorba.methods.engine import run_method
 from zorba.methods.fedkseed import pdss_probabilities
@@ -21,8 +23,6 @@ from zorba.methods.wire import (
     decode_scalars,
     encode_scalars,
 )
-from zorba.models import load_model
-from zorba.runner import read_inputs
 
 
 def tiny_cfg(model_dir, data_dir, **over):

@@ -11,7 +11,7 @@ import torch
 from conftest import assert_clean_error
 
 from zorba.errors import UserError
-from zorba.outdir import MARKER
+from zorba.federation.outdir import MARKER
 
 torch.set_num_threads(1)
 
@@ -60,7 +60,7 @@ def test_overwrite_replaces_a_run_whole_and_a_failed_one_leaves_it_intact(zorba,
     assert zorba("run", *small, "--out", str(out)).returncode == 0
     assert (out / MARKER).is_file()
     first = tree(out)
-    monkeypatch.setattr("zorba.job.build_result", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr("zorba.experiments.job.build_result", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
         zorba("run", *small, "--out", str(out), "--overwrite", "--seed", "7")
     assert tree(out) == first
@@ -85,7 +85,7 @@ def test_odd_out_paths_are_refused_before_the_model_loads(kind, zorba, small, tm
 
 
 def test_flower_server_refuses_a_foreign_out_folder_before_training(tmp_path, small):
-    from zorba.config import make_config
+    from zorba.federation.config import make_config
     from zorba.flower.server_app import serve
     from zorba.flower.settings import FlowerOptions
 

@@ -6,12 +6,12 @@ import random
 import pytest
 import torch
 
-from zorba import rng, rng_native
-from zorba.models import load_model, state_digest
-from zorba.packed import PackedSmallTensors
-from zorba.protocol import stream_key, stream_keys
-from zorba.replica import Replica
-from zorba.zo import spsa_step
+from zorba.core import rng, rng_native
+from zorba.core.models import load_model, state_digest
+from zorba.core.packed import PackedSmallTensors
+from zorba.core.replica import Replica
+from zorba.core.zo import spsa_step
+from zorba.wire.protocol import stream_key, stream_keys
 
 
 @pytest.fixture(autouse=True)

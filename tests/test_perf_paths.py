@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from zorba import rng
-from zorba.protocol import stream_key
-from zorba.zo import add_scaled_noise_, spsa_step
+from zorba.core import rng
+from zorba.core.zo import add_scaled_noise_, spsa_step
+from zorba.wire.protocol import stream_key
 
 
 def _reference_z(numel: int, key: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
+from zorba.memory.memory_model import MemoryModel
 from zorba.planner.energy import (
     BlockEnergy,
     EnergyPlanner,
@@ -14,9 +15,8 @@ from zorba.planner.energy import (
     client_candidates,
     pareto_front,
 )
-from zorba.planner.memory_model import MemoryModel
-from zorba.plans import FeasibleRandom, FeasibleRoundRobin, FedRA, FillBudget
-from zorba.steprule import StepRule
+from zorba.planner.plans import FeasibleRandom, FeasibleRoundRobin, FedRA, FillBudget
+from zorba.planner.steprule import StepRule
 
 SIZES = (12.0, 2.0, 2.0, 2.0, 2.0)
 MEM = MemoryModel(base=100.0, delta=np.array(SIZES) * 4, activation=10.0)

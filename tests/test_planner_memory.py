@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from zorba.planner import MemoryModel
+from zorba.memory.memory_model import MemoryModel
 
 
 def test_memory_is_affine_in_the_plan():

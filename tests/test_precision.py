@@ -5,14 +5,14 @@ import copy
 import pytest
 import torch
 
-from zorba.memprobe import load_probe_model
-from zorba.precision import PRECISIONS, MasterStore, TieredReplica, make_client_replica
-from zorba.protocol import ClientUpdate, LogEntry, StepReport
-from zorba.quant import INT8_MAX, SCALE_ATTR, dequantize_rows, int8_eligible, quantize_rows
-from zorba.replica import Replica
-from zorba.scoring import Scorer
-from zorba.tasks import get_task
-from zorba.zo import spsa_step
+from zorba.core.replica import Replica
+from zorba.core.scoring import Scorer
+from zorba.core.tasks import get_task
+from zorba.core.zo import spsa_step
+from zorba.federation.memprobe import load_probe_model
+from zorba.memory.precision import PRECISIONS, MasterStore, TieredReplica, make_client_replica
+from zorba.memory.quant import INT8_MAX, SCALE_ATTR, dequantize_rows, int8_eligible, quantize_rows
+from zorba.wire.protocol import ClientUpdate, LogEntry, StepReport
 
 FAMILIES = ("bert", "opt", "llama", "gpt2")
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from zorba import client
-from zorba.client import ClientState, TokenizedData, run_round
-from zorba.memprobe import load_probe_model
-from zorba.precision import make_client_replica
-from zorba.prefix import SharedPrefix
-from zorba.protocol import Hyper, RoundPlan
-from zorba.scoring import Scorer
-from zorba.tasks import get_task
+from zorba.core.scoring import Scorer
+from zorba.core.tasks import get_task
+from zorba.federation import client
+from zorba.federation.client import ClientState, TokenizedData, run_round
+from zorba.federation.memprobe import load_probe_model
+from zorba.memory.precision import make_client_replica
+from zorba.memory.prefix import SharedPrefix
+from zorba.wire.protocol import Hyper, RoundPlan
 
 FAMILIES = ("bert", "opt", "llama", "gpt2")
 

@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from zorba import codec
-from zorba.config import make_config
-from zorba.models import load_model
-from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
-from zorba.replica import Replica
-from zorba.runner import Runner, check_inputs
-from zorba.server import ReportRejected
+from zorba.core.models import load_model
+from zorba.core.replica import Replica
+from zorba.federation.config import make_config
+from zorba.federation.runner import Runner, check_inputs
+from zorba.federation.server import ReportRejected
+from zorba.wire import codec
+from zorba.wire.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan, StepReport, step_seed
 
 
 @pytest.fixture(scope="module")

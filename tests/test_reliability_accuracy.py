@@ -11,12 +11,12 @@ import random
 import pytest
 import torch
 
-import zorba.runner as runner_mod
-from zorba.config import make_config
-from zorba.profiles import ClientProfile
-from zorba.protocol import Report, StepReport
-from zorba.reliability import Reliability
-from zorba.runner import Runner, check_inputs
+import zorba.federation.runner as runner_mod
+from zorba.federation.config import make_config
+from zorba.federation.reliability import Reliability
+from zorba.federation.runner import Runner, check_inputs
+from zorba.memory.profiles import ClientProfile
+from zorba.wire.protocol import Report, StepReport
 
 torch.set_num_threads(1)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import assert_clean_error
 
-from zorba.config import make_config
-from zorba.durable import frame, sealed
-from zorba.job import run_job
+from zorba.experiments.job import run_job
+from zorba.federation.config import make_config
+from zorba.federation.durable import frame, sealed
 
 torch.set_num_threads(1)
 

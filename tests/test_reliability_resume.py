@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zorba.config import make_config
-from zorba.job import run_job
-from zorba.reliability import Reliability
-from zorba.results import verify
-from zorba.resume import resume_options
+from zorba.experiments.job import run_job
+from zorba.federation.config import make_config
+from zorba.federation.reliability import Reliability
+from zorba.federation.results import verify
+from zorba.federation.resume import resume_options
 
 torch.set_num_threads(1)  # the forked children below must not inherit a live OpenMP pool
 
@@ -80,7 +80,7 @@ def assert_same_weights(out, reference):
     assert len(result["history"]) == ROUNDS
 
 
-# point:n = the n-th time the process reaches that point (see zorba.durable.crash_point)
+# point:n = the n-th time the process reaches that point (see zorba.federation.durable.crash_point)
 CRASHES = [
     "run-started:1",  # header and initial evaluation written, no round yet
     "report-received:3",  # mid-round: some clients have reported, nothing logged

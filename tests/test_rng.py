@@ -3,7 +3,8 @@ import hashlib
 import pytest
 import torch
 
-from zorba import rng
+from zorba.core import rng
+from zorba.wire.keys import DISTRIBUTIONS, derive_key
 
 # Stored once; a GPU must print the same (benchmarks/gpu_check.py compares on a lent device).
 GOLDEN_RADEMACHER = "6c9f090c840e5e7ab86abc0d318f80d0d8a6ad5a4495957891714d4208979f36"
@@ -28,7 +29,7 @@ def test_gaussian_moments():
     assert abs(float((z**4).mean()) - 3) < 0.1
 
 
-@pytest.mark.parametrize("dist", rng.DISTRIBUTIONS)
+@pytest.mark.parametrize("dist", DISTRIBUTIONS)
 def test_add_noise_matches_noise_across_chunk_boundaries(dist, monkeypatch):
     monkeypatch.setattr(rng, "_CHUNK", 64)  # force many chunks
     n = 1000
@@ -49,9 +50,9 @@ def test_prefix_property_and_dtype():
 
 
 def test_derive_key_distinguishes_tuples():
-    keys = {rng.derive_key(1, r, c, s) for r in range(5) for c in range(5) for s in range(5)}
+    keys = {derive_key(1, r, c, s) for r in range(5) for c in range(5) for s in range(5)}
     assert len(keys) == 125
-    assert rng.derive_key(1, 2) != rng.derive_key(2, 1)
+    assert derive_key(1, 2) != derive_key(2, 1)
 
 
 def test_unknown_distribution_rejected():

@@ -33,7 +33,7 @@ def test_fused_kernel_compiles_for_hopper_without_a_gpu():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from zorba import rng_triton
+    from zorba.core import rng_triton
 
     # Triton 3.6's generated launcher binds the arguments into locals with these names; a kernel
     # argument called `params` is silently replaced by a dict there (found on the first GPU run).

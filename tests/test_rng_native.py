@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from zorba import rng, rng_native, zo
+from zorba.core import rng, rng_native, zo
+from zorba.wire.keys import derive_key
 
 pytestmark = pytest.mark.skipif(not rng_native.usable(), reason=f"compiled loop off: {rng_native.why_off()}")
 
@@ -156,7 +157,7 @@ def test_zo_step_and_replay_equal_torch_path():
         streams = zo._Streams(tensors, [0, 1], sseed=11, j=2, dist="rademacher")
         for scale in (1e-3, -2e-3, 1e-3 - 0.1):
             streams.add_(scale)
-        keys = [[rng.derive_key(5, p) for p in range(3)] for _ in tensors[1]]
+        keys = [[derive_key(5, p) for p in range(3)] for _ in tensors[1]]
         rng.add_noise_sequences_(tensors[1], keys, [[0.1, -0.2, 0.05]] * len(tensors[1]))
         return [t for b in blocks for t in tensors[b]]
 
@@ -165,7 +166,7 @@ def test_zo_step_and_replay_equal_torch_path():
 
 
 def test_small_tensors_are_packed_for_the_torch_path_only():
-    from zorba.packed import PackedSmallTensors
+    from zorba.core.packed import PackedSmallTensors
 
     small = [torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(3, 4))]
     with PackedSmallTensors(small) as packed:
@@ -184,8 +185,8 @@ def test_environment_variable_selects_torch_path():
 def test_federated_rounds_equal_torch_path(tiny_models, data_dir):
     """Whole rounds (deferred tables, packed small tensors, server replay) give the same weights and
     the same uplink scalars through either path."""
-    from zorba.config import make_config
-    from zorba.runner import Runner, check_inputs
+    from zorba.federation.config import make_config
+    from zorba.federation.runner import Runner, check_inputs
 
     cfg = make_config(model=str(tiny_models["bert"]), clients=2, rounds=2, local_steps=3, train_size=120,
                       planner="round-robin", block_fractions=(0.5,), data_dir=str(data_dir), lr=1e-3,

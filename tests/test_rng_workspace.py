@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from zorba import rng
+from zorba.core import rng
+from zorba.wire.keys import derive_key
 
-KEYS = [0, 1, 20260427, rng.derive_key(7, 3, 1), (1 << 64) - 1, 0x8000000080000000]
+KEYS = [0, 1, 20260427, derive_key(7, 3, 1), (1 << 64) - 1, 0x8000000080000000]
 M32 = 0xFFFFFFFF
 
 
@@ -67,7 +68,7 @@ def _expected(tensors, keys, scales):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_add_noise_many_matches_the_definition(dtype):
     tensors = _mixed_tensors(dtype)
-    keys = [rng.derive_key(11, i) for i in range(len(tensors))]
+    keys = [derive_key(11, i) for i in range(len(tensors))]
     scales = [1e-3, -2e-3, 0.5, 0.0, 3.0, -1.0, 1e-3, 0.25, -0.75]
     expected = _expected(tensors, keys, scales)
     rng.add_noise_many_(tensors, keys, scales)
@@ -82,7 +83,7 @@ def test_runs_split_across_small_chunks(monkeypatch):
     monkeypatch.setattr(rng, "PACK_LIMIT", 1)
     sizes = [100, 4096, 1, 2000, 2100, 4097, 31, 64, 9000, 1500, 1500, 1096]
     tensors = [torch.randn(n) for n in sizes]
-    keys = KEYS + [rng.derive_key(5, i) for i in range(len(sizes) - len(KEYS))]
+    keys = KEYS + [derive_key(5, i) for i in range(len(sizes) - len(KEYS))]
     scales = [0.5 * (i + 1) for i in range(len(sizes))]
     expected = _expected(tensors, keys, scales)
     rng.add_noise_many_(tensors, keys, scales)
@@ -102,7 +103,7 @@ def test_workspace_hash_runs_equal_single_streams():
 
 def test_small_streams_and_views():
     sizes = [384, 100, 1536, 33, 64, 1]
-    keys = [rng.derive_key(3, i) for i in range(len(sizes))]
+    keys = [derive_key(3, i) for i in range(len(sizes))]
     for z, n, k in zip(rng.noise_small(sizes, keys), sizes, keys, strict=True):
         assert z.numel() == n and torch.equal(z, reference_z(n, k))
 
@@ -125,7 +126,7 @@ def test_reserve_workspace_skips_gpus_the_fused_kernel_serves(monkeypatch):
     """A GPU client with the fused kernel never uses the torch generator's scratch: none is reserved.
     Where the kernel is off, the scratch is reserved as on the CPU (checked on the CPU: no GPU here).
     A CPU the compiled loop serves reserves none either."""
-    from zorba import rng_native, rng_triton
+    from zorba.core import rng_native, rng_triton
 
     if rng_native.usable():
         assert rng.reserve_workspace("cpu") is False

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from zorba.config import make_config, resolve_device
 from zorba.errors import UserError
-from zorba.runner import Runner, check_inputs
+from zorba.federation.config import make_config, resolve_device
+from zorba.federation.runner import Runner, check_inputs
 
 
 @pytest.mark.parametrize("bad", ["gpu", "cuda:", "cuda:x", "CPU", "cuda0", ""])

@@ -4,11 +4,11 @@ forward (up to matmul blocking in the last bits), without vocabulary logits at e
 import pytest
 import torch
 
-import zorba.scoring as scoring
-from zorba.models import load_model
-from zorba.precision import make_client_replica
-from zorba.scoring import Scorer
-from zorba.tasks import get_task
+import zorba.core.scoring as scoring
+from zorba.core.models import load_model
+from zorba.core.scoring import Scorer
+from zorba.core.tasks import get_task
+from zorba.memory.precision import make_client_replica
 
 SEQS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
 

@@ -1,4 +1,4 @@
-from zorba.significance import mcnemar
+from zorba.experiments.significance import mcnemar
 
 
 def test_mcnemar_counts_discordant_pairs_and_tests_them():
@@ -14,7 +14,7 @@ def test_mcnemar_counts_discordant_pairs_and_tests_them():
 
 
 def test_round_line_for_logs():
-    from zorba.job import round_line
+    from zorba.experiments.job import round_line
 
     rec = {"round": 2, "answered": 7, "clients": 8, "train_loss": 0.51234, "dev_accuracy": 0.7612, "seconds": 12.34}
     assert round_line(rec, 30) == "round 3/30  clients 7/8  train loss 0.5123  dev acc 76.12%  12.3 s"

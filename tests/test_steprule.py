@@ -5,14 +5,14 @@ import struct
 
 import pytest
 
-from zorba import codec
-from zorba.logio import entry_from_dict, entry_to_dict
-from zorba.plans import AllBlocks, RoundRobin
-from zorba.protocol import ClientUpdate, Hyper, LogEntry, Report, StepReport, step_seed
-from zorba.replica import replay_ops
-from zorba.robust import RobustPolicy
-from zorba.server import Server
-from zorba.steprule import StepRule
+from zorba.core.replica import replay_ops
+from zorba.federation.robust import RobustPolicy
+from zorba.federation.server import Server
+from zorba.planner.plans import AllBlocks, RoundRobin
+from zorba.planner.steprule import StepRule
+from zorba.wire import codec
+from zorba.wire.logio import entry_from_dict, entry_to_dict
+from zorba.wire.protocol import ClientUpdate, Hyper, LogEntry, Report, StepReport, step_seed
 
 
 def test_scale_is_one_for_all_blocks_and_grows_as_the_set_shrinks():

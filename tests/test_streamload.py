@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import DATA
 
-import zorba.streamload as streamload
-from zorba.memprobe import MemoryProbe, measure
-from zorba.models import load_model
-from zorba.precision import make_client_replica
-from zorba.quant import SCALE_ATTR
-from zorba.streamload import load_client_replica
+import zorba.memory.streamload as streamload
+from zorba.core.models import load_model
+from zorba.federation.memprobe import MemoryProbe, measure
+from zorba.memory.precision import make_client_replica
+from zorba.memory.quant import SCALE_ATTR
+from zorba.memory.streamload import load_client_replica
 
 FAMILIES = ("bert", "opt", "llama", "gpt2")
 MiB = 1 << 20

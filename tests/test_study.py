@@ -6,8 +6,8 @@ import json
 import pytest
 
 from zorba.errors import UserError
-from zorba.study import StudyConfig, chosen_lr, load_study_config, run_study, seed_dir, tune_dir
-from zorba.study_report import summarize
+from zorba.experiments.study import StudyConfig, chosen_lr, load_study_config, run_study, seed_dir, tune_dir
+from zorba.experiments.study_report import summarize
 
 
 def _study(tiny_models, data_dir, **over) -> StudyConfig:
@@ -68,7 +68,7 @@ def test_a_study_folder_of_other_run_options_is_refused_before_any_cell(tiny_mod
 
 def test_a_seed_cell_run_at_a_no_longer_chosen_lr_runs_again(tiny_models, data_dir, tmp_path):
     """The grid grew and another lr won on validation: the seed cells of the old lr are stale."""
-    from zorba.study import next_cells
+    from zorba.experiments.study import next_cells
 
     study = _study(tiny_models, data_dir, planners=["all"], lr_grid=[1e-3, 1e-2])
     for lr, acc in ((1e-3, 0.6), (1e-2, 0.7)):

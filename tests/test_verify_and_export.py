@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from zorba.durable import sealed
+from zorba.federation.durable import sealed
 
 torch.set_num_threads(1)
 
@@ -17,7 +17,7 @@ def pooled_bert(tmp_path_factory):
     """A tiny BERT saved *with* its pooler, as real BERT checkpoints are."""
     import transformers as tf
 
-    from zorba.models import resolve_source
+    from zorba.core.models import resolve_source
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("pooled")
@@ -30,8 +30,8 @@ def pooled_bert(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished(pooled_bert, tmp_path_factory, data_dir):
-    from zorba.config import make_config
-    from zorba.job import run_job
+    from zorba.experiments.job import run_job
+    from zorba.federation.config import make_config
 
     root = tmp_path_factory.mktemp("data")
     (root / "sst2").mkdir()
@@ -55,9 +55,9 @@ def test_export_holds_every_base_tensor_and_the_trained_weights(finished, pooled
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from zorba.logio import read_log
-    from zorba.models import load_model
-    from zorba.replica import Replica
+    from zorba.core.models import load_model
+    from zorba.core.replica import Replica
+    from zorba.wire.logio import read_log
 
     model, info = AutoModel.from_pretrained(finished / "model", output_loading_info=True)
     assert info["missing_keys"] == [] or set(info["missing_keys"]) == set(), info

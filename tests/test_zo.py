@@ -1,8 +1,8 @@
 import torch
 
-from zorba import rng
-from zorba.protocol import stream_key
-from zorba.zo import spsa_step
+from zorba.core import rng
+from zorba.core.zo import spsa_step
+from zorba.wire.protocol import stream_key
 
 
 def _quadratic(seed: int = 0):

@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as C  # noqa: E402
 import torch  # noqa: E402
 
-from zorba import rng  # noqa: E402
-from zorba.memprobe import MemoryProbe, measure  # noqa: E402
-from zorba.protocol import ClientUpdate, LogEntry, StepReport  # noqa: E402
-from zorba.replica import Replica  # noqa: E402
-from zorba.zo import spsa_step  # noqa: E402
+from zorba.core import rng  # noqa: E402
+from zorba.core.replica import Replica  # noqa: E402
+from zorba.core.zo import spsa_step  # noqa: E402
+from zorba.federation.memprobe import MemoryProbe, measure  # noqa: E402
+from zorba.wire.keys import derive_key
+from zorba.wire.protocol import ClientUpdate, LogEntry, StepReport  # noqa: E402
 
 GOLDEN_RADEMACHER = "6c9f090c840e5e7ab86abc0d318f80d0d8a6ad5a4495957891714d4208979f36"  # tests/test_rng.py
 
@@ -60,12 +61,12 @@ def generator(fused: bool, fn):
 def fused_checks(device: str) -> dict:
     """Fused kernel on the GPU vs the torch path on the CPU: one pass, and 40-pair sequences with
     stream offsets (a chunked replay); bf16 vs torch's own CUDA add_."""
-    from zorba import rng_triton
+    from zorba.core import rng_triton
 
     g = torch.Generator().manual_seed(0)
     sizes = (1, 33, 70_001, 3_000_017)
     cpu = [torch.randn(n, generator=g) for n in sizes]
-    keys = [rng.derive_key(9, i) for i in range(len(sizes))]
+    keys = [derive_key(9, i) for i in range(len(sizes))]
     scales = [1e-3, -2e-3, 5e-4, 3e-3]
     ref = [t.clone() for t in cpu]
     rng.add_noise_many_(ref, keys, scales)
@@ -74,7 +75,7 @@ def fused_checks(device: str) -> dict:
     rng.add_noise_many_(dev, keys, scales)
     out = {"fused_used": rng_triton.launches > launches,
            "one_pass_equal": all(torch.equal(a, b.cpu()) for a, b in zip(ref, dev, strict=True))}
-    seq_keys = [[rng.derive_key(p, t) for p in range(40)] for t in range(len(sizes))]
+    seq_keys = [[derive_key(p, t) for p in range(40)] for t in range(len(sizes))]
     seq_scales = [[1e-4 * (p - 20) for p in range(40)] for _ in sizes]
     offsets = [0, 0, 32, 1 << 15]
     for t, ks, ss, off in zip(ref, seq_keys, seq_scales, offsets, strict=True):
@@ -154,7 +155,7 @@ def profile_step(name: str, device: str, rows: int = 25) -> dict:
 def memory(name: str, device: str) -> dict:
     from bench_memory import quarter_blocks
 
-    from zorba.memprobe import load_probe_model
+    from zorba.federation.memprobe import load_probe_model
 
     spec = C.MODELS[name]
     L = len(load_probe_model(spec).blocks)

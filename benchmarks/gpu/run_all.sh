@@ -19,7 +19,7 @@ timeout "${PERF_S:-240}" python3 benchmarks/gpu/perf.py --device cuda --reps 5 $
 echo "perf rc=$?"
 tail -c 2500 "$OUT/perf.json"
 if [ "${PROFILE:-1}" = 1 ]; then
-  timeout "${PROFILE_S:-240}" python3 -c "import sys; from zorba.cli import main; sys.argv[0] = 'zorba'; main()" \
+  timeout "${PROFILE_S:-240}" python3 -c "import sys; from zorba.cli.app import main; sys.argv[0] = 'zorba'; main()" \
       profile-memory --model minilm --device cuda --out "$OUT/memory-model-cuda.json" > "$OUT/profile_memory.txt" 2>&1
   echo "profile-memory rc=$?" >> "$OUT/profile_memory.txt"
   tail -n 14 "$OUT/profile_memory.txt"

@@ -9,12 +9,13 @@ import sys
 
 import torch
 
-from zorba import rng, rng_triton
-from zorba.models import load_model
-from zorba.precision import TieredReplica
-from zorba.protocol import ClientUpdate, LogEntry
-from zorba.replica import Replica
-from zorba.zo import spsa_step
+from zorba.core import rng, rng_triton
+from zorba.core.models import load_model
+from zorba.core.replica import Replica
+from zorba.core.zo import spsa_step
+from zorba.memory.precision import TieredReplica
+from zorba.wire.keys import derive_key
+from zorba.wire.protocol import ClientUpdate, LogEntry
 
 SIZES = (1, 31, 32, 33, 2048, 2049, 70_001)
 
@@ -48,7 +49,7 @@ def check(name: str, ok: bool) -> None:
 def one_pass() -> None:
     g = torch.Generator().manual_seed(0)
     ts = [torch.randn(n, generator=g) for n in SIZES]
-    keys = [rng.derive_key(3, i) for i in range(len(ts))]
+    keys = [derive_key(3, i) for i in range(len(ts))]
     scales = [1e-3 * (i - 2) for i in range(len(ts))]  # one zero scale: skipped
     fused = [t.clone() for t in ts]
     rng.add_noise_many_(fused, keys, scales)
@@ -64,7 +65,7 @@ def one_pass() -> None:
 def sequences() -> None:
     g = torch.Generator().manual_seed(1)
     ts = [torch.randn(n, generator=g) for n in (5000, 40, 4096)]
-    keys = [[rng.derive_key(t, p) for p in range(n)] for t, n in enumerate((4, 1, 3))]
+    keys = [[derive_key(t, p) for p in range(n)] for t, n in enumerate((4, 1, 3))]
     scales = [[1e-3, 0.0, -2.5e-3, 7e-4], [0.5], [1e-2, -1e-2, 3e-5]]
     offsets = [0, 0, 96]  # the third tensor is a chunk starting at element 3072 of its stream
     fused = [t.clone() for t in ts]

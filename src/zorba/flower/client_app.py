@@ -1,5 +1,5 @@
 """The Flower ClientApp: answers the server's hello (load model and data, prove the base weights),
-its round plans (catch up, train with zorba.client.run_round, report) and its final sync."""
+its round plans (catch up, train with zorba.federation.client.run_round, report) and its final sync."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from zorba import codec
-from zorba.client import ClientState, run_round
+from zorba.federation.client import ClientState, run_round
+from zorba.federation.memprobe import process_peak_rss
 from zorba.flower import device as dev
 from zorba.flower import wire
 from zorba.flower.faults import inject, parse_faults
 from zorba.flower.settings import config_from_json
-from zorba.memprobe import process_peak_rss
+from zorba.wire import codec
 
 SETUP_RECORD = "zorba.setup"
 

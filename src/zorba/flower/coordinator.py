@@ -1,4 +1,4 @@
-"""The ServerApp's work: zorba.server.Server driven over Flower's Grid (Message API).
+"""The ServerApp's work: zorba.federation.server.Server driven over Flower's Grid (Message API).
 
 Per round: sample participants (runner.participants, so both engines pick the same clients), let the
 Server plan, send each plan as a `train.zorba` message, feed the replies that arrive within the round
@@ -16,17 +16,13 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from zorba import codec
-from zorba.config import RunConfig
+from zorba.core.models import LoadedModel, load_model, state_digest
+from zorba.core.replica import Replica
+from zorba.core.scoring import Scorer
+from zorba.core.tasks import get_task
 from zorba.errors import UserError
-from zorba.flower import wire
-from zorba.flower.settings import FlowerOptions, config_to_json
-from zorba.models import LoadedModel, load_model, state_digest
-from zorba.planner.memory_model import MemoryModel
-from zorba.profiles import ClientProfile, blocks_within_budget
-from zorba.protocol import Hyper
-from zorba.replica import Replica
-from zorba.runner import (
+from zorba.federation.config import RunConfig
+from zorba.federation.runner import (
     check_inputs,
     client_memory_model,
     client_profiles,
@@ -34,9 +30,13 @@ from zorba.runner import (
     make_step_rule,
     participants,
 )
-from zorba.scoring import Scorer
-from zorba.server import ReportRejected, Server
-from zorba.tasks import get_task
+from zorba.federation.server import ReportRejected, Server
+from zorba.flower import wire
+from zorba.flower.settings import FlowerOptions, config_to_json
+from zorba.memory.memory_model import MemoryModel
+from zorba.memory.profiles import ClientProfile, blocks_within_budget
+from zorba.wire import codec
+from zorba.wire.protocol import Hyper
 
 
 @dataclass

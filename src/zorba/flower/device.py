@@ -16,18 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
-from zorba import codec
-from zorba.client import TokenizedData
-from zorba.config import RunConfig
-from zorba.data import dirichlet_partition
+from zorba.core.data import dirichlet_partition
+from zorba.core.models import LoadedModel
+from zorba.core.replica import Replica
+from zorba.core.scoring import Scorer
+from zorba.core.tasks import get_task
+from zorba.federation.client import TokenizedData
+from zorba.federation.config import RunConfig
+from zorba.federation.runner import check_inputs
 from zorba.flower.wire import WireError
-from zorba.models import LoadedModel
-from zorba.protocol import LogEntry
-from zorba.replica import Replica
-from zorba.runner import check_inputs
-from zorba.scoring import Scorer
-from zorba.streamload import load_client_replica
-from zorba.tasks import get_task
+from zorba.memory.streamload import load_client_replica
+from zorba.wire import codec
+from zorba.wire.protocol import LogEntry
 
 LOG_RECORD = "zorba.log"
 

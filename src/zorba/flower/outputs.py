@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from zorba.federation.memprobe import memory_section
+from zorba.federation.outdir import build_dir_beside, replace_dir
+from zorba.federation.results import versions, write_outputs
 from zorba.flower.coordinator import FlowerRun
-from zorba.memprobe import memory_section
-from zorba.outdir import build_dir_beside, replace_dir
-from zorba.results import versions, write_outputs
 
 
 def build_result(run: FlowerRun, engine: str) -> dict:

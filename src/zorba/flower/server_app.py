@@ -12,11 +12,11 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from zorba.config import RunConfig
+from zorba.federation.config import RunConfig
+from zorba.federation.outdir import check_out_dir
 from zorba.flower.coordinator import build_run, train
 from zorba.flower.outputs import build_result, write_run
 from zorba.flower.settings import FlowerOptions, split_run_config
-from zorba.outdir import check_out_dir
 
 app = ServerApp()
 

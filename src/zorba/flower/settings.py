@@ -7,8 +7,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from zorba.config import RunConfig, make_config
 from zorba.errors import UserError
+from zorba.federation.config import RunConfig, make_config
 
 # run_config keys that are not RunConfig fields
 _FLOWER_KEYS = {"out", "overwrite", "round-timeout", "node-wait", "faults", "torch-threads"}

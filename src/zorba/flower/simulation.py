@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from zorba.config import RunConfig
+from zorba.federation.config import RunConfig
+from zorba.federation.outdir import check_out_dir
 from zorba.flower.settings import FlowerOptions
-from zorba.outdir import check_out_dir
 
 
 @contextlib.contextmanager

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from zorba import codec
-from zorba.protocol import LogEntry, Report, RoundPlan
+from zorba.wire import codec
+from zorba.wire.protocol import LogEntry, Report, RoundPlan
 
 PLAN, REPORT, SYNC, SETUP, METRICS = "zorba.plan", "zorba.report", "zorba.sync", "zorba.setup", "metrics"
 GAP = "zorba.gap"  # a client's answer when it lacks entries before its catch-up: {"have": n}

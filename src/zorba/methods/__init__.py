@@ -1,4 +1,6 @@
-"""Federated fine-tuning methods behind one interface (zorba.methods.base.Method), by name.
+"""Federated fine-tuning methods behind one interface (zorba.methods.base.Method), by name: ZorBA
+itself (wrapping the federation's runner) and the baselines it is compared with. It may import
+zorba.federation and every layer below it, never zorba.flower, an experiment or the command line.
 
 Each name is a method class plus default options, as peft maps a tuner name to its config:
 `make_method("fedavg-lora", setup)` or `make_method("fedkseed", setup, {"k_seeds": 256})`."""

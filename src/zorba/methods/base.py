@@ -20,15 +20,15 @@ from typing import ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from zorba.client import TokenizedData
-from zorba.config import RunConfig
-from zorba.data import dirichlet_partition, sample_batch
+from zorba.core.data import dirichlet_partition, sample_batch
+from zorba.core.models import LoadedModel, load_model
+from zorba.core.scoring import Evaluation, Scorer
+from zorba.core.tasks import Task, get_task
 from zorba.errors import UserError
-from zorba.models import LoadedModel, load_model
-from zorba.protocol import round_seed
-from zorba.runner import Inputs
-from zorba.scoring import Evaluation, Scorer
-from zorba.tasks import Task, get_task
+from zorba.federation.client import TokenizedData
+from zorba.federation.config import RunConfig
+from zorba.federation.runner import Inputs
+from zorba.wire.protocol import round_seed
 
 
 class NoOptions(BaseModel):

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from zorba.core.replica import Replica
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 from zorba.methods.wire import encode_catch_up, encode_scalars
 from zorba.methods.zo_common import apply_scalars, local_zo_steps, mean_uploaded_scalars, revert_local_steps
-from zorba.protocol import StepReport, round_seed
-from zorba.replica import Replica
-from zorba.rng import derive_key
+from zorba.wire.keys import derive_key
+from zorba.wire.protocol import StepReport, round_seed
 
 _TAG = 0xDEC0F1
 

@@ -2,7 +2,7 @@
 clients, bytes per client (uplink, downlink), client compute seconds, forward / backward passes and
 wall time; and at round 0 (zero-shot), every eval_every rounds and the last round: dev and validation
 accuracy and loss. The result has the shape of `zorba run`'s result.json where both say the same thing
-(`accuracy`, `history` with 0-based rounds, `comm`, `seconds`), so zorba.study reads either."""
+(`accuracy`, `history` with 0-based rounds, `comm`, `seconds`), so zorba.experiments.study reads either."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Callable, Collection
 
 import numpy as np
 
+from zorba.federation.runner import participants
 from zorba.methods.base import Method
-from zorba.runner import participants
 
 
 def _scores(method: Method) -> tuple[dict, list[int]]:

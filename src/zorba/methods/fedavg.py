@@ -12,7 +12,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from zorba.blocks import find_layer_list
+from zorba.core.blocks import find_layer_list
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 from zorba.methods.grad_loss import loss_with_grad
 from zorba.methods.wire import tensors_from_bytes, tensors_to_bytes

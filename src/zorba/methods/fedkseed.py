@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from zorba.core.replica import Replica
+from zorba.core.zo import spsa_step
 from zorba.errors import UserError
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 from zorba.methods.wire import encode_catch_up, encode_scalars
 from zorba.methods.zo_common import all_blocks, apply_scalars, mean_uploaded_scalars, revert_local_steps
-from zorba.protocol import StepReport
-from zorba.replica import Replica
-from zorba.rng import derive_key
-from zorba.zo import spsa_step
+from zorba.wire.keys import derive_key
+from zorba.wire.protocol import StepReport
 
 _POOL_TAG, _DRAW_TAG = 0x4B5EED, 0xD4A3
 

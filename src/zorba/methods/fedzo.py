@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from zorba.core.replica import Replica
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 from zorba.methods.wire import tensors_from_bytes, tensors_to_bytes
 from zorba.methods.zo_common import all_blocks, local_zo_steps
-from zorba.replica import Replica
-from zorba.rng import derive_key
+from zorba.wire.keys import derive_key
 
 _TAG = 0xFED20
 

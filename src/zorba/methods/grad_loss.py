@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zorba.scoring import COSINE_SCALE, Scorer
+from zorba.core.scoring import COSINE_SCALE, Scorer
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -1,4 +1,4 @@
-"""Peak client memory of a baseline method, measured in a fresh process and the same way zorba.memprobe
+"""Peak client memory of a baseline method, measured in a fresh process and the same way zorba.federation.memprobe
 measures ZorBA's clients: load the model, build the method's client side, reset the high-water mark,
 run ONE client_update (one local step, the configured batch and length), report the training peak
 RSS (VmHWM since the reset; on a GPU torch.cuda.max_memory_allocated) and the process's peak from
@@ -21,16 +21,16 @@ _PROBE_EXAMPLES = 4  # batches' worth of examples the probe client holds
 def _probe(name: str, options: dict, cfg_values: dict, device: str) -> dict:
     import numpy as np
     import torch
-    import transformers.modeling_utils  # noqa: F401 - library code is runtime, as in zorba.memprobe
+    import transformers.modeling_utils  # noqa: F401 - library code is runtime, as in zorba.federation.memprobe
 
-    from zorba.client import TokenizedData
-    from zorba.config import RunConfig, find_data_dir
-    from zorba.memprobe import _status_bytes, load_probe_model, reset_peak_rss
+    from zorba.core.scoring import Scorer
+    from zorba.core.tasks import get_task, read_examples
+    from zorba.federation.client import TokenizedData
+    from zorba.federation.config import RunConfig, find_data_dir
+    from zorba.federation.memprobe import _status_bytes, load_probe_model, reset_peak_rss
+    from zorba.federation.runner import Inputs
     from zorba.methods import make_method
     from zorba.methods.base import Setup
-    from zorba.runner import Inputs
-    from zorba.scoring import Scorer
-    from zorba.tasks import get_task, read_examples
 
     runtime = _status_bytes("VmRSS")
     cfg = RunConfig(**{**cfg_values, "clients": 1, "local_steps": 1, "participation": 1.0})
@@ -75,7 +75,7 @@ def measure(name: str, options: dict, cfg_values: dict, device: str = "cpu", tim
 def measure_client(name: str, options: dict, cfg) -> dict:
     """Probe the client of method `name` with `options` under RunConfig `cfg` (its model, task, batch
     and length); the data folder is resolved here, so the fresh process finds what this one does."""
-    from zorba.config import find_data_dir
+    from zorba.federation.config import find_data_dir
 
     return measure(name, options, {**cfg.model_dump(mode="json"), "data_dir": str(find_data_dir(cfg))})
 

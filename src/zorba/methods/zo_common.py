@@ -1,4 +1,4 @@
-"""What the ZO baselines share: local SPSA steps on ALL blocks of the working model (zorba.zo), and
+"""What the ZO baselines share: local SPSA steps on ALL blocks of the working model (zorba.core.zo), and
 applying an aggregated list of (seed, scalar) to it with zorba's own replay (Replica.apply), so a
 baseline's global update is bit-for-bit the replay its clients would run."""
 
@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from zorba.core.replica import Replica
+from zorba.core.zo import spsa_step
 from zorba.methods.base import Setup
-from zorba.protocol import ClientUpdate, LogEntry, StepReport
-from zorba.replica import Replica
-from zorba.zo import spsa_step
+from zorba.wire.protocol import ClientUpdate, LogEntry, StepReport
 
 
 def all_blocks(replica: Replica) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""ZorBA and its ablations, wrapped (not reimplemented): zorba.runner.Runner with planner "zorba"
+"""ZorBA and its ablations, wrapped (not reimplemented): zorba.federation.runner.Runner with planner "zorba"
 (optimised heterogeneous blocks), "all", "random" or "round-robin". Bytes are the real codec message
 lengths the runner counts; evaluation is the runner's (dev, and the validation split it holds out)."""
 
@@ -8,9 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from zorba.core.scoring import Evaluation
+from zorba.federation.runner import Runner
 from zorba.methods.base import Method, RoundStats, Setup, Upload
-from zorba.runner import Runner
-from zorba.scoring import Evaluation
 
 
 class ZorbaOptions(BaseModel):
@@ -49,10 +49,10 @@ class Zorba(Method):
         self.runner.excluded = clients
 
     def client_update(self, cid: int, round_idx: int) -> Upload:
-        raise TypeError("ZorBA clients run inside zorba.runner (run_round); there is no separate client update")
+        raise TypeError("ZorBA clients run inside zorba.federation.runner (run_round); there is no separate client update")
 
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
-        # The runner draws the same participants (zorba.runner.participants, minus runner.excluded) as
+        # The runner draws the same participants (zorba.federation.runner.participants, minus runner.excluded) as
         # the engine hands the other methods.
         rec = self.runner.run_round()
         self.runner.state.history.append(rec)

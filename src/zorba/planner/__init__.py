@@ -1,16 +1,5 @@
-"""Block-activation planning: the energy planner (energy.py: block energies fitted from the clients'
-scalars, an epsilon-constraint lexicographic MILP; docs/theory.md, Part A) and the client memory model
-it plans against (memory_model.py). The baselines share its interface in zorba.plans."""
-
-from zorba.planner.energy import BlockEnergy, EnergyPlanner, FrontPoint, NoFeasiblePlan, pareto_front
-from zorba.planner.memory_model import MemoryModel, format_bytes
-
-__all__ = [
-    "BlockEnergy",
-    "EnergyPlanner",
-    "FrontPoint",
-    "MemoryModel",
-    "NoFeasiblePlan",
-    "format_bytes",
-    "pareto_front",
-]
+"""Block-activation planning: which blocks each client perturbs in a round. It owns the energy
+planner (energy.py: block energies fitted from the clients' scalars, an epsilon-constraint
+lexicographic MILP; docs/theory.md, Part A), the baseline planners behind the same interface
+(plans.py) and the step-size rule (steprule.py). It may import zorba.memory (the memory model it
+plans against), zorba.core, zorba.wire and zorba.errors."""

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, lsq_linear, milp
 
-from zorba.planner.memory_model import MemoryModel
-from zorba.plans import BlockPlanner
-from zorba.steprule import StepRule
+from zorba.memory.memory_model import MemoryModel
+from zorba.planner.plans import BlockPlanner
+from zorba.planner.steprule import StepRule
 
 MAX_ENUMERATED_BLOCKS = 12  # up to 2^12 candidate sets per client; larger models: density-greedy sets
 

@@ -1,0 +1,207 @@
+"""The study's summary, computed from its committed result.json files only: a table (final dev
+accuracy with 95% intervals over seeds, rounds to the target, paired differences against zorba) and
+a plot of the mean dev-accuracy curves with 95% bands. `zorba study --summarize-only --out DIR` rewrites both."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+REFERENCE = "all"  # the target is this planner's mean final dev accuracy (budget-blind, all blocks)
+
+
+def load_cells(out: Path) -> dict[str, list[dict]]:
+    """planner -> its per-seed results (sorted by seed), for every planner folder with seeds."""
+    cells: dict[str, list[dict]] = {}
+    for path in sorted(out.glob("*/seed*/result.json")):
+        cells.setdefault(path.parent.parent.name, []).append(json.loads(path.read_text()))
+    return {p: sorted(rs, key=lambda r: r["config"]["seed"]) for p, rs in cells.items()}
+
+
+def curve(result: dict, cost: Callable[[dict], float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(x, dev accuracy) at zero-shot and at every evaluation. x is the round (0 = zero-shot), or with
+    `cost` the running sum of cost(round record) up to the evaluation (bytes, client-seconds; 0 at
+    zero-shot)."""
+    points, spent = [(0.0, result["accuracy"]["initial"])], 0.0
+    for h in result["history"]:
+        spent += cost(h) if cost else 0.0
+        if "dev_accuracy" in h:
+            points.append((spent if cost else h["round"] + 1, h["dev_accuracy"]))
+    r, a = zip(*points, strict=True)
+    return np.array(r, dtype=float), np.array(a)
+
+
+def interval(values: np.ndarray) -> float:
+    """Half-width of the 95% t-interval of the mean (nan for one value)."""
+    n = len(values)
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
+
+def rounds_to(rounds: np.ndarray, acc: np.ndarray, target: float) -> float | None:
+    """First evaluated round whose accuracy reaches the target (None if never)."""
+    hit = np.flatnonzero(acc >= target - 1e-12)
+    return float(rounds[hit[0]]) if len(hit) else None
+
+
+def summarize(out: Path) -> dict:
+    cells = load_cells(out)
+    if not cells:
+        raise ValueError(f"{out}: no <planner>/seed<k>/result.json files")
+    curves = {p: [curve(r) for r in rs] for p, rs in cells.items()}
+    finals = {p: np.array([a[-1] for _, a in cs]) for p, cs in curves.items()}
+    target = float(finals[REFERENCE].mean()) if REFERENCE in finals else None
+    rows = {}
+    for p, cs in curves.items():
+        rounds = cs[0][0]
+        mean_acc = np.mean([a for _, a in cs], axis=0)
+        rows[p] = {
+            "lr": cells[p][0]["config"]["lr"],
+            "seeds": [r["config"]["seed"] for r in cells[p]],
+            "zero_shot": float(np.mean([a[0] for _, a in cs])),
+            "final_mean": float(finals[p].mean()),
+            "final_ci95": interval(finals[p]),
+            "rounds_to_target_mean_curve": rounds_to(rounds, mean_acc, target) if target is not None else None,
+            "rounds_to_target_per_seed": [rounds_to(r, a, target) if target is not None else None for r, a in cs],
+            "seconds_mean": float(np.mean([r["seconds"] for r in cells[p]])),
+        }
+    if "zorba" in finals:
+        for p, row in rows.items():
+            if p != "zorba" and len(finals[p]) == len(finals["zorba"]):
+                diff = finals["zorba"] - finals[p]
+                row["zorba_minus_this"] = {"mean": float(diff.mean()), "ci95": interval(diff)}
+    mark_grid_edges(rows, out / "study.json")
+    summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text(render(summary))
+    plot(curves, target, out / "convergence.png")
+    return summary
+
+
+def mark_grid_edges(rows: dict, study_file: Path) -> None:
+    """Each planner's lr grid (from the study's record) and whether the chosen lr is its largest or
+    smallest value: there the grid, not the method, may have set the step."""
+    if not study_file.is_file():
+        return
+    study = json.loads(study_file.read_text())
+    for p, row in rows.items():
+        grid = sorted(study.get("lr_grids", {}).get(p, study["lr_grid"]))
+        row["lr_grid"] = grid
+        row["lr_at_grid_edge"] = len(grid) > 1 and row["lr"] in (grid[0], grid[-1])
+
+
+def claims(rows: dict) -> dict:
+    """The study's two questions, answered from the table: does zorba reach the target in at most
+    0.7x the rounds "all" needs (mean curves), and is it ahead of every budget-feasible baseline at the
+    final round (mean over seeds)?"""
+    if "zorba" not in rows or REFERENCE not in rows:
+        return {}
+    z, a = rows["zorba"]["rounds_to_target_mean_curve"], rows[REFERENCE]["rounds_to_target_mean_curve"]
+    trained = rows[REFERENCE]["final_mean"] > rows[REFERENCE]["zero_shot"]  # else there is no progress to time
+    ratio = z / a if trained and z is not None and a else None
+    feasible = [p for p in rows if p not in ("zorba", REFERENCE, "random", "round-robin")]
+    ahead = {p: rows["zorba"]["final_mean"] > rows[p]["final_mean"] for p in feasible}
+    return {"target_above_zero_shot": trained, "rounds_ratio_zorba_over_all": ratio, "faster_by_0.7x": ratio is not None and ratio <= 0.7,
+            "ahead_at_final_round": ahead, "ahead_of_every_feasible_baseline": bool(ahead) and all(ahead.values())}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
+
+
+def render(summary: dict) -> str:
+    target = summary["target"]
+    lines = [
+        f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
+        "",
+        "| planner | seeds | lr (chosen on validation) | final dev acc % (95% CI) | zorba - this, pts (95% CI) | rounds to target "
+        "(mean curve) | per seed | wall s / run (machine shared: not a speed comparison) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p, r in sorted(summary["planners"].items(), key=lambda kv: -kv[1]["final_mean"]):
+        d = r.get("zorba_minus_this")
+        diff = f"{100 * d['mean']:+.2f} ± {_pct(d['ci95'])}" if d else "-"
+        per_seed = ", ".join("-" if x is None else f"{x:g}" for x in r["rounds_to_target_per_seed"])
+        rt = r["rounds_to_target_mean_curve"]
+        edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
+        lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g}{edge} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
+                     f"{'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
+    zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
+    lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]
+    c = summary.get("claims") or {}
+    if c:
+        ratio = c["rounds_ratio_zorba_over_all"]
+        if not c["target_above_zero_shot"]:
+            timing = "not defined: the target is not above zero-shot (no training progress to time)"
+        else:
+            timing = "zorba never reached it" if ratio is None else f"{ratio:.2f}"
+        lines += [f"Rounds to the target, zorba / all (mean curves): {timing}"
+                  f" (goal <= 0.7: {'met' if c['faster_by_0.7x'] else 'not met'}).",
+                  ("zorba ahead at the final round of: " + ", ".join(
+                      f"{p} {'yes' if v else 'no'}" for p, v in c["ahead_at_final_round"].items()) + "."
+                   if c["ahead_at_final_round"] else "No budget-feasible baseline has seed runs yet.")]
+    return "\n".join(lines) + "\n"
+
+
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*")  # identical curves stay distinguishable
+
+
+def mean_curve(cs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeds' curves -> (mean x, mean accuracy, half-width of the 95% t-interval; 0 with one seed),
+    over the evaluations every seed has."""
+    n = min(len(a) for _, a in cs)
+    xs = np.mean([x[:n] for x, _ in cs], axis=0)
+    accs = np.array([a[:n] for _, a in cs])
+    half = np.array([interval(accs[:, i]) for i in range(n)]) if len(cs) > 1 else np.zeros(n)
+    return xs, accs.mean(axis=0), half
+
+
+def draw_curves(ax, curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], log: bool = False,
+                emphasis: str | None = None) -> None:
+    """Mean dev accuracy (%) per arm with its 95% band over seeds, drawn within 0-100% (with few seeds
+    a t-interval can pass the bounds; the tables keep it whole). On a log axis the points at x = 0
+    (zero-shot) are left out rather than moved: the caller marks zero-shot as a line."""
+    for k, (name, cs) in enumerate(curves.items()):
+        xs, mean, half = mean_curve(cs)
+        keep = xs > 0 if log else np.ones(len(xs), bool)
+        line, = ax.plot(xs[keep], 100 * mean[keep], marker=_MARKERS[k % len(_MARKERS)], ms=4, fillstyle="none",
+                        ls=("-", "--")[(k // len(_MARKERS)) % 2], lw=2.2 if name == emphasis else 1.3,
+                        label=f"{name} (n={len(cs)})")
+        low, high = np.clip(100 * (mean - half), 0, 100), np.clip(100 * (mean + half), 0, 100)
+        ax.fill_between(xs[keep], low[keep], high[keep], color=line.get_color(), alpha=0.12)
+    if log:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+
+
+def include(summary: dict, out: Path, target_file: Path) -> None:
+    """Rewrite the text between the convergence-summary markers of `target_file` with the table and plot."""
+    from zorba.experiments.markers import write_between
+
+    image = os.path.relpath(out / "convergence.png", target_file.parent)
+    body = render(summary) + f"\n![dev accuracy per round, mean and 95% band over seeds]({image})\n"
+    write_between(target_file, "convergence-summary", body, f"zorba study --summarize-only --out {out}")
+
+
+def plot(curves: dict, target: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    draw_curves(ax, dict(sorted(curves.items())), emphasis="zorba")
+    if target is not None:
+        ax.axhline(100 * target, color="grey", ls=":", lw=1, label=f"target: {REFERENCE}'s mean final")
+    ax.set_xlabel("round (round 0 = zero-shot)")
+    ax.set_ylabel("dev accuracy (%)")
+    ax.set_title("Dev accuracy per round: mean over seeds, 95% bands")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: hides no line
+    fig.tight_layout()
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)

@@ -76,7 +76,7 @@ def data_dir() -> Path:
 def zorba(capsys, monkeypatch):
     """The real `zorba` entry point, in-process (a subprocess per case would cost seconds of imports):
     returns exit code, stdout and stderr."""
-    from zorba.cli.app import app as cli
+    from zorba.cli import app as cli
 
     def call(*args):
         monkeypatch.setattr(sys, "argv", ["zorba", *args])

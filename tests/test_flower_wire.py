@@ -77,11 +77,13 @@ def test_flower_app_defaults_are_run_configs_defaults():
     import tomllib
 
     from zorba.federation.config import RunConfig
-    from zorba.flower.settings import _FLOWER_KEYS, _none_if_empty
+    from zorba.flower.settings import _FLOWER_KEYS, FlowerOptions, _none_if_empty
 
     app = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     for key, value in app["config"].items():
-        if key in _FLOWER_KEYS:
-            continue
         name = key.replace("-", "_")
+        if key in _FLOWER_KEYS:  # the Flower-only keys mirror FlowerOptions, which `zorba flower-sim` reads too
+            assert value == getattr(FlowerOptions, name), key
+            continue
         assert _none_if_empty(name, value) == RunConfig.model_fields[name].default, key
+    assert _FLOWER_KEYS <= set(app["config"])

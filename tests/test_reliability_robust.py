@@ -5,12 +5,11 @@ import math
 
 import pytest
 
-from zorba.core.zo import to_f32
 from zorba.federation.robust import RobustAggregator, RobustPolicy, observed_scalars
 from zorba.federation.server import ReportRejected, Server
 from zorba.planner.plans import AllBlocks
 from zorba.wire import codec
-from zorba.wire.protocol import Hyper, LogEntry, Report, StepReport, round_seed, step_seed
+from zorba.wire.protocol import Hyper, LogEntry, Report, StepReport, round_seed, step_seed, to_f32
 
 HYPER = Hyper(lr=1e-3, mu=1e-3, q=2, local_steps=2)
 

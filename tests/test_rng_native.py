@@ -177,7 +177,7 @@ def test_small_tensors_are_packed_for_the_torch_path_only():
 
 def test_environment_variable_selects_torch_path():
     env = dict(os.environ, ZORBA_CPU_KERNEL="torch")
-    code = "from zorba import rng_native; print(rng_native.usable())"
+    code = "from zorba.core import rng_native; print(rng_native.usable())"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

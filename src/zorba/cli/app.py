@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 import typer
 
-from zorba.cli.options import config_values, training_options
+from zorba.cli.options import config_values, training_options, with_default
 from zorba.errors import UserError
+from zorba.federation.reliability import Reliability
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,15 +25,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 def run(
     test_file: Path = typer.Option(None, help="extra TSV (same format) to report accuracy on"),
     out: Path = typer.Option(None, help="output folder [runs/latest]"),
-    device: str = typer.Option(None, help="where clients train: cpu | cuda | cuda:N | auto [cpu]"),
+    device: str = typer.Option(None, help=with_default("device", "where clients train: cpu | cuda | cuda:N | auto")),
     resume: Path = typer.Option(None, help="continue the killed run whose --out was this folder"),
-    dropout: float = typer.Option(None, help="chance each client is offline in a round (seeded) [0]"),
+    dropout: float = typer.Option(None, help=with_default("dropout", "chance each client is offline in a round (seeded)",
+                                                          Reliability)),
     deadline: float = typer.Option(None, help="seconds per round; later reports are left out [none]"),
-    clip: float = typer.Option(None, help="clip scalars at this multiple of the running median |g|; 0 = off [10]"),
-    aggregate: str = typer.Option(None, help="per-block aggregation: screened | mean | trimmed | median [screened]"),
-    trim: float = typer.Option(None, help="fraction of a block's clients --aggregate trimmed drops [0.1]"),
-    outlier: float = typer.Option(None, help="--aggregate screened drops a client above this multiple of the "
-                                  "block's low median |g| [3]"),
+    clip: float = typer.Option(None, help=with_default("clip", "clip scalars at this multiple of the running median "
+                                                       "|g|; 0 = off", Reliability)),
+    aggregate: str = typer.Option(None, help=with_default("aggregate", "per-block aggregation: screened | mean | "
+                                                          "trimmed | median", Reliability)),
+    trim: float = typer.Option(None, help=with_default("trim", "fraction of a block's clients --aggregate trimmed "
+                                                       "drops", Reliability)),
+    outlier: float = typer.Option(None, help=with_default("outlier", "--aggregate screened drops a client above this "
+                                                          "multiple of the block's low median |g|", Reliability)),
     **options,
 ) -> None:
     """Run federated ZO fine-tuning in-process and write result.json, report.md, plot, log, weights."""

@@ -7,21 +7,21 @@ from pathlib import Path
 import typer
 
 from zorba.cli.options import config_values, training_options
+from zorba.flower.settings import FlowerOptions
 
 
 @training_options(clients="number of clients = simulated SuperNodes [8]")
 def flower_sim(
     out: Path = typer.Option(Path("runs/flower"), help="output folder"),
-    round_timeout: float = typer.Option(600.0, help="seconds to wait for a round's reports"),
+    round_timeout: float = typer.Option(FlowerOptions.round_timeout, help="seconds to wait for a round's reports"),
     actors: int = typer.Option(None, help="Ray workers running ClientApps [one per core, at most one per client]"),
-    faults: str = typer.Option("", help="chaos testing: 'crash:CLIENT@ROUND,hang:CLIENT@ROUND:SECONDS'"),
+    faults: str = typer.Option(FlowerOptions.faults, help="chaos testing: 'crash:CLIENT@ROUND,hang:CLIENT@ROUND:SECONDS'"),
     **options,
 ) -> None:
     """Run federated ZO fine-tuning as a Flower ServerApp + ClientApps in Flower's simulation engine."""
     from zorba.errors import UserError
     from zorba.federation.config import make_config
     from zorba.flower.faults import parse_faults
-    from zorba.flower.settings import FlowerOptions
     from zorba.flower.simulation import run_flower_simulation
 
     cfg = make_config(**config_values(options))

@@ -7,6 +7,7 @@ the options of its own engine.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import re
 from collections.abc import Callable
@@ -70,14 +71,25 @@ def training_options(**help_overrides: str) -> Callable[[Callable], Callable]:
 _HAND_WRITTEN_DEFAULT = re.compile(r" *\[[^\]]*\]$")
 
 
-def with_default(name: str, text: str) -> str:
-    """The help text with RunConfig's default appended: the one place defaults are written."""
-    from zorba.federation.config import RunConfig
+def with_default(name: str, text: str, owner: type | None = None) -> str:
+    """The help text with the default its owner declares appended (RunConfig's unless `owner`, a
+    pydantic model or a dataclass, is given): the one place defaults are written."""
+    if owner is None:
+        from zorba.federation.config import RunConfig
 
-    field = RunConfig.model_fields.get(name)
-    if field is None or field.default is None:
+        owner = RunConfig
+    default = _declared_default(owner, name)
+    if default is None:
         return text
-    return f"{_HAND_WRITTEN_DEFAULT.sub('', text)} [{field.default}]"
+    return f"{_HAND_WRITTEN_DEFAULT.sub('', text)} [{default}]"
+
+
+def _declared_default(owner: type, name: str) -> object:
+    if dataclasses.is_dataclass(owner):
+        found = {f.name: f.default for f in dataclasses.fields(owner)}
+        return found.get(name)
+    field = owner.model_fields.get(name)
+    return None if field is None else field.default
 
 
 def config_values(options: dict) -> dict:

@@ -28,7 +28,7 @@ from zorba.core.rng import (
     packed_noise,
     packed_views,
 )
-from zorba.wire.protocol import StepReport, stream_key, stream_keys
+from zorba.wire.protocol import StepReport, stream_key, stream_keys, to_f32
 
 BlockTensors = Sequence[Sequence[torch.Tensor]]
 
@@ -162,11 +162,6 @@ class _Streams:
             self.packed_z, _ = packed_noise(self.packed.sizes, [self.keys[i] for i in self.small_ids])
         if scale != 0.0:
             self.packed.add_(self.packed_z, scale)
-
-
-def to_f32(x: float) -> float:
-    """Round to float32: the wire carries float32 scalars, and replay must use exactly those."""
-    return float(np.float32(x))
 
 
 class _CachedNoise:

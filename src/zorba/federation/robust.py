@@ -34,8 +34,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from zorba.core.zo import to_f32
-from zorba.wire.protocol import ClientUpdate, LogEntry, Report, StepReport
+from zorba.wire.protocol import ClientUpdate, LogEntry, Report, StepReport, to_f32
 
 AGGREGATES = ("screened", "mean", "trimmed", "median")
 MAX_METRICS = 32

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from zorba.wire.keys import derive_key, derive_keys
 
 _STEP_TAG = 0x5EED
@@ -113,3 +115,8 @@ def stream_keys(sseed: int, perturbation: int, tensors: Iterable[tuple[int, int]
 def entries_after(log: Iterable[LogEntry], cursor: int) -> tuple[LogEntry, ...]:
     """The entries a replica at `cursor` (number of entries applied) still has to replay."""
     return tuple(e for i, e in enumerate(log) if i >= cursor)
+
+
+def to_f32(x: float) -> float:
+    """Round to float32: the wire carries float32 scalars, and replay must use exactly those."""
+    return float(np.float32(x))

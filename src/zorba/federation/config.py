@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zorba.errors import UserError
 
 # zorba: the energy planner (planner/energy.py); fill, feasible-random, feasible-round-robin, fedra:
-# budget-feasible baselines; all, random, round-robin: budget-blind ablations (plans.py)
+# budget-feasible baselines; all, random, round-robin: budget-blind ablations (planner/plans.py)
 PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random", "round-robin")
 Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random", "round-robin"]
 _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
@@ -31,7 +31,7 @@ class RunConfig(BaseModel):
     rounds: int = Field(30, ge=1, le=1_000_000)
     local_steps: int = Field(5, ge=1, le=10_000)
     lr: float = Field(5e-5, gt=0.0, le=1.0)  # the largest lr stable in every run (docs/results.md, "The default run")
-    # step rule (steprule.py): a client perturbing d_n of the model's D weights steps with
+    # step rule (planner/steprule.py): a client perturbing d_n of the model's D weights steps with
     # lr * (D / d_n)^lr_exponent; 0 = one lr for every plan
     lr_exponent: float = Field(0.5, ge=0.0, le=2.0)
     mu: float = Field(1e-3, gt=0.0, le=1.0)
@@ -42,10 +42,10 @@ class RunConfig(BaseModel):
     dist: Literal["rademacher", "gaussian"] = "rademacher"
     planner: Planner = "zorba"
     memory_cap_mib: float | None = Field(None, gt=0.0)  # zorba planner: cap on the clients' total memory (eps)
-    block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (profiles.py)
+    block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (memory/profiles.py)
     profiles: str | None = None  # TOML file of client memory budgets and speeds
     memory_model: str | None = None  # calibration JSON from `zorba profile-memory`
-    precision: Literal["int8", "bf16", "fp16", "fp32"] = "bf16"  # frozen blocks' dtype on clients (precision.py)
+    precision: Literal["int8", "bf16", "fp16", "fp32"] = "bf16"  # frozen blocks' dtype on clients (memory/precision.py)
     train_size: int | None = Field(None, ge=1)  # subsample the training split (seeded)
     # examples carved from the training split (seeded, after train_size) and held out from every
     # client: where step sizes are chosen (zorba study), never the dev split

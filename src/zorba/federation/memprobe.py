@@ -5,7 +5,7 @@ run one local round on the given blocks, report peak RSS (CPU) or torch.cuda.max
 trains (runtime + weights + activations + scratch); the exact fp32 state lives in an unlinked temp
 file, so it is not resident. Loading the checkpoint is excluded (the high-water mark is reset once the
 weights are in the client's format) and reported separately; the zo client streams a safetensors
-checkpoint into its format (streamload.py), so loading peaks below training.
+checkpoint into its format (memory/streamload.py), so loading peaks below training.
 On a GPU it is the accelerator's peak allocation during the round.
 
 Modes, so that baselines are measured the same way on the same batch:
@@ -50,7 +50,7 @@ class MemoryProbe:
     data_dir: str | None = None
     precision: str = "bf16"  # frozen blocks' dtype on the client (zorba.memory.precision)
     mode: str = "zo"
-    load: str = "stream"  # zo: "stream" the checkpoint into the client's format (streamload.py) or "full"
+    load: str = "stream"  # zo: "stream" the checkpoint into the client's format (memory/streamload.py) or "full"
 
 
 def load_probe_model(spec: str):

@@ -153,7 +153,7 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
 
 
 def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:
-    """The step factor per block set (steprule.py), from the blocks' sizes."""
+    """The step factor per block set (planner/steprule.py), from the blocks' sizes."""
     return StepRule(tuple(float(b.numel) for b in lm.blocks), cfg.lr_exponent)
 
 
@@ -209,7 +209,7 @@ class Runner:
     def evaluate(self, round_idx: int) -> dict:
         dev = self.eval_scorer.evaluate(*self.dev)
         self.state.dev_predictions = dev.predictions
-        if round_idx == 0:  # zero-shot: the other half of the paired test (significance.py)
+        if round_idx == 0:  # zero-shot: the other half of the paired test (experiments/significance.py)
             self.state.initial_dev_predictions, self.state.dev_labels = dev.predictions, list(self.dev[1])
         out = {"round": round_idx, "dev_accuracy": dev.accuracy, "dev_loss": dev.loss}
         if self.validation is not None:

@@ -1,4 +1,4 @@
-"""zorba messages as Flower records: plans, reports and log entries travel as codec.py bytes inside a
+"""zorba messages as Flower records: plans, reports and log entries travel as wire/codec.py bytes inside a
 ConfigRecord (no pickle, every decoder checks sizes), the report's loss also as a MetricRecord so
 Flower tooling can read it; and the measured size of a Flower message as it goes on the wire."""
 

@@ -50,7 +50,7 @@ class Setup:
     validation: tuple[list[list[int]], list[int]] | None = None
 
     def batch(self, cid: int, round_idx: int, step: int) -> tuple[list[list[int]], list[int]]:
-        """Client cid's mini-batch for a local step: the same draw ZorBA's clients make (client.py)."""
+        """Client cid's mini-batch for a local step: the same draw ZorBA's clients make (federation/client.py)."""
         idx = sample_batch(self.parts[cid], self.cfg.batch_size, round_seed(self.cfg.seed, round_idx), cid, step)
         return [self.train.ids[i] for i in idx], [self.train.labels[i] for i in idx]
 

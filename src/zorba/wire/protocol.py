@@ -41,7 +41,7 @@ class ClientUpdate:
     blocks: tuple[int, ...]
     steps: tuple[StepReport, ...]
     weight: float = 1.0
-    lr_scale: float = 1.0  # the client's step = entry.lr * lr_scale (steprule.py: it depends on the blocks)
+    lr_scale: float = 1.0  # the client's step = entry.lr * lr_scale (planner/steprule.py: it depends on the blocks)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class LogEntry:
     updates: tuple[ClientUpdate, ...]
 
     def scales(self) -> dict[int, float]:
-        """Client -> the factor its local steps multiplied the round's lr by (steprule.py)."""
+        """Client -> the factor its local steps multiplied the round's lr by (planner/steprule.py)."""
         return {u.client: u.lr_scale for u in self.updates}
 
     def coefficients(self) -> dict[tuple[int, int], float]:

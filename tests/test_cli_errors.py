@@ -92,3 +92,21 @@ def test_existing_output_folder_is_not_overwritten(tmp_path, data_dir, run):
 
 def test_verify_on_a_non_run_folder(tmp_path, zorba):
     assert_clean_error(zorba("verify", str(tmp_path)), "result.json")
+
+
+def test_options_take_run_configs_defaults():
+    """Every command's option named after a RunConfig field defaults to RunConfig's value (or to None,
+    when the command must tell an option left out from one given, as `run --resume` does)."""
+    import typer
+
+    from zorba.cli.app import app
+    from zorba.federation.config import RunConfig
+
+    checked = 0
+    for name, command in typer.main.get_command(app).commands.items():
+        for param in command.params:
+            field = RunConfig.model_fields.get(param.name)
+            if field is not None and param.default is not None:
+                assert param.default == field.default, (name, param.name)
+                checked += 1
+    assert checked >= 10  # plan's and profile-memory's options, run's --measure-memory

@@ -12,6 +12,7 @@ import inspect
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -69,6 +70,17 @@ def training_options(**help_overrides: str) -> Callable[[Callable], Callable]:
 
 
 _HAND_WRITTEN_DEFAULT = re.compile(r" *\[[^\]]*\]$")
+
+
+_HELP = {name: text for name, _, _, text in _SHARED}
+
+
+def option(name: str, help: str | None = None) -> Any:
+    """One shared option with RunConfig's default as its own default (typer prints it), for a command
+    that takes a few training options and nothing to resume (`zorba plan`, `zorba profile-memory`)."""
+    from zorba.federation.config import RunConfig
+
+    return typer.Option(_declared_default(RunConfig, name), help=_HAND_WRITTEN_DEFAULT.sub("", help or _HELP[name]))
 
 
 def with_default(name: str, text: str, owner: type | None = None) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from zorba.cli.options import option
 from zorba.errors import UserError
 from zorba.memory.profiles import MIB
 
@@ -39,11 +40,11 @@ def _table(lm, profs, mem, A: np.ndarray) -> str:
 
 
 def plan(
-    model: str = typer.Option("minilm", help="HF model id or folder; 'minilm' = embedded default"),
-    clients: int = typer.Option(8, help="number of clients"),
-    profiles: Path = typer.Option(None, help="TOML of client memory budgets and speeds"),
-    memory_model: Path = typer.Option(None, help="calibration JSON from `zorba profile-memory`"),
-    memory_cap_mib: float = typer.Option(None, help="cap on the clients' total memory, MiB (epsilon) [none]"),
+    model: str = option("model"),
+    clients: int = option("clients"),
+    profiles: Path = option("profiles"),
+    memory_model: Path = option("memory_model"),
+    memory_cap_mib: float = option("memory_cap_mib"),
     pareto: bool = typer.Option(False, help="sweep epsilon (total memory) and write the front"),
     points: int = typer.Option(8, help="points on the Pareto front"),
     out: Path = typer.Option(Path("runs/plan"), help="folder for the Pareto table and plot"),

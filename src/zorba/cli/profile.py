@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from zorba.cli.options import option
 from zorba.errors import UserError
 
 
@@ -55,13 +56,13 @@ def _ready(m: dict, device: str) -> float:
 
 
 def profile_memory(
-    model: str = typer.Option("minilm", help="HF model id / folder, 'minilm', or random:<name> (memprobe)"),
-    task: str = typer.Option("sst2", help="sst2 or rte"),
-    batch_size: int = typer.Option(16, help="mini-batch size"),
-    max_len: int = typer.Option(64, help="max tokens per example"),
-    precision: str = typer.Option("bf16", help="frozen blocks' dtype on the client: int8 | bf16 | fp16 | fp32"),
-    device: str = typer.Option("cpu", help="cpu or cuda"),
-    data_dir: Path = typer.Option(None, help="folder with <task>/dev.tsv"),
+    model: str = option("model", help="HF model id / folder, 'minilm', or random:<name> (memprobe)"),
+    task: str = option("task"),
+    batch_size: int = option("batch_size"),
+    max_len: int = option("max_len"),
+    precision: str = option("precision", help="frozen blocks' dtype on the client: int8 | bf16 | fp16 | fp32"),
+    device: str = option("device", help="cpu or cuda"),
+    data_dir: Path = option("data_dir", help="folder with <task>/dev.tsv"),
     out: Path = typer.Option(Path("memory-model.json"), help="calibration JSON to write"),
 ) -> None:
     """Measure peak client memory for 0..L active blocks, fit M(A), print predicted vs measured."""

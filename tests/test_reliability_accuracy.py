@@ -21,7 +21,9 @@ from zorba.wire.protocol import Report, StepReport
 torch.set_num_threads(1)
 
 ROUNDS = 15
-LR = 1e-2
+# Blocks are averaged with clients weighted by their examples: fewer effective clients than 10 equal
+# ones, so more step noise; at 1e-2 seed 1's dropout run sat at the edge of stability (78% against 100%).
+LR = 5e-3
 POS, NEG = ["sunny", "happy"], ["rainy", "angry"]
 NEUTRAL = "the a table house river paper chair window street door car book".split()
 

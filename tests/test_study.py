@@ -82,3 +82,19 @@ def test_a_seed_cell_run_at_a_no_longer_chosen_lr_runs_again(tiny_models, data_d
     assert [(lr, seed) for _, lr, seed, _ in cells] == [(1e-2, 1)]
     assert not stale.exists()
     assert json.loads((seed_dir(tmp_path, "all", 0) / "result.json").read_text())["config"]["lr"] == 1e-2
+
+
+def test_a_study_with_tuning_runs_only_summarizes_its_grid(tmp_path):
+    for planner, lr, accs in (("all", 1e-4, (0.70, 0.74)), ("all", 2e-4, (0.72, 0.80)), ("fill", 1e-4, (0.6, 0.5))):
+        cell = tune_dir(tmp_path, planner, lr)
+        cell.mkdir(parents=True)
+        history = [{"round": r, "validation_accuracy": a, "validation_loss": 1 - a} for r, a in enumerate(accs)]
+        (cell / "result.json").write_text(json.dumps({"config": {"lr": lr, "planner": planner}, "history": history}))
+    summary = summarize(tmp_path)
+    assert summary["planners"] == {} and summary["target"] is None
+    assert summary["tuning_validation_accuracy"] == {"all": {"0.0001": pytest.approx(0.72), "0.0002": pytest.approx(0.76)},
+                                                     "fill": {"0.0001": pytest.approx(0.55)}}
+    text = (tmp_path / "summary.md").read_text()
+    assert text.startswith("No planner has a seed run yet.")
+    assert "| all | 72.00 | 76.00 |" in text and "| fill | 55.00 | - |" in text
+    assert not (tmp_path / "convergence.png").exists()

@@ -27,4 +27,5 @@ def study(
         raise UserError(str(exc)) from None
     if include_in is not None:
         include(summary, out, include_in)
-    typer.echo(f"wrote {out}/summary.md, summary.json and convergence.png" + (f"; the table in {include_in}" if include_in else ""))
+    written = "summary.md, summary.json" + (" and convergence.png" if summary["planners"] else "")
+    typer.echo(f"wrote {written} in {out}" + (f"; the table in {include_in}" if include_in else ""))

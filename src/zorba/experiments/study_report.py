@@ -49,10 +49,21 @@ def rounds_to(rounds: np.ndarray, acc: np.ndarray, target: float) -> float | Non
     return float(rounds[hit[0]]) if len(hit) else None
 
 
+def load_tuning(out: Path) -> dict[str, dict[float, float]]:
+    """planner -> {lr: its tuning run's validation accuracy (the score the lr is chosen by)}."""
+    from zorba.experiments.study import validation_score
+
+    scores: dict[str, dict[float, float]] = {}
+    for path in sorted(out.glob("tune/*/lr*/result.json")):
+        result = json.loads(path.read_text())
+        scores.setdefault(path.parent.parent.name, {})[result["config"]["lr"]] = validation_score(result)[0]
+    return scores
+
+
 def summarize(out: Path) -> dict:
-    cells = load_cells(out)
-    if not cells:
-        raise ValueError(f"{out}: no <planner>/seed<k>/result.json files")
+    cells, tuning = load_cells(out), load_tuning(out)
+    if not cells and not tuning:
+        raise ValueError(f"{out}: no tune/<planner>/lr<x>/ or <planner>/seed<k>/ result.json files")
     curves = {p: [curve(r) for r in rs] for p, rs in cells.items()}
     finals = {p: np.array([a[-1] for _, a in cs]) for p, cs in curves.items()}
     target = float(finals[REFERENCE].mean()) if REFERENCE in finals else None
@@ -76,10 +87,12 @@ def summarize(out: Path) -> dict:
                 diff = finals["zorba"] - finals[p]
                 row["zorba_minus_this"] = {"mean": float(diff.mean()), "ci95": interval(diff)}
     mark_grid_edges(rows, out / "study.json")
-    summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows)}
+    summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows),
+               "tuning_validation_accuracy": {p: {f"{lr:g}": v for lr, v in sorted(s.items())} for p, s in tuning.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(render(summary))
-    plot(curves, target, out / "convergence.png")
+    if curves:
+        plot(curves, target, out / "convergence.png")
     return summary
 
 
@@ -115,6 +128,9 @@ def _pct(x: float | None) -> str:
 
 
 def render(summary: dict) -> str:
+    tuning = render_tuning(summary.get("tuning_validation_accuracy", {}))
+    if not summary["planners"]:
+        return "\n".join(["No planner has a seed run yet.", *tuning]) + "\n"
     target = summary["target"]
     lines = [
         f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
@@ -131,8 +147,9 @@ def render(summary: dict) -> str:
         edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
         lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g}{edge} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
                      f"{'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
-    zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
-    lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]
+    if summary["planners"]:
+        zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
+        lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]
     c = summary.get("claims") or {}
     if c:
         ratio = c["rounds_ratio_zorba_over_all"]
@@ -145,7 +162,21 @@ def render(summary: dict) -> str:
                   ("zorba ahead at the final round of: " + ", ".join(
                       f"{p} {'yes' if v else 'no'}" for p, v in c["ahead_at_final_round"].items()) + "."
                    if c["ahead_at_final_round"] else "No budget-feasible baseline has seed runs yet.")]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + tuning) + "\n"
+
+
+def render_tuning(tuning: dict[str, dict[str, float]]) -> list[str]:
+    """The lr grid as run: each planner's validation accuracy per lr (tuning seed; mean of the last
+    two evaluations), so a reader sees what the choice rested on."""
+    if not tuning:
+        return []
+    lrs = sorted({lr for s in tuning.values() for lr in s}, key=float)
+    lines = ["", "Tuning runs: validation accuracy % (mean of the last two evaluations; the lr is chosen "
+             "once every value of a planner's grid has run).", "",
+             "| planner | " + " | ".join(f"lr {lr}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
+    for p, s in tuning.items():
+        lines.append(f"| {p} | " + " | ".join(_pct(s.get(lr)) for lr in lrs) + " |")
+    return lines
 
 
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*")  # identical curves stay distinguishable
@@ -184,7 +215,9 @@ def include(summary: dict, out: Path, target_file: Path) -> None:
     from zorba.experiments.markers import write_between
 
     image = os.path.relpath(out / "convergence.png", target_file.parent)
-    body = render(summary) + f"\n![dev accuracy per round, mean and 95% band over seeds]({image})\n"
+    body = render(summary)
+    if summary["planners"]:
+        body += f"\n![dev accuracy per round, mean and 95% band over seeds]({image})\n"
     write_between(target_file, "convergence-summary", body, f"zorba study --summarize-only --out {out}")
 
 

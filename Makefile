@@ -13,7 +13,7 @@ install:
 	$(PY) -m pip install -q -e ".[dev]"
 
 run: install
-	zorba run --out runs/default --overwrite
+	zorba run --memory-model configs/memory/minilm-sst2-cpu.json --out runs/default --overwrite
 
 test: install
 	$(PY) -m pytest -q

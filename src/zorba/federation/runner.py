@@ -111,13 +111,27 @@ def client_memory_model(cfg: RunConfig, lm: LoadedModel) -> MemoryModel:
     """Calibrated (from `zorba profile-memory`) when given, else first principles from block sizes."""
     if cfg.memory_model:
         try:
-            mem = MemoryModel.from_dict(json.loads(Path(cfg.memory_model).read_text()))
+            calibration = json.loads(Path(cfg.memory_model).read_text())
+            mem = MemoryModel.from_dict(calibration)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{cfg.memory_model}: not a memory-model JSON ({type(exc).__name__}: {exc})") from None
         if mem.n_blocks != len(lm.blocks):
             raise UserError(f"{cfg.memory_model}: {mem.n_blocks} blocks, model {cfg.model} has {len(lm.blocks)}")
+        check_calibration_matches(cfg, calibration)
         return mem
     return MemoryModel.from_block_sizes([b.numel for b in lm.blocks], frozen_bytes=frozen_bytes(cfg.precision))
+
+
+# What a calibration (`zorba profile-memory`) measured under; a run that differs in any of them would
+# plan against another process's memory. Older or hand-written files without a key are not checked on it.
+CALIBRATION_KEYS = ("model", "task", "batch_size", "max_len", "precision", "device")
+
+
+def check_calibration_matches(cfg: RunConfig, calibration: dict) -> None:
+    for key in CALIBRATION_KEYS:
+        if key in calibration and calibration[key] != getattr(cfg, key):
+            raise UserError(f"{cfg.memory_model}: calibrated with {key} = {calibration[key]!r}, this run has "
+                            f"{getattr(cfg, key)!r} (recalibrate: zorba profile-memory)")
 
 
 def client_profiles(cfg: RunConfig, mem: MemoryModel) -> list[ClientProfile]:

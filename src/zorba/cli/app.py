@@ -23,13 +23,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.command()
 @training_options()
 def run(
-    test_file: Path = typer.Option(None, help="extra TSV (same format) to report accuracy on"),
-    out: Path = typer.Option(None, help="output folder [runs/latest]"),
+    test_file: Path = typer.Option(None, help="extra TSV (same format) to report accuracy on \\[none]"),
+    out: Path = typer.Option(None, help="output folder \\[runs/latest]"),
     device: str = typer.Option(None, help=with_default("device", "where clients train: cpu | cuda | cuda:N | auto")),
     resume: Path = typer.Option(None, help="continue the killed run whose --out was this folder"),
     dropout: float = typer.Option(None, help=with_default("dropout", "chance each client is offline in a round (seeded)",
                                                           Reliability)),
-    deadline: float = typer.Option(None, help="seconds per round; later reports are left out [none]"),
+    deadline: float = typer.Option(None, help="seconds per round; later reports are left out \\[none]"),
     clip: float = typer.Option(None, help=with_default("clip", "clip scalars at this multiple of the running median "
                                                        "|g|; 0 = off", Reliability)),
     aggregate: str = typer.Option(None, help=with_default("aggregate", "per-block aggregation: screened | mean | "

@@ -12,7 +12,7 @@ def bench(
     out: Path = typer.Option(Path("runs/bench"), help="output folder; finished cells there are skipped"),
     memory: bool = typer.Option(True, help="measure client peak memory (fresh processes); off: no equal-memory rows"),
     summarize_only: bool = typer.Option(False, "--summarize-only", help="only rewrite summary.md / .json / plots from --out"),
-    reference: str = typer.Option(None, help="row whose mean final dev accuracy is the target [the config's]"),
+    reference: str = typer.Option(None, help="row whose mean final dev accuracy is the target \\[the config's]"),
     include_in: Path = typer.Option(None, help="also write the tables between this Markdown file's bench-summary markers"),
 ) -> None:
     """Methods side by side, each lr chosen on validation data, every seed at it (resumable); writes summary.md and plots."""

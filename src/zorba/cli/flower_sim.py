@@ -14,7 +14,7 @@ from zorba.flower.settings import FlowerOptions
 def flower_sim(
     out: Path = typer.Option(Path("runs/flower"), help="output folder"),
     round_timeout: float = typer.Option(FlowerOptions.round_timeout, help="seconds to wait for a round's reports"),
-    actors: int = typer.Option(None, help="Ray workers running ClientApps [one per core, at most one per client]"),
+    actors: int = typer.Option(None, help="Ray workers running ClientApps \\[one per core, at most one per client]"),
     faults: str = typer.Option(FlowerOptions.faults, help="chaos testing: 'crash:CLIENT@ROUND,hang:CLIENT@ROUND:SECONDS'"),
     **options,
 ) -> None:

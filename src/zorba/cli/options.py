@@ -40,7 +40,8 @@ _SHARED = (  # name, type, default, help
      "beside dev (where step sizes are chosen)"),
     ("eval_every", int, None, "evaluate on dev every this many rounds"),
     ("seed", int, None, "run seed: every random choice derives from it"),
-    ("data_dir", Path, None, "folder with <task>/train.tsv and dev.tsv"),
+    ("data_dir", Path, None, "folder with <task>/train.tsv and dev.tsv [$ZORBA_DATA_DIR, else shared/data or data "
+     "in the working directory or a parent]"),
     ("precision", str, None, "frozen blocks' dtype on clients: int8 (weight-only, per-row scales) | bf16 | "
      "fp16 | fp32 [bf16]"),
     ("profiles", Path, None, "TOML of the clients' memory budgets and speeds (format: src/zorba/memory/profiles.py) "
@@ -80,7 +81,13 @@ def option(name: str, help: str | None = None) -> Any:
     that takes a few training options and nothing to resume (`zorba plan`, `zorba profile-memory`)."""
     from zorba.federation.config import RunConfig
 
-    return typer.Option(_declared_default(RunConfig, name), help=_HAND_WRITTEN_DEFAULT.sub("", help or _HELP[name]))
+    default, text = _declared_default(RunConfig, name), help or _HELP[name]
+    return typer.Option(default, help=_escape_default(text) if default is None else _HAND_WRITTEN_DEFAULT.sub("", text))
+
+
+def _escape_default(text: str) -> str:
+    """A hand-written "[default]" at the end, escaped for rich markup (see with_default)."""
+    return _HAND_WRITTEN_DEFAULT.sub(lambda m: " \\" + m.group(0).lstrip(), text)
 
 
 def with_default(name: str, text: str, owner: type | None = None) -> str:
@@ -92,8 +99,10 @@ def with_default(name: str, text: str, owner: type | None = None) -> str:
         owner = RunConfig
     default = _declared_default(owner, name)
     if default is None:
-        return text
-    return f"{_HAND_WRITTEN_DEFAULT.sub('', text)} [{default}]"
+        return _escape_default(text)
+    # Escaped: typer renders help as rich markup, where "[zorba]" or "[bf16]" would be read as a
+    # style tag and dropped (a number like "[5e-05]" survives, which hid the loss).
+    return f"{_HAND_WRITTEN_DEFAULT.sub('', text)} \\[{default}]"
 
 
 def _declared_default(owner: type, name: str) -> object:

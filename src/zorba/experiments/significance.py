@@ -20,3 +20,18 @@ def mcnemar(before: Sequence[int], after: Sequence[int], labels: Sequence[int]) 
     return {"test": "McNemar exact (two-sided), final vs zero-shot on dev", "examples": len(labels),
             "right_to_wrong": b, "wrong_to_right": c, "gain_points": 100.0 * (c - b) / len(labels),
             "p_value": float(p)}
+
+
+def pooled_mcnemar(pairs: Sequence[tuple[Sequence[int], Sequence[int]]], labels: Sequence[int]) -> dict:
+    """Method A against method B over several seeds on the same dev examples: each (a, b) is one seed's
+    pair of prediction lists. The discordant examples of all seeds are pooled (a stratified McNemar:
+    under "A and B are equally accurate" each discordant example is a fair coin whatever its seed),
+    so three seeds test with three times the examples instead of three means."""
+    a_only = b_only = 0
+    for a, b in pairs:
+        a_only += sum(int(x == y and z != y) for x, z, y in zip(a, b, labels, strict=True))
+        b_only += sum(int(x != y and z == y) for x, z, y in zip(a, b, labels, strict=True))
+    n = len(pairs) * len(labels)
+    p = binomtest(a_only, a_only + b_only, 0.5).pvalue if a_only + b_only else 1.0
+    return {"seeds": len(pairs), "a_right_b_wrong": a_only, "a_wrong_b_right": b_only,
+            "a_minus_b_points": 100.0 * (a_only - b_only) / n if n else 0.0, "p_value": float(p)}

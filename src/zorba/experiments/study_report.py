@@ -86,6 +86,7 @@ def summarize(out: Path) -> dict:
             if p != "zorba" and len(finals[p]) == len(finals["zorba"]):
                 diff = finals["zorba"] - finals[p]
                 row["zorba_minus_this"] = {"mean": float(diff.mean()), "ci95": interval(diff)}
+    paired_against_reference(out, cells, rows)
     mark_grid_edges(rows, out / "study.json")
     summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows),
                "tuning_validation_accuracy": {p: {f"{lr:g}": v for lr, v in sorted(s.items())} for p, s in tuning.items()}}
@@ -94,6 +95,43 @@ def summarize(out: Path) -> dict:
     if curves:
         plot(curves, target, out / "convergence.png")
     return summary
+
+
+def paired_against_reference(out: Path, cells: dict[str, list[dict]], rows: dict) -> None:
+    """Each planner against `all` on the seeds both have: McNemar's test pooled over seeds on the final
+    per-example dev predictions (significance.pooled_mcnemar). Needs the dev labels, read from the
+    task's dev.tsv where the run found its data; skipped (no key) when they cannot be found."""
+    if REFERENCE not in cells:
+        return
+    labels = dev_labels(cells[REFERENCE][0]["config"])
+    if labels is None:
+        return
+    from zorba.experiments.significance import pooled_mcnemar
+
+    reference = {r["config"]["seed"]: _predictions(out, REFERENCE, r) for r in cells[REFERENCE]}
+    for p, results in cells.items():
+        pairs = [(_predictions(out, p, r), reference[r["config"]["seed"]]) for r in results
+                 if p != REFERENCE and r["config"]["seed"] in reference]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None and len(a) == len(b) == len(labels)]
+        if pairs:
+            rows[p]["paired_vs_reference"] = pooled_mcnemar(pairs, labels)
+
+
+def _predictions(out: Path, planner: str, result: dict) -> list[int] | None:
+    path = out / planner / f"seed{result['config']['seed']}" / "predictions.json"
+    return json.loads(path.read_text()).get("dev_predictions") if path.is_file() else None
+
+
+def dev_labels(cfg: dict) -> list[int] | None:
+    from zorba.core.tasks import get_task, read_examples
+    from zorba.errors import UserError
+    from zorba.federation.config import RunConfig, find_data_dir
+
+    try:
+        run = RunConfig(**{k: v for k, v in cfg.items() if k in RunConfig.model_fields})
+        return [e.label for e in read_examples(find_data_dir(run) / run.task / "dev.tsv", get_task(run.task))]
+    except (UserError, ValueError, OSError):
+        return None
 
 
 def mark_grid_edges(rows: dict, study_file: Path) -> None:
@@ -135,9 +173,10 @@ def render(summary: dict) -> str:
     lines = [
         f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
         "",
-        "| planner | seeds | lr (chosen on validation) | final dev acc % (95% CI) | zorba - this, pts (95% CI) | rounds to target "
-        "(mean curve) | per seed | wall s / run (machine shared: not a speed comparison) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| planner | seeds | lr (chosen on validation) | final dev acc % (95% CI) | zorba - this, pts (95% CI) | this - all, "
+        "pts, per-example paired, seeds pooled (McNemar p) | rounds to target (mean curve) | per seed | wall s / run "
+        "(machine shared: not a speed comparison) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p, r in sorted(summary["planners"].items(), key=lambda kv: -kv[1]["final_mean"]):
         d = r.get("zorba_minus_this")
@@ -145,8 +184,10 @@ def render(summary: dict) -> str:
         per_seed = ", ".join("-" if x is None else f"{x:g}" for x in r["rounds_to_target_per_seed"])
         rt = r["rounds_to_target_mean_curve"]
         edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
+        pv = r.get("paired_vs_reference")
+        paired = f"{pv['a_minus_b_points']:+.2f} (p = {pv['p_value']:.2g}, {pv['seeds']} seeds)" if pv else "-"
         lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g}{edge} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
-                     f"{'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
+                     f"{paired} | {'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
     if summary["planners"]:
         zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
         lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]

@@ -44,3 +44,27 @@ def test_subset_keeps_per_client_parts():
 def test_rejects_negative_block_costs():
     with pytest.raises(ValueError):
         MemoryModel(base=0.0, delta=np.array([1.0, -1.0]))
+
+
+def test_a_calibration_plans_with_its_measured_error_as_headroom(tmp_path):
+    """A least-squares fit predicts some sets below their measurement; scaled by its largest measured
+    error, every prediction it was fitted on is an upper bound, so a budget it plans to holds."""
+    from types import SimpleNamespace
+
+    from zorba.federation.config import make_config
+    from zorba.federation.runner import client_memory_model
+
+    measured = {(): 1000.0, (0,): 1110.0, (0, 1): 1190.0}  # not exactly affine
+    x = np.array([0.0, 100.0, 200.0])
+    slope, intercept = np.polyfit(x, list(measured.values()), 1)
+    fit = MemoryModel(intercept, np.array([100.0, 100.0]) * slope)
+    error = max(abs(fit.client_memory(np.array([[i > 0, i > 1]]))[0] / m - 1) for i, m in enumerate(measured.values()))
+    path = tmp_path / "mm.json"
+    path.write_text(json.dumps({**fit.to_dict(), "max_abs_error": error}))
+    lm = SimpleNamespace(blocks=[None, None])
+    planned = client_memory_model(make_config(memory_model=str(path)), lm)
+    for i, m in enumerate(measured.values()):
+        A = np.array([[i > 0, i > 1]])
+        assert planned.client_memory(A)[0] >= m - 1e-9
+    # without the headroom the fit predicts some measured set below its measurement
+    assert any(fit.client_memory(np.array([[i > 0, i > 1]]))[0] < m for i, m in enumerate(measured.values()))

@@ -113,12 +113,15 @@ def client_memory_model(cfg: RunConfig, lm: LoadedModel) -> MemoryModel:
         try:
             calibration = json.loads(Path(cfg.memory_model).read_text())
             mem = MemoryModel.from_dict(calibration)
+            error = float(calibration.get("max_abs_error", 0.0))
+            if not 0.0 <= error < 1.0:
+                raise ValueError(f"max_abs_error {error} is not in [0, 1)")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{cfg.memory_model}: not a memory-model JSON ({type(exc).__name__}: {exc})") from None
         if mem.n_blocks != len(lm.blocks):
             raise UserError(f"{cfg.memory_model}: {mem.n_blocks} blocks, model {cfg.model} has {len(lm.blocks)}")
         check_calibration_matches(cfg, calibration)
-        return mem
+        return with_headroom(mem, error)
     return MemoryModel.from_block_sizes([b.numel for b in lm.blocks], frozen_bytes=frozen_bytes(cfg.precision))
 
 
@@ -132,6 +135,15 @@ def check_calibration_matches(cfg: RunConfig, calibration: dict) -> None:
         if key in calibration and calibration[key] != getattr(cfg, key):
             raise UserError(f"{cfg.memory_model}: calibrated with {key} = {calibration[key]!r}, this run has "
                             f"{getattr(cfg, key)!r} (recalibrate: zorba profile-memory)")
+
+
+def with_headroom(mem: MemoryModel, error: float) -> MemoryModel:
+    """A fitted model scaled up by its largest measured relative error e (|predicted / measured - 1|):
+    at worst predicted = (1 - e) measured, so dividing by 1 - e makes every fitted prediction an upper
+    bound, and a client planned to its budget measures within it (a least-squares fit alone lands below
+    the measurement about half the time)."""
+    scale = 1.0 / (1.0 - error)
+    return MemoryModel(mem.base * scale, mem.delta * scale, mem.activation * scale)
 
 
 def client_profiles(cfg: RunConfig, mem: MemoryModel) -> list[ClientProfile]:

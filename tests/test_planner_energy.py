@@ -15,7 +15,7 @@ from zorba.planner.energy import (
     client_candidates,
     pareto_front,
 )
-from zorba.planner.plans import FeasibleRandom, FeasibleRoundRobin, FedRA, FillBudget
+from zorba.planner.plans import AllIfFits, FeasibleRandom, FeasibleRoundRobin, FedRA, FillBudget
 from zorba.planner.steprule import StepRule
 
 SIZES = (12.0, 2.0, 2.0, 2.0, 2.0)
@@ -119,3 +119,12 @@ def test_budget_feasible_baselines_fit_every_budget(cls):
         assert len(seen) == 1 and plan[3] == (4,) and plan[2] == (3, 4) and plan[0] == (0, 1, 2, 3, 4)
     else:
         assert len(seen) > 1
+
+
+def test_all_if_fits_trains_every_block_on_the_clients_that_hold_them_and_leaves_out_the_rest():
+    spare = np.array(BUDGETS) - MEM.fixed(4)  # 80, 40, 16, 8 against 80 for every block
+    planner = AllIfFits(spare, MEM.delta)
+    assert planner.plan(3, [0, 1, 2, 3]) == {0: (0, 1, 2, 3, 4)}
+    assert planner.plan(4, [1, 2]) == {}  # the client that fits dropped out: nobody trains this round
+    with pytest.raises(ValueError, match="no client"):
+        AllIfFits(spare[1:], MEM.delta)

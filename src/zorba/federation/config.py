@@ -12,9 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from zorba.errors import UserError
 
 # zorba: the energy planner (planner/energy.py); fill, feasible-random, feasible-round-robin, fedra:
-# budget-feasible baselines; all, random, round-robin: budget-blind ablations (planner/plans.py)
-PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random", "round-robin")
-Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all", "random", "round-robin"]
+# budget-feasible baselines; all-if-fits: every block for the clients that hold them all, the rest sit
+# out; all, random, round-robin: budget-blind ablations (planner/plans.py)
+PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "all", "random",
+            "round-robin")
+Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "all", "random",
+                  "round-robin"]
 _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 

@@ -41,6 +41,7 @@ from zorba.memory.profiles import (
 from zorba.planner.energy import EnergyPlanner, NoFeasiblePlan
 from zorba.planner.plans import (
     AllBlocks,
+    AllIfFits,
     BlockPlanner,
     FeasibleRandom,
     FeasibleRoundRobin,
@@ -171,6 +172,11 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
         return FeasibleRoundRobin(spare, mem.delta)
     if cfg.planner == "fedra":
         return FedRA(spare, mem.delta, [i for i, b in enumerate(lm.blocks) if b.name.startswith("layer.")], cfg.seed)
+    if cfg.planner == "all-if-fits":
+        try:
+            return AllIfFits(spare, mem.delta)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     if cfg.planner == "all":
         return AllBlocks(L)
     if cfg.planner == "random":

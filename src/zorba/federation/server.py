@@ -63,9 +63,11 @@ class Server:
         self.cursors[client] = min(self.cursors.get(client, 0), cursor)
 
     def make_plans(self, clients: Sequence[int]) -> dict[int, RoundPlan]:
-        """Plans for the next round for the clients present; each carries the entries it lacks."""
+        """Plans for the next round for the clients present; each carries the entries it lacks. A
+        planner may leave a present client out (planner `all-if-fits`): it gets no plan, like a dropout."""
         t = self.round
         blocks = self.planner.plan(t, list(clients))
+        clients = [c for c in clients if c in blocks]
         rseed = round_seed(self.seed, t)
         self._plans, self._reports = {}, {}
         self._scales = {c: self.step_rule.scale(blocks[c]) if self.step_rule else 1.0 for c in clients}

@@ -139,3 +139,21 @@ class FedRA(BudgetFeasible):
 
     def order(self, round_idx: int, client: int) -> Sequence[int]:
         return [self.layers[i] for i in self.rng(round_idx, client).permutation(len(self.layers))]
+
+
+class AllIfFits(BlockPlanner):
+    """No block activation under budgets: every block, for the clients whose budget holds them all;
+    the others sit the run out. What a federation without partial training can do with memory-poor
+    clients, and the baseline block activation has to beat by letting them contribute."""
+
+    name = "all-if-fits"
+
+    def __init__(self, spare: Sequence[float], delta: Sequence[float]) -> None:
+        self.num_blocks = len(delta)
+        need = float(np.sum(delta))
+        self.fits = {n for n, s in enumerate(spare) if float(s) >= need}
+        if not self.fits:
+            raise ValueError("no client's memory budget holds every block (planner all-if-fits)")
+
+    def plan(self, round_idx: int, clients: Sequence[int]) -> dict[int, tuple[int, ...]]:
+        return {c: tuple(range(self.num_blocks)) for c in clients if c in self.fits}

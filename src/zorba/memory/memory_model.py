@@ -78,15 +78,17 @@ class MemoryModel:
         cls,
         block_sizes: np.ndarray | list[int],
         frozen_bytes: float = 2.0,
-        active_bytes: float = 4.0,
+        active_bytes: float = 5.0,
         activation_bytes: float | np.ndarray = 0.0,
         runtime_bytes: float | np.ndarray = 0.0,
         z_buffer_params: int = 0,
     ) -> MemoryModel:
         """First-principles default: every block frozen at `frozen_bytes` per parameter (bf16); an
-        active block replaces its frozen copy by fp32 weights (`active_bytes`). No restore snapshot:
-        the client's round-start weights live in its MasterStore, off the process heap
-        (memory/precision.py). A perturbation buffer of `z_buffer_params` fp32 values is counted in base
+        active block replaces its frozen copy by fp32 weights plus about one byte per parameter that
+        promoting it costs the allocator (`active_bytes` = 5: measured 2.93 bytes over bf16 on the
+        default model, configs/memory/minilm-sst2-cpu.txt). No restore snapshot: the client's
+        round-start weights live in its MasterStore, off the process heap (memory/precision.py).
+        A perturbation buffer of `z_buffer_params` fp32 values is counted in base
         as a bound (the largest active tensor is a max, not a sum, so it is not affine in A)."""
         sizes = np.asarray(block_sizes, dtype=float)
         base = frozen_bytes * sizes.sum() + 4.0 * z_buffer_params + np.asarray(runtime_bytes, float)

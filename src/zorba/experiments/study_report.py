@@ -185,7 +185,8 @@ def render(summary: dict) -> str:
         rt = r["rounds_to_target_mean_curve"]
         edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
         pv = r.get("paired_vs_reference")
-        paired = f"{pv['a_minus_b_points']:+.2f} (p = {pv['p_value']:.2g}, {pv['seeds']} seeds)" if pv else "-"
+        paired = (f"{pv['a_minus_b_points']:+.2f} (p = {pv['p_value']:.2g}, {pv['seeds']} seed"
+                  f"{'s' if pv['seeds'] != 1 else ''})" if pv else "-")
         lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g}{edge} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
                      f"{paired} | {'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
     if summary["planners"]:

@@ -32,8 +32,8 @@ def test_tiny_federated_run_lowers_training_loss(tiny_models, data_dir):
 
 
 def test_clients_a_planner_leaves_out_get_no_plan_and_the_run_goes_on(tiny_models, data_dir):
-    """all-if-fits: only the default workstation class (clients 0 and 4 of 8) holds every block."""
-    cfg = make_config(model=str(tiny_models["bert"]), clients=8, rounds=2, local_steps=1, train_size=64,
+    """all-if-fits: only the default workstation class (clients 0 and 4 of 5) holds every block."""
+    cfg = make_config(model=str(tiny_models["bert"]), clients=5, rounds=2, local_steps=1, train_size=40,
                       planner="all-if-fits", data_dir=str(data_dir), batch_size=4, max_len=16,
                       measure_memory=False, eval_every=100)
     runner = Runner(cfg, check_inputs(cfg))

@@ -133,15 +133,15 @@ CALIBRATION_KEYS = ("model", "task", "batch_size", "max_len", "precision", "devi
 
 def check_calibration_matches(cfg: RunConfig, calibration: dict) -> None:
     for key in CALIBRATION_KEYS:
-        ours = getattr(cfg, key)
-        if key == "device":  # the kind that runs: auto resolves, and cuda:1 has cuda:0's memory
-            ours = resolve_device(ours).split(":")[0]
-        theirs = calibration.get(key, ours)
-        if key == "device" and isinstance(theirs, str):
-            theirs = theirs.split(":")[0]
-        if theirs != ours:
+        # the device kind that runs: auto resolves, and cuda:1 has cuda:0's memory
+        ours = resolve_device(cfg.device) if key == "device" else getattr(cfg, key)
+        if key in calibration and _kind(key, calibration[key]) != _kind(key, ours):
             raise UserError(f"{cfg.memory_model}: calibrated with {key} = {calibration[key]!r}, this run has "
                             f"{getattr(cfg, key)!r} (recalibrate: zorba profile-memory)")
+
+
+def _kind(key: str, value: object) -> object:
+    return value.split(":")[0] if key == "device" and isinstance(value, str) else value
 
 
 def with_headroom(mem: MemoryModel, error: float) -> MemoryModel:

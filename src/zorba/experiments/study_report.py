@@ -1,6 +1,6 @@
 """The study's summary, computed from its committed result.json files only: a table (final dev
-accuracy with 95% intervals over seeds, rounds to the target, paired differences against zorba) and
-a plot of the mean dev-accuracy curves with 95% bands. `zorba study --summarize-only --out DIR` rewrites both."""
+accuracy with 95% intervals over seeds, per-example paired differences against `all` and against
+zorba, rounds to the target) and a plot of the mean dev-accuracy curves with 95% bands. `zorba study --summarize-only --out DIR` rewrites both."""
 
 from __future__ import annotations
 
@@ -81,12 +81,9 @@ def summarize(out: Path) -> dict:
             "rounds_to_target_per_seed": [rounds_to(r, a, target) if target is not None else None for r, a in cs],
             "seconds_mean": float(np.mean([r["seconds"] for r in cells[p]])),
         }
-    if "zorba" in finals:
-        for p, row in rows.items():
-            if p != "zorba" and len(finals[p]) == len(finals["zorba"]):
-                diff = finals["zorba"] - finals[p]
-                row["zorba_minus_this"] = {"mean": float(diff.mean()), "ci95": interval(diff)}
-    paired_against_reference(out, cells, rows)
+    for key, reference in (("paired_vs_reference", REFERENCE), ("paired_vs_zorba", "zorba")):
+        for p, paired in paired_against(out, cells, reference).items():
+            rows[p][key] = paired
     mark_grid_edges(rows, out / "study.json")
     summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows),
                "tuning_validation_accuracy": {p: {f"{lr:g}": v for lr, v in sorted(s.items())} for p, s in tuning.items()}}
@@ -97,24 +94,26 @@ def summarize(out: Path) -> dict:
     return summary
 
 
-def paired_against_reference(out: Path, cells: dict[str, list[dict]], rows: dict) -> None:
-    """Each planner against `all` on the seeds both have: McNemar's test pooled over seeds on the final
-    per-example dev predictions (significance.pooled_mcnemar). Needs the dev labels, read from the
-    task's dev.tsv where the run found its data; skipped (no key) when they cannot be found."""
-    if REFERENCE not in cells:
-        return
-    labels = dev_labels(cells[REFERENCE][0]["config"])
+def paired_against(out: Path, cells: dict[str, list[dict]], reference: str) -> dict[str, dict]:
+    """planner -> "planner - reference" on the seeds both have: McNemar's test pooled over seeds on the
+    final per-example dev predictions (significance.pooled_mcnemar). Needs the dev labels, read from
+    the task's dev.tsv where the run found its data; empty when they cannot be found."""
+    if reference not in cells:
+        return {}
+    labels = dev_labels(cells[reference][0]["config"])
     if labels is None:
-        return
+        return {}
     from zorba.experiments.significance import pooled_mcnemar
 
-    reference = {r["config"]["seed"]: _predictions(out, REFERENCE, r) for r in cells[REFERENCE]}
+    ref = {r["config"]["seed"]: _predictions(out, reference, r) for r in cells[reference]}
+    tests = {}
     for p, results in cells.items():
-        pairs = [(_predictions(out, p, r), reference[r["config"]["seed"]]) for r in results
-                 if p != REFERENCE and r["config"]["seed"] in reference]
+        pairs = [(_predictions(out, p, r), ref[r["config"]["seed"]]) for r in results
+                 if p != reference and r["config"]["seed"] in ref]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None and len(a) == len(b) == len(labels)]
         if pairs:
-            rows[p]["paired_vs_reference"] = pooled_mcnemar(pairs, labels)
+            tests[p] = pooled_mcnemar(pairs, labels)
+    return tests
 
 
 def _predictions(out: Path, planner: str, result: dict) -> list[int] | None:
@@ -167,6 +166,13 @@ def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}"
 
 
+def _paired(test: dict | None) -> str:
+    if not test:
+        return "-"
+    n = test["seeds"]
+    return f"{test['a_minus_b_points']:+.2f} (p = {test['p_value']:.2g}, {n} seed{'s' if n != 1 else ''})"
+
+
 def render(summary: dict) -> str:
     tuning = render_tuning(summary.get("tuning_validation_accuracy", {}))
     if not summary["planners"]:
@@ -175,22 +181,18 @@ def render(summary: dict) -> str:
     lines = [
         f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
         "",
-        "| planner | seeds | lr (chosen on validation) | final dev acc % (95% CI) | zorba - this, pts (95% CI) | this - all, "
-        "pts, per-example paired, seeds pooled (McNemar p) | rounds to target (mean curve) | per seed | wall s / run "
+        "| planner | seeds | lr (chosen on validation) | final dev acc % (95% CI) | this - all, pts (McNemar p) | "
+        "this - zorba, pts (McNemar p) | rounds to target (mean curve) | per seed | wall s / run "
         "(machine shared: not a speed comparison) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p, r in sorted(summary["planners"].items(), key=lambda kv: -kv[1]["final_mean"]):
-        d = r.get("zorba_minus_this")
-        diff = f"{100 * d['mean']:+.2f} ± {_pct(d['ci95'])}" if d else "-"
         per_seed = ", ".join("-" if x is None else f"{x:g}" for x in r["rounds_to_target_per_seed"])
         rt = r["rounds_to_target_mean_curve"]
         edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
-        pv = r.get("paired_vs_reference")
-        paired = (f"{pv['a_minus_b_points']:+.2f} (p = {pv['p_value']:.2g}, {pv['seeds']} seed"
-                  f"{'s' if pv['seeds'] != 1 else ''})" if pv else "-")
-        lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g}{edge} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {diff} | "
-                     f"{paired} | {'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
+        vs_all, vs_zorba = _paired(r.get("paired_vs_reference")), _paired(r.get("paired_vs_zorba"))
+        lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g}{edge} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {vs_all} | "
+                     f"{vs_zorba} | {'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
     if summary["planners"]:
         zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
         lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]

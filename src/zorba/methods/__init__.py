@@ -29,10 +29,8 @@ register("fedzo", FedZO)
 register("fedkseed", FedKSeed)
 register("fedkseed-pdss", FedKSeed, pdss=True)
 register("decomfl", DeComFL)
-register("zorba", Zorba, planner="zorba")
-register("zorba-all", Zorba, planner="all")
-register("zorba-random", Zorba, planner="random")
-register("zorba-round-robin", Zorba, planner="round-robin")
+register("zorba", Zorba)  # the run's planner: RunConfig's default unless the run sets one
+register("zorba-all", Zorba, planner="all")  # no block activation, budgets ignored: the ablation
 
 
 def method_class(name: str) -> tuple[type[Method], dict]:

@@ -1,14 +1,13 @@
-"""ZorBA and its ablations, wrapped (not reimplemented): zorba.federation.runner.Runner with planner "zorba"
-(optimised heterogeneous blocks), "all", "random" or "round-robin". Bytes are the real codec message
+"""ZorBA, wrapped (not reimplemented): zorba.federation.runner.Runner with the run's planner (by default
+RunConfig's) or the one the options name, e.g. "all" for the budget-blind ablation. Bytes are the real codec message
 lengths the runner counts; evaluation is the runner's (dev, and the validation split it holds out)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict
 
 from zorba.core.scoring import Evaluation
+from zorba.federation.config import Planner
 from zorba.federation.runner import Runner
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 
@@ -16,20 +15,7 @@ from zorba.methods.base import Method, RoundStats, Setup, Upload
 class ZorbaOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    planner: Literal["zorba", "all", "random", "round-robin"] = "zorba"
-
-
-def build_runner(setup: Setup, planner: str) -> tuple[Runner, str | None]:
-    """The runner with `planner`; if the optimised planner is not usable yet (not importable, or its
-    hook does not match the runner's call), round-robin stands in and the reason is returned."""
-    cfg = setup.cfg.model_copy(update={"planner": planner})
-    try:
-        return Runner(cfg, setup.inputs, setup.lm), None
-    except (ImportError, TypeError) as exc:
-        if planner != "zorba":
-            raise
-        fallback = setup.cfg.model_copy(update={"planner": "round-robin"})
-        return Runner(fallback, setup.inputs, setup.lm), f"planner 'zorba' unavailable ({type(exc).__name__}: {exc}); ran round-robin"
+    planner: Planner | None = None  # None: the run's (RunConfig's default unless the bench's [run] sets one)
 
 
 class Zorba(Method):
@@ -38,8 +24,9 @@ class Zorba(Method):
 
     def __init__(self, setup: Setup, options: ZorbaOptions) -> None:
         super().__init__(setup, options)
-        self.runner, self.fallback = build_runner(setup, options.planner)
-        self.cfg = self.runner.cfg
+        cfg = setup.cfg if options.planner is None else setup.cfg.model_copy(update={"planner": options.planner})
+        self.runner = Runner(cfg, setup.inputs, setup.lm)
+        self.cfg = cfg
 
     @property
     def frozen_precision(self) -> str:
@@ -59,8 +46,6 @@ class Zorba(Method):
         n = rec["clients"]
         per_client = 2 * self.cfg.q * self.cfg.local_steps
         extra = {"blocks": rec["blocks"]}
-        if self.fallback:
-            extra["fallback"] = self.fallback
         return RoundStats(
             rec["train_loss"], [round(rec["uplink_bytes_per_client"])] * n, [round(rec["downlink_bytes_per_client"])] * n,
             forward=per_client * n, backward=0, extra=extra, client_seconds=rec["client_seconds"],

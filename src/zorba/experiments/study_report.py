@@ -90,7 +90,7 @@ def summarize(out: Path) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(render(summary))
     if curves:
-        plot(curves, target, out / "convergence.png")
+        plot(curves, against_reference(cells, curves), target, out / "convergence.png")
     return summary
 
 
@@ -238,18 +238,38 @@ def mean_curve(cs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
     return xs, accs.mean(axis=0), half
 
 
+def against_reference(cells: dict[str, list[dict]], curves: dict) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """planner -> per seed shared with `all`: (round, its dev accuracy minus `all`'s on the same seed).
+    The seed (partition, batches) moves every planner alike, so the paired curve shows what the
+    planner changes with the seed's share of the spread taken out."""
+    if REFERENCE not in cells:
+        return {}
+    ref = {r["config"]["seed"]: c for r, c in zip(cells[REFERENCE], curves[REFERENCE], strict=True)}
+    paired: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for p, results in cells.items():
+        for r, (x, a) in zip(results, curves[p], strict=True):
+            if p != REFERENCE and r["config"]["seed"] in ref:
+                n = min(len(a), len(ref[r["config"]["seed"]][1]))
+                paired.setdefault(p, []).append((x[:n], a[:n] - ref[r["config"]["seed"]][1][:n]))
+    return paired
+
+
 def draw_curves(ax, curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], log: bool = False,
-                emphasis: str | None = None) -> None:
-    """Mean dev accuracy (%) per arm with its 95% band over seeds, drawn within 0-100% (with few seeds
-    a t-interval can pass the bounds; the tables keep it whole). On a log axis the points at x = 0
-    (zero-shot) are left out rather than moved: the caller marks zero-shot as a line."""
+                emphasis: str | None = None, clip: bool = True) -> None:
+    """Mean dev accuracy (%) per arm with its 95% band over seeds, drawn within 0-100% unless not `clip`
+    (with few seeds a t-interval can pass the bounds; the tables keep it whole). On a log axis the points
+    at x = 0 (zero-shot) are left out rather than moved: the caller marks zero-shot as a line."""
     for k, (name, cs) in enumerate(curves.items()):
+        if not cs:  # no line, but the next arm keeps its colour and marker
+            continue
         xs, mean, half = mean_curve(cs)
         keep = xs > 0 if log else np.ones(len(xs), bool)
         line, = ax.plot(xs[keep], 100 * mean[keep], marker=_MARKERS[k % len(_MARKERS)], ms=4, fillstyle="none",
                         ls=("-", "--")[(k // len(_MARKERS)) % 2], lw=2.2 if name == emphasis else 1.3,
                         label=f"{name} (n={len(cs)})")
-        low, high = np.clip(100 * (mean - half), 0, 100), np.clip(100 * (mean + half), 0, 100)
+        low, high = 100 * (mean - half), 100 * (mean + half)
+        if clip:
+            low, high = np.clip(low, 0, 100), np.clip(high, 0, 100)
         ax.fill_between(xs[keep], low[keep], high[keep], color=line.get_color(), alpha=0.12)
     if log:
         ax.set_xscale("log")
@@ -267,20 +287,30 @@ def include(summary: dict, out: Path, target_file: Path) -> None:
     write_between(target_file, "convergence-summary", body, f"zorba study --summarize-only --out {out}")
 
 
-def plot(curves: dict, target: float | None, path: Path) -> None:
+def plot(curves: dict, paired: dict, target: float | None, path: Path) -> None:
+    """Left: dev accuracy per round. Right: the same minus `all`'s on the same seed. Colours and
+    markers follow the sorted planner names in both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    draw_curves(ax, dict(sorted(curves.items())), emphasis="zorba")
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = sorted(curves)
+    draw_curves(ax, {p: curves[p] for p in names}, emphasis="zorba")
     if target is not None:
         ax.axhline(100 * target, color="grey", ls=":", lw=1, label=f"target: {REFERENCE}'s mean final")
-    ax.set_xlabel("round (round 0 = zero-shot)")
     ax.set_ylabel("dev accuracy (%)")
-    ax.set_title("Dev accuracy per round: mean over seeds, 95% bands")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: hides no line
+    ax.set_title("Dev accuracy: mean over seeds, 95% bands")
+    # the same colour and marker per planner as on the left; `all` is the zero line
+    zero = [(x, np.zeros_like(a)) for x, a in curves.get(REFERENCE, [])]
+    draw_curves(bx, {p: zero if p == REFERENCE else paired.get(p, []) for p in names}, emphasis="zorba", clip=False)
+    bx.set_ylabel(f"dev accuracy minus {REFERENCE}'s, same seed (points)")
+    bx.set_title(f"Paired with {REFERENCE} on the seeds both ran: mean, 95% bands")
+    for a in (ax, bx):
+        a.set_xlabel("round (round 0 = zero-shot)")
+    handles, labels = ax.get_legend_handles_labels()
     fig.tight_layout()
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))  # outside: hides no line
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)

@@ -39,8 +39,9 @@ def test_study_tunes_on_validation_runs_every_seed_and_resumes(tiny_models, data
     assert summary["target"] == pytest.approx(
         sum(json.loads((seed_dir(tmp_path, "all", s) / "result.json").read_text())["accuracy"]["final"]
             for s in (0, 1)) / 2)
-    assert summary["planners"]["all"]["paired_vs_zorba"]["a_minus_b_points"] == pytest.approx(
-        -summary["planners"]["zorba"]["paired_vs_reference"]["a_minus_b_points"])
+    assert summary["paired"]["all"]["zorba"]["a_minus_b_points"] == pytest.approx(
+        -summary["paired"]["zorba"]["all"]["a_minus_b_points"])
+    assert summary["paired"]["zorba"]["all"] == summary["planners"]["zorba"]["paired_vs_reference"]
     paired = summary["planners"]["zorba"]["paired_vs_reference"]  # zorba against all, seeds pooled
     assert paired["seeds"] == 2 and 0.0 <= paired["p_value"] <= 1.0
     finals = {p: [json.loads((seed_dir(tmp_path, p, s) / "result.json").read_text())["accuracy"]["final"]

@@ -81,11 +81,12 @@ def summarize(out: Path) -> dict:
             "rounds_to_target_per_seed": [rounds_to(r, a, target) if target is not None else None for r, a in cs],
             "seconds_mean": float(np.mean([r["seconds"] for r in cells[p]])),
         }
-    for key, reference in (("paired_vs_reference", REFERENCE), ("paired_vs_zorba", "zorba")):
-        for p, paired in paired_against(out, cells, reference).items():
-            rows[p][key] = paired
+    paired = {b: paired_against(out, cells, b) for b in cells}  # paired[b][a]: a - b
+    for p, test in paired.get(REFERENCE, {}).items():
+        rows[p]["paired_vs_reference"] = test
     mark_grid_edges(rows, out / "study.json")
     summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows),
+               "paired": {a: {b: paired[b][a] for b in paired if a in paired[b]} for a in cells},
                "tuning_validation_accuracy": {p: {f"{lr:g}": v for lr, v in sorted(s.items())} for p, s in tuning.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(render(summary))
@@ -181,21 +182,24 @@ def render(summary: dict) -> str:
     lines = [
         f"Target: mean final dev accuracy of `{summary['reference']}` = {_pct(target)}%.",
         "",
-        "| planner | seeds | lr (chosen on validation) | final dev acc % (95% CI) | this - all, pts (McNemar p) | "
-        "this - zorba, pts (McNemar p) | rounds to target (mean curve) | per seed | wall s / run "
+        "| planner | seeds | lr (chosen on validation) | final dev acc % (95% CI) | this - all, pts, per-example "
+        "paired, seeds pooled (McNemar p) | rounds to target (mean curve) | per seed | wall s / run "
         "(machine shared: not a speed comparison) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for p, r in sorted(summary["planners"].items(), key=lambda kv: -kv[1]["final_mean"]):
+    order = sorted(summary["planners"], key=lambda p: -summary["planners"][p]["final_mean"])
+    for p in order:
+        r = summary["planners"][p]
         per_seed = ", ".join("-" if x is None else f"{x:g}" for x in r["rounds_to_target_per_seed"])
         rt = r["rounds_to_target_mean_curve"]
         edge = " (grid edge)" if r.get("lr_at_grid_edge") else ""
-        vs_all, vs_zorba = _paired(r.get("paired_vs_reference")), _paired(r.get("paired_vs_zorba"))
+        vs_all = _paired(r.get("paired_vs_reference"))
         lines.append(f"| {p} | {len(r['seeds'])} | {r['lr']:g}{edge} | {_pct(r['final_mean'])} ± {_pct(r['final_ci95'])} | {vs_all} | "
-                     f"{vs_zorba} | {'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
+                     f"{'-' if rt is None else f'{rt:g}'} | {per_seed} | {r['seconds_mean']:.0f} |")
     if summary["planners"]:
         zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
         lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]
+    lines += render_pairs(summary.get("paired", {}), order)
     c = summary.get("claims") or {}
     if c:
         ratio = c["rounds_ratio_zorba_over_all"]
@@ -209,6 +213,21 @@ def render(summary: dict) -> str:
                       f"{p} {'yes' if v else 'no'}" for p, v in c["ahead_at_final_round"].items()) + "."
                    if c["ahead_at_final_round"] else "No budget-feasible baseline has run the same seeds yet.")]
     return "\n".join(lines + tuning) + "\n"
+
+
+def render_pairs(paired: dict[str, dict[str, dict]], order: list[str]) -> list[str]:
+    """Every two planners, per-example paired on the seeds both ran: row - column, points (McNemar p)."""
+    if not any(paired.values()):
+        return []
+    lines = ["", "Every two planners, per-example paired over the seeds both ran (pooled McNemar): row - column, "
+             "points (p, seeds).", "", "| | " + " | ".join(order) + " |", "|---" * (len(order) + 1) + "|"]
+    for a in order:
+        cells = []
+        for b in order:
+            t = paired.get(a, {}).get(b)
+            cells.append("" if a == b else "-" if t is None else f"{t['a_minus_b_points']:+.2f} ({t['p_value']:.2g}, {t['seeds']})")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_tuning(tuning: dict[str, dict[str, float]]) -> list[str]:

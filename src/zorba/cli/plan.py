@@ -1,5 +1,6 @@
-"""`zorba plan`: the block-activation plan the zorba planner would choose at round 0, as a client x
-block table with per-client memory and its objective; `--pareto` traces the epsilon-constraint front."""
+"""`zorba plan`: the block-activation plan a planner (the run's default unless --planner) gives at a
+round, as a client x block table with per-client memory; for the energy planner (`zorba`) also its
+objective, and `--pareto` traces its epsilon-constraint front."""
 
 from __future__ import annotations
 
@@ -44,31 +45,40 @@ def plan(
     clients: int = option("clients"),
     profiles: Path = option("profiles"),
     memory_model: Path = option("memory_model"),
+    planner: str = option("planner"),
+    round_idx: int = typer.Option(0, "--round", min=0, help="the round to plan (planners that rotate or redraw differ by round)"),
+    seed: int = option("seed"),
     memory_cap_mib: float = option("memory_cap_mib"),
-    pareto: bool = typer.Option(False, help="sweep epsilon (total memory) and write the front"),
+    pareto: bool = typer.Option(False, help="zorba planner: sweep epsilon (total memory) and write the front"),
     points: int = typer.Option(8, help="points on the Pareto front"),
     out: Path = typer.Option(Path("runs/plan"), help="folder for the Pareto table and plot"),
 ) -> None:
-    """Print the zorba planner's round-0 plan (block energies proportional to size until clients
-    report): client x block activation, per-client memory, and the objective Phi (docs/theory.md A4)."""
-    from zorba.planner.energy import NoFeasiblePlan
+    """Print the plan a planner gives at a round (for `zorba`: block energies proportional to size, as
+    before any client reports): client x block activation (a client with no row sits the round out),
+    per-client memory, and for `zorba` its objective Phi (docs/theory.md A4)."""
+    from zorba.planner.energy import EnergyPlanner, NoFeasiblePlan
 
-    cfg, lm, mem, profs, planner = _setup(model, clients, profiles, memory_model, memory_cap_mib=memory_cap_mib)
+    cfg, lm, mem, profs, chosen = _setup(model, clients, profiles, memory_model, memory_cap_mib=memory_cap_mib,
+                                         planner=planner, seed=seed)
+    if pareto and not isinstance(chosen, EnergyPlanner):
+        raise UserError(f"--pareto traces the zorba planner's epsilon-constraint front; planner {cfg.planner!r} has none")
     ids = list(range(cfg.clients))
     try:
-        given = planner.plan(0, ids)
+        given = chosen.plan(round_idx, ids)
     except NoFeasiblePlan as exc:
         raise UserError(str(exc)) from None
     A = np.zeros((cfg.clients, len(lm.blocks)))
     for c, blocks in given.items():
         A[c, list(blocks)] = 1.0
-    energy = planner.energy.estimate()
-    phi = sum(planner.rule.scale(b) * energy[list(b)].sum() for b in given.values())
-    typer.echo(f"plan: Phi = {phi:.4g} (energies proportional to block size), "
-               f"total memory {mem.client_memory(A).sum() / MIB:.1f} MiB")
+    head = f"plan of planner {cfg.planner!r}, round {round_idx}: total memory {mem.client_memory(A).sum() / MIB:.1f} MiB"
+    if isinstance(chosen, EnergyPlanner):
+        energy = chosen.energy.estimate()
+        phi = sum(chosen.rule.scale(b) * energy[list(b)].sum() for b in given.values())
+        head += f", Phi = {phi:.4g} (energies proportional to block size)"
+    typer.echo(head)
     typer.echo(_table(lm, profs, mem, A))
     if pareto:
-        _write_pareto(planner, ids, out, points)
+        _write_pareto(chosen, ids, out, points)
 
 
 def _write_pareto(planner, ids: list[int], out: Path, points: int) -> None:

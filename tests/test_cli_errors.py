@@ -82,6 +82,12 @@ def test_unknown_option_and_bad_type(zorba):
     assert_clean_error(zorba("run", "--rounds", "many"), "rounds")
 
 
+def test_a_memory_cap_for_a_planner_that_takes_none_is_refused(run):
+    """The cap is the zorba planner's epsilon constraint: any other planner would ignore it."""
+    assert_clean_error(run("--planner", "fill", "--memory-cap-mib", "900"), "memory_cap_mib", "fill")
+    assert_clean_error(run("--memory-cap-mib", "900", "--planner", "all"), "memory_cap_mib", "all")
+
+
 def test_existing_output_folder_is_not_overwritten(tmp_path, data_dir, run):
     out = tmp_path / "out"
     out.mkdir()

@@ -73,6 +73,13 @@ class RunConfig(BaseModel):
             raise ValueError("block_fractions must be non-empty values in (0, 1]")
         return self
 
+    @model_validator(mode="after")
+    def _check_memory_cap(self) -> RunConfig:
+        # the cap is the energy planner's epsilon constraint; another planner would ignore it silently
+        if self.memory_cap_mib is not None and self.planner != "zorba":
+            raise ValueError(f"memory_cap_mib is the zorba planner's cap; planner {self.planner!r} takes none")
+        return self
+
 
 def make_config(**values) -> RunConfig:
     """Build a RunConfig; any invalid value becomes one UserError line naming the field."""

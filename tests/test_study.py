@@ -106,3 +106,14 @@ def test_a_study_with_tuning_runs_only_summarizes_its_grid(tmp_path):
     assert text.startswith("No planner has a seed run yet.")
     assert "| all | 72.00 | 76.00 |" in text and "| fill | 55.00 | - |" in text
     assert not (tmp_path / "convergence.png").exists()
+
+
+def test_grid_edges_are_judged_on_the_values_tried():
+    from zorba.experiments.study_report import mark_grid_edges
+
+    rows = {"a": {"lr": 2e-4}, "b": {"lr": 1e-4}, "c": {"lr": 2e-4}}
+    tuning = {"a": {5e-5: 0.7, 1e-4: 0.71, 2e-4: 0.72}, "b": {5e-5: 0.7, 1e-4: 0.72, 2e-4: 0.71},
+              "c": {1e-4: 0.7, 2e-4: 0.72, 4e-4: 0.5}}
+    mark_grid_edges(rows, tuning)
+    assert [rows[p]["lr_at_grid_edge"] for p in "abc"] == [True, False, False]
+    assert rows["c"]["lr_grid"] == [1e-4, 2e-4, 4e-4]

@@ -84,7 +84,7 @@ def summarize(out: Path) -> dict:
     paired = {b: paired_against(out, cells, b) for b in cells}  # paired[b][a]: a - b
     for p, test in paired.get(REFERENCE, {}).items():
         rows[p]["paired_vs_reference"] = test
-    mark_grid_edges(rows, out / "study.json")
+    mark_grid_edges(rows, tuning)
     summary = {"target": target, "reference": REFERENCE, "planners": rows, "claims": claims(rows),
                "paired": {a: {b: paired[b][a] for b in paired if a in paired[b]} for a in cells},
                "tuning_validation_accuracy": {p: {f"{lr:g}": v for lr, v in sorted(s.items())} for p, s in tuning.items()}}
@@ -134,14 +134,13 @@ def dev_labels(cfg: dict) -> list[int] | None:
         return None
 
 
-def mark_grid_edges(rows: dict, study_file: Path) -> None:
-    """Each planner's lr grid (from the study's record) and whether the chosen lr is its largest or
-    smallest value: there the grid, not the method, may have set the step."""
-    if not study_file.is_file():
-        return
-    study = json.loads(study_file.read_text())
+def mark_grid_edges(rows: dict, tuning: dict[str, dict[float, float]]) -> None:
+    """Each planner's lr grid as far as its tuning runs went, and whether the chosen lr is its largest
+    or smallest value: there the grid, not the method, may have set the step. The values tried, not
+    the ones declared: a value added to a grid but not yet run does not make the choice look
+    interior."""
     for p, row in rows.items():
-        grid = sorted(study.get("lr_grids", {}).get(p, study["lr_grid"]))
+        grid = sorted(tuning.get(p, {}))
         row["lr_grid"] = grid
         row["lr_at_grid_edge"] = len(grid) > 1 and row["lr"] in (grid[0], grid[-1])
 

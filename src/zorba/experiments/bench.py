@@ -72,8 +72,8 @@ class Row(BaseModel):
 
 def budget_blind(entry: MethodEntry) -> bool:
     """Whether the method's client holds the same state every round (so one measured peak says
-    whether it fits a budget): every baseline, and zorba with every block active. The zorba planner
-    plans into the budgets itself; random and round-robin change their block sets every round."""
+    whether it fits a budget): every baseline, and zorba with every block active. zorba's default
+    planner (`fill`) and the other budget-feasible ones plan into the budgets themselves."""
     from zorba.methods import method_class
 
     cls, defaults = method_class(entry.name)
@@ -166,7 +166,7 @@ def load_bench_config(path: str | Path) -> BenchConfig:
         parse_options(cls, {**defaults, **entry.options})
         if entry.equal_memory and not budget_blind(entry):
             raise UserError(f"{path}: {entry.display}: equal_memory needs a client that holds the same blocks every "
-                            "round (a baseline, or zorba with planner 'all'); the zorba planner fits budgets itself")
+                            "round (a baseline, or zorba with planner 'all'); zorba's own planner fits the budgets itself")
         for task in bench.tasks:
             for lr in entry.lr_grid:
                 bench.run_config(Row(entry=entry), task, lr)

@@ -1,6 +1,7 @@
 """The study's summary, computed from its committed result.json files only: a table (final dev
-accuracy with 95% intervals over seeds, per-example paired differences against `all` and against
-zorba, rounds to the target) and a plot of the mean dev-accuracy curves with 95% bands. `zorba study --summarize-only --out DIR` rewrites both."""
+accuracy with 95% intervals over seeds, per-example paired differences between every two planners,
+rounds to the target) and a plot of the mean dev-accuracy curves with 95% bands, raw and paired with
+`all`. `zorba study --summarize-only --out DIR` rewrites both."""
 
 from __future__ import annotations
 

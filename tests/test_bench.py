@@ -180,7 +180,7 @@ def test_bad_configs_are_one_line_user_errors(tmp_path):
         (good.replace('"decomfl"', '"fedkseed"') + "options = { k_seeds = 0 }\n", "k_seeds"),
         (good.replace("validation_size = 8", "validation_size = 0"), "validation_size must be > 0"),
         (good.replace("validation_size = 8", "validation_size = 8\nlr = 1e-3"), "'lr' is set by the bench"),
-        (good + 'equal_memory = true\n[[method]]\nname = "zorba"\nlr_grid = [1e-4]\nequal_memory = true\n', "zorba planner"),
+        (good + 'equal_memory = true\n[[method]]\nname = "zorba"\nlr_grid = [1e-4]\nequal_memory = true\n', "own planner fits the budgets"),
         (good.replace("seeds = [0]", "seeds = [0]\nreference = \"zorba\""), "reference 'zorba' is not a method label"),
         (good.replace("seeds = [0]", "seeds = [1]"), "tune_seed must be one of seeds"),
         (good.replace("validation_size = 8", "validation_size = 8\nclients = -1"), "clients"),

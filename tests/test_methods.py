@@ -194,3 +194,12 @@ def test_scalar_message_roundtrip_and_size():
     assert len(data) == SCALAR_HEADER + 8 and decode_scalars(data) == (3, 7, (0.5, -1.25))
     with pytest.raises(ValueError):
         decode_scalars(data[:-1])
+
+
+def test_zorba_options_planner_meets_the_run_configs_rules(opt_env):
+    """The options' planner goes through RunConfig's validation: a memory cap is the zorba planner's alone."""
+    from zorba.errors import UserError
+
+    assert build("zorba", opt_env, {"planner": "fill"}).cfg.planner == "fill"
+    with pytest.raises(UserError, match="memory_cap_mib"):
+        build("zorba", opt_env, {"planner": "fill"}, planner="zorba", memory_cap_mib=500.0)

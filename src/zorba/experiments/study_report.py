@@ -82,7 +82,8 @@ def summarize(out: Path) -> dict:
             "rounds_to_target_per_seed": [rounds_to(r, a, target) if target is not None else None for r, a in cs],
             "seconds_mean": float(np.mean([r["seconds"] for r in cells[p]])),
         }
-    paired = {b: paired_against(out, cells, b) for b in cells}  # paired[b][a]: a - b
+    predictions = load_predictions(out, cells)
+    paired = {b: paired_against(predictions, b) for b in cells}  # paired[b][a]: a - b
     for p, test in paired.get(REFERENCE, {}).items():
         rows[p]["paired_vs_reference"] = test
     mark_grid_edges(rows, tuning)
@@ -96,31 +97,38 @@ def summarize(out: Path) -> dict:
     return summary
 
 
-def paired_against(out: Path, cells: dict[str, list[dict]], reference: str) -> dict[str, dict]:
-    """planner -> "planner - reference" on the seeds both have: McNemar's test pooled over seeds on the
-    final per-example dev predictions (significance.pooled_mcnemar). Needs the dev labels, read from
-    the task's dev.tsv where the run found its data; empty when they cannot be found."""
-    if reference not in cells:
-        return {}
-    labels = dev_labels(cells[reference][0]["config"])
+def load_predictions(out: Path, cells: dict[str, list[dict]]) -> tuple[list[int], dict[str, dict[int, list[int]]]] | None:
+    """The dev labels and every run's final per-example dev predictions (planner -> seed -> predictions),
+    read once; None when the labels cannot be found (the task's dev.tsv where the runs found their data)."""
+    first = next((results[0] for results in cells.values() if results), None)
+    labels = dev_labels(first["config"]) if first else None
     if labels is None:
+        return None
+    runs = {}
+    for planner, results in cells.items():
+        for r in results:
+            path = out / planner / f"seed{r['config']['seed']}" / "predictions.json"
+            preds = json.loads(path.read_text()).get("dev_predictions") if path.is_file() else None
+            if preds is not None and len(preds) == len(labels):
+                runs.setdefault(planner, {})[r["config"]["seed"]] = preds
+    return labels, runs
+
+
+def paired_against(predictions: tuple[list[int], dict] | None, reference: str) -> dict[str, dict]:
+    """planner -> "planner - reference" on the seeds both have: McNemar's test pooled over seeds on the
+    final per-example dev predictions (significance.pooled_mcnemar); empty without labels."""
+    if predictions is None:
         return {}
     from zorba.experiments.significance import pooled_mcnemar
 
-    ref = {r["config"]["seed"]: _predictions(out, reference, r) for r in cells[reference]}
+    labels, runs = predictions
+    ref = runs.get(reference, {})
     tests = {}
-    for p, results in cells.items():
-        pairs = [(_predictions(out, p, r), ref[r["config"]["seed"]]) for r in results
-                 if p != reference and r["config"]["seed"] in ref]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None and len(a) == len(b) == len(labels)]
+    for p, by_seed in runs.items():
+        pairs = [(preds, ref[seed]) for seed, preds in sorted(by_seed.items()) if p != reference and seed in ref]
         if pairs:
             tests[p] = pooled_mcnemar(pairs, labels)
     return tests
-
-
-def _predictions(out: Path, planner: str, result: dict) -> list[int] | None:
-    path = out / planner / f"seed{result['config']['seed']}" / "predictions.json"
-    return json.loads(path.read_text()).get("dev_predictions") if path.is_file() else None
 
 
 def dev_labels(cfg: dict) -> list[int] | None:

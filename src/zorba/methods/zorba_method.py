@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from zorba.core.scoring import Evaluation
-from zorba.federation.config import Planner
+from zorba.federation.config import Planner, make_config
 from zorba.federation.runner import Runner
 from zorba.methods.base import Method, RoundStats, Setup, Upload
 
@@ -24,7 +24,8 @@ class Zorba(Method):
 
     def __init__(self, setup: Setup, options: ZorbaOptions) -> None:
         super().__init__(setup, options)
-        cfg = setup.cfg if options.planner is None else setup.cfg.model_copy(update={"planner": options.planner})
+        # through make_config, so an options planner meets every RunConfig rule (e.g. the memory cap's)
+        cfg = setup.cfg if options.planner is None else make_config(**{**setup.cfg.model_dump(), "planner": options.planner})
         self.runner = Runner(cfg, setup.inputs, setup.lm)
         self.cfg = cfg
 

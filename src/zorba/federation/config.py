@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zorba.errors import UserError
 
-# zorba: the energy planner (planner/energy.py); fill (the default), feasible-random,
-# feasible-round-robin, fedra: budget-feasible baselines; all-if-fits: every block for the clients
+# zorba: the energy planner (planner/energy.py); feasible-round-robin (the default), fill,
+# feasible-random, fedra: budget-feasible baselines; all-if-fits: every block for the clients
 # that hold them all, the rest sit out; all, random, round-robin: budget-blind ablations (planner/plans.py)
 PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "all", "random",
             "round-robin")
@@ -33,7 +33,7 @@ class RunConfig(BaseModel):
     participation: float = Field(1.0, gt=0.0, le=1.0)
     rounds: int = Field(30, ge=1, le=1_000_000)
     local_steps: int = Field(5, ge=1, le=10_000)
-    lr: float = Field(2e-4, gt=0.0, le=1.0)  # the default planner's lr, chosen on validation (docs/convergence/)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)  # the default planner's lr, chosen on validation (docs/convergence/)
     # step rule (planner/steprule.py): a client perturbing d_n of the model's D weights steps with
     # lr * (D / d_n)^lr_exponent; 0 = one lr for every plan
     lr_exponent: float = Field(0.5, ge=0.0, le=2.0)
@@ -43,8 +43,8 @@ class RunConfig(BaseModel):
     max_len: int = Field(64, ge=8, le=4096)
     alpha: float = Field(0.5, gt=0.0, le=1e6)
     dist: Literal["rademacher", "gaussian"] = "rademacher"
-    # the simplest planner no other budget-feasible one beat in the study (docs/results.md, "Convergence")
-    planner: Planner = "fill"
+    # the budget-feasible planner that beat `fill` per example in the study (docs/results.md, "Convergence")
+    planner: Planner = "feasible-round-robin"
     memory_cap_mib: float | None = Field(None, gt=0.0)  # zorba planner: cap on the clients' total memory (eps)
     block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (memory/profiles.py)
     profiles: str | None = None  # TOML file of client memory budgets and speeds

@@ -117,3 +117,23 @@ def test_grid_edges_are_judged_on_the_values_tried():
     mark_grid_edges(rows, tuning)
     assert [rows[p]["lr_at_grid_edge"] for p in "abc"] == [True, False, False]
     assert rows["c"]["lr_grid"] == [1e-4, 2e-4, 4e-4]
+
+
+def test_the_claims_are_answered_for_the_papers_planner_and_the_default_one():
+    from zorba.experiments.study_report import claims, default_planner
+
+    default = default_planner()
+    assert default != "zorba"
+
+    def row(final, reached, seeds=(0, 1, 2)):
+        return {"seeds": list(seeds), "final_mean": final, "zero_shot": 0.70, "rounds_to_target_mean_curve": reached}
+
+    rows = {"all": row(0.72, 20), "zorba": row(0.71, None), default: row(0.73, 10), "fill": row(0.715, 30),
+            "fedra": row(0.69, None, seeds=(0,))}
+    c = claims(rows)
+    assert c["zorba"]["rounds_ratio_over_all"] is None and not c["zorba"]["faster_by_0.7x"]
+    assert c["zorba"]["ahead_at_final_round"] == {default: False, "fill": False}  # fedra ran other seeds
+    assert c[default]["rounds_ratio_over_all"] == 0.5 and c[default]["faster_by_0.7x"]
+    assert c[default]["ahead_of_every_other_feasible_planner"]
+    rows["all"]["final_mean"] = 0.69  # all ends below zero-shot: there is no progress to time
+    assert claims(rows)[default]["rounds_ratio_over_all"] is None

@@ -15,7 +15,7 @@ from zorba.flower.simulation import run_flower_simulation
 def cfg(tiny_models, data_dir):
     # participation < 1: clients sit out rounds and must catch up on what they missed
     return make_config(model=str(tiny_models["opt"]), clients=3, rounds=3, local_steps=2, train_size=60,
-                       planner="round-robin", data_dir=str(data_dir), batch_size=8, max_len=32, lr=3e-3,
+                       planner="feasible-round-robin", data_dir=str(data_dir), batch_size=8, max_len=32, lr=3e-3,
                        participation=0.67, measure_memory=False, eval_every=100)
 
 

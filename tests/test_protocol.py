@@ -15,7 +15,7 @@ from zorba.wire.protocol import ClientUpdate, Hyper, LogEntry, Report, RoundPlan
 @pytest.fixture(scope="module")
 def small_run(tiny_models, data_dir):
     cfg = make_config(model=str(tiny_models["bert"]), clients=2, rounds=3, local_steps=2, train_size=200,
-                      planner="round-robin", block_fractions=(0.3,), data_dir=str(data_dir), lr=1e-3,
+                      planner="feasible-round-robin", block_fractions=(0.3,), data_dir=str(data_dir), lr=1e-3,
                       measure_memory=False, max_len=32)
     runner = Runner(cfg, check_inputs(cfg))
     base = {n: p.detach().clone() for n, p in runner.state.lm.model.named_parameters()}

@@ -189,7 +189,7 @@ def test_federated_rounds_equal_torch_path(tiny_models, data_dir):
     from zorba.federation.runner import Runner, check_inputs
 
     cfg = make_config(model=str(tiny_models["bert"]), clients=2, rounds=2, local_steps=3, train_size=120,
-                      planner="round-robin", block_fractions=(0.5,), data_dir=str(data_dir), lr=1e-3,
+                      planner="feasible-round-robin", block_fractions=(0.5,), data_dir=str(data_dir), lr=1e-3,
                       measure_memory=False, max_len=32)
 
     def run():

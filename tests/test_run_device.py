@@ -46,7 +46,7 @@ def test_cli_cuda_without_a_gpu_fails_before_writing(zorba, tmp_path, data_dir):
 
 def _tiny_run(tiny_models, data_dir, **extra):
     cfg = make_config(model=str(tiny_models["bert"]), clients=3, rounds=2, local_steps=2, train_size=48,
-                      planner="round-robin", data_dir=str(data_dir), lr=1e-3, batch_size=8, max_len=24,
+                      planner="feasible-round-robin", data_dir=str(data_dir), lr=1e-3, batch_size=8, max_len=24,
                       measure_memory=False, eval_every=2, **extra)
     return Runner(cfg, check_inputs(cfg)).run()
 

@@ -8,7 +8,7 @@ import pytest
 from zorba.core.replica import replay_ops
 from zorba.federation.robust import RobustPolicy
 from zorba.federation.server import Server
-from zorba.planner.plans import AllBlocks, RoundRobin
+from zorba.planner.plans import AllBlocks, FeasibleRoundRobin
 from zorba.planner.steprule import StepRule
 from zorba.wire import codec
 from zorba.wire.logio import entry_from_dict, entry_to_dict
@@ -60,7 +60,7 @@ def test_entries_round_trip_through_codec_and_json_and_v1_entries_decode():
 
 def _server(rule: StepRule) -> Server:
     # the plain mean: these tests follow the step factors, not what robust aggregation does to scalars
-    return Server(RoundRobin(3, [1, 1, 3]), Hyper(1e-3, 1e-3, 1, 1), seed=5, step_rule=rule,
+    return Server(FeasibleRoundRobin([1, 1, 3], [1, 1, 1]), Hyper(1e-3, 1e-3, 1, 1), seed=5, step_rule=rule,
                   robust=RobustPolicy(aggregate="mean"))
 
 

@@ -30,8 +30,8 @@ _SHARED = (  # name, type, default, help
     ("batch_size", int, None, "mini-batch size [16]"),
     ("max_len", int, None, "max tokens per example [64]"),
     ("alpha", float, None, "Dirichlet label-skew concentration [0.5]"),
-    ("planner", str, None, "zorba | fill | feasible-random | feasible-round-robin | fedra | all-if-fits | all | "
-     "random | round-robin (docs/theory.md)"),
+    ("planner", str, None, "feasible-round-robin | fill | feasible-random | fedra | zorba | all-if-fits | all "
+     "(docs/theory.md)"),
     ("memory_cap_mib", float, None, "zorba planner: cap on the clients' total memory, MiB (epsilon) [none]"),
     ("dist", str, None, "perturbation distribution: rademacher | gaussian"),
     ("participation", float, None, "fraction of clients per round [1.0]"),

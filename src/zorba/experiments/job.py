@@ -62,7 +62,7 @@ def _train_and_publish(runner: Runner, out: Path, base_digest: str, reliability:
 
 def _budget_warning(runner: Runner) -> Callable[[dict], str]:
     """A warning for the first round whose plans the memory model puts above a client's budget
-    (budget-blind ablations can; budget-feasible planners cannot), then silence: result.json lists them all."""
+    (planner `all` can; budget-feasible planners cannot), then silence: result.json lists them all."""
     warned = []
 
     def check(rec: dict) -> str:

@@ -174,7 +174,7 @@ def claims_of(rows: dict, planner: str) -> dict:
     z, a = rows[planner]["rounds_to_target_mean_curve"], rows[REFERENCE]["rounds_to_target_mean_curve"]
     trained = rows[REFERENCE]["final_mean"] > rows[REFERENCE]["zero_shot"]  # else there is no progress to time
     ratio = z / a if trained and z is not None and a else None
-    feasible = [p for p in rows if p not in (planner, REFERENCE, "random", "round-robin")
+    feasible = [p for p in rows if p not in (planner, REFERENCE)
                 and rows[p]["seeds"] == rows[planner]["seeds"]]
     ahead = {p: rows[planner]["final_mean"] > rows[p]["final_mean"] for p in feasible}
     return {"target_above_zero_shot": trained, "rounds_ratio_over_all": ratio, "faster_by_0.7x": ratio is not None and ratio <= 0.7,

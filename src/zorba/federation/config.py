@@ -13,11 +13,9 @@ from zorba.errors import UserError
 
 # zorba: the energy planner (planner/energy.py); feasible-round-robin (the default), fill,
 # feasible-random, fedra: budget-feasible baselines; all-if-fits: every block for the clients
-# that hold them all, the rest sit out; all, random, round-robin: budget-blind ablations (planner/plans.py)
-PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "all", "random",
-            "round-robin")
-Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "all", "random",
-                  "round-robin"]
+# that hold them all, the rest sit out; all: every block, budgets ignored (planner/plans.py)
+PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "all")
+Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "all"]
 _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 

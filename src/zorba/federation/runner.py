@@ -47,8 +47,6 @@ from zorba.planner.plans import (
     FeasibleRoundRobin,
     FedRA,
     FillBudget,
-    RandomBlocks,
-    RoundRobin,
 )
 from zorba.planner.steprule import StepRule
 from zorba.wire import codec
@@ -161,8 +159,6 @@ def client_profiles(cfg: RunConfig, mem: MemoryModel) -> list[ClientProfile]:
 
 def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile], mem: MemoryModel) -> BlockPlanner:
     """The planner cfg.planner names (config.PLANNERS)."""
-    L = len(lm.blocks)
-    counts = blocks_within_budget(profiles, mem)
     spare = budgets(profiles) - mem.fixed(len(profiles))
     if cfg.planner == "zorba":
         cap = cfg.memory_cap_mib * MIB if cfg.memory_cap_mib else None
@@ -183,11 +179,7 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
             return AllIfFits(spare, mem.delta)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    if cfg.planner == "all":
-        return AllBlocks(L)
-    if cfg.planner == "random":
-        return RandomBlocks(L, counts, cfg.seed)
-    return RoundRobin(L, counts)  # "round-robin": the last name the config's Literal admits
+    return AllBlocks(len(lm.blocks))  # "all": the last name the config's Literal admits
 
 
 def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:

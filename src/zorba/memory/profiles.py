@@ -94,9 +94,8 @@ def budgets(profiles: Sequence[ClientProfile]) -> np.ndarray:
 
 
 def blocks_within_budget(profiles: Sequence[ClientProfile], mem: MemoryModel) -> list[int]:
-    """Per client, how many blocks of average size its budget holds (at least one): the block count
-    that the budget-blind planners (random, round-robin) give it. They may still exceed a budget when
-    they happen to pick large blocks; the optimised planner never does (that is part of its value)."""
+    """Per client, how many blocks of average size its budget holds (at least one; result.json's
+    `client_block_counts`); a budget below the smallest block's cost is refused here, before any run."""
     spare = budgets(profiles) - mem.fixed(len(profiles))
     counts = np.floor(spare / mem.delta.mean()).astype(int).clip(1, mem.n_blocks)
     for n, s in enumerate(spare):
@@ -132,7 +131,7 @@ def budget_report(
 
 def over_budget(profiles: Sequence[ClientProfile], mem: MemoryModel, planned: Mapping[int, Sequence[int]]) -> list[int]:
     """Clients whose planned block set the memory model predicts above their budget (both in the
-    model's units): what a budget-blind ablation planner (--planner all, random) can produce."""
+    model's units): what the budget-blind planner `all` can produce."""
     if not planned:
         return []
     ids = sorted(planned)

@@ -36,37 +36,6 @@ class AllBlocks(BlockPlanner):
         return {c: tuple(range(self.num_blocks)) for c in clients}
 
 
-class RandomBlocks(BlockPlanner):
-    """Client n activates k_n blocks drawn uniformly at random each round."""
-
-    name = "random"
-
-    def __init__(self, num_blocks: int, counts: Sequence[int], seed: int = 0) -> None:
-        self.num_blocks, self.counts, self.seed = num_blocks, list(counts), seed
-
-    def plan(self, round_idx: int, clients: Sequence[int]) -> dict[int, tuple[int, ...]]:
-        out = {}
-        for c in clients:
-            rng = np.random.default_rng(derive_key(self.seed, round_idx, c))
-            chosen = rng.choice(self.num_blocks, size=min(self.counts[c], self.num_blocks), replace=False)
-            out[c] = tuple(sorted(int(b) for b in chosen))
-        return out
-
-
-class RoundRobin(BlockPlanner):
-    """Client n activates k_n consecutive blocks (cyclically) starting at (n + round) mod L, so every
-    block is covered within L rounds even by the smallest devices."""
-
-    name = "round-robin"
-
-    def __init__(self, num_blocks: int, counts: Sequence[int]) -> None:
-        self.num_blocks, self.counts = num_blocks, list(counts)
-
-    def plan(self, round_idx: int, clients: Sequence[int]) -> dict[int, tuple[int, ...]]:
-        L = self.num_blocks
-        return {c: tuple(sorted({(c + round_idx + i) % L for i in range(min(self.counts[c], L))})) for c in clients}
-
-
 class BudgetFeasible(BlockPlanner):
     """Base of the planners that give a client only blocks its memory budget holds: each client walks
     an order of the blocks and takes every block that still fits (memory is affine in the blocks:

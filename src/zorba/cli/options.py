@@ -30,8 +30,8 @@ _SHARED = (  # name, type, default, help
     ("batch_size", int, None, "mini-batch size [16]"),
     ("max_len", int, None, "max tokens per example [64]"),
     ("alpha", float, None, "Dirichlet label-skew concentration [0.5]"),
-    ("planner", str, None, "feasible-round-robin | fill | feasible-random | fedra | zorba | all-if-fits | all "
-     "(docs/theory.md)"),
+    ("planner", str, None, "feasible-round-robin | fill | feasible-random | fedra | zorba | all-if-fits | head | "
+     "all (docs/theory.md)"),
     ("memory_cap_mib", float, None, "zorba planner: cap on the clients' total memory, MiB (epsilon) [none]"),
     ("dist", str, None, "perturbation distribution: rademacher | gaussian"),
     ("participation", float, None, "fraction of clients per round [1.0]"),
@@ -48,6 +48,9 @@ _SHARED = (  # name, type, default, help
      "[four default device classes]"),
     ("memory_model", Path, None, "calibration JSON from `zorba profile-memory`: budgets and predictions in "
      "measured bytes [first principles: tensors only]"),
+    ("label_head", bool, False, "add a zero-initialised label head, a block of its own (docs/theory.md)"),
+    ("head_pool", int, None, "examples whose features a client training the label head alone computes once "
+     "a round [160]"),
     ("measure_memory", bool, True, "measure each client's peak memory in a fresh process"),
     ("overwrite", bool, False, "replace an existing output folder"),
 )

@@ -15,13 +15,12 @@ from zorba.memory.profiles import MIB
 
 
 def _setup(model: str, clients: int, profiles: Path | None, memory_model: Path | None, **options):
-    from zorba.core.models import load_model
     from zorba.federation.config import make_config
-    from zorba.federation.runner import client_memory_model, client_profiles, make_planner
+    from zorba.federation.runner import client_memory_model, client_profiles, load_run_model, make_planner
 
     cfg = make_config(model=model, clients=clients, profiles=str(profiles) if profiles else None,
                       memory_model=str(memory_model) if memory_model else None, **options)
-    lm = load_model(cfg.model)
+    lm = load_run_model(cfg)
     mem = client_memory_model(cfg, lm)
     profs = client_profiles(cfg, mem)
     return cfg, lm, mem, profs, make_planner(cfg, lm, profs, mem)
@@ -46,6 +45,7 @@ def plan(
     profiles: Path = option("profiles"),
     memory_model: Path = option("memory_model"),
     planner: str = option("planner"),
+    label_head: bool = option("label_head"),
     round_idx: int = typer.Option(0, "--round", min=0, help="the round to plan (planners that rotate or redraw differ by round)"),
     seed: int = option("seed"),
     memory_cap_mib: float = option("memory_cap_mib"),
@@ -59,7 +59,7 @@ def plan(
     from zorba.planner.energy import EnergyPlanner, NoFeasiblePlan
 
     cfg, lm, mem, profs, chosen = _setup(model, clients, profiles, memory_model, memory_cap_mib=memory_cap_mib,
-                                         planner=planner, seed=seed)
+                                         planner=planner, seed=seed, label_head=label_head)
     if pareto and not isinstance(chosen, EnergyPlanner):
         raise UserError(f"--pareto traces the zorba planner's epsilon-constraint front; planner {cfg.planner!r} has none")
     ids = list(range(cfg.clients))

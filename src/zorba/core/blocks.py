@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 _EMBED_MARKERS = ("embed", "wte", "wpe", "word_embeddings", "position")
+LABEL_HEAD_MODULE = "zorba_label_head"  # label_head.py attaches it; always a block of its own, the last
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,12 @@ def _layer_index(param_name: str, prefix: str) -> int | None:
 def split_into_blocks(model: nn.Module) -> list[Block]:
     """Blocks in forward order; tied parameters appear once (named_parameters de-duplicates)."""
     prefix = find_layer_list(model)
-    embeddings, head, layers = [], [], {}
+    embeddings, head, layers, label_head = [], [], {}, []
     for name, param in model.named_parameters():
         idx = _layer_index(name, prefix)
-        if idx is not None:
+        if name.startswith(LABEL_HEAD_MODULE + "."):
+            label_head.append((name, param))
+        elif idx is not None:
             layers.setdefault(idx, []).append((name, param))
         elif any(marker in name for marker in _EMBED_MARKERS):
             embeddings.append((name, param))
@@ -57,7 +60,7 @@ def split_into_blocks(model: nn.Module) -> list[Block]:
             head.append((name, param))
     groups = [("embeddings", embeddings)]
     groups += [(f"layer.{i}", layers[i]) for i in sorted(layers)]
-    groups += [("head", head)]
+    groups += [("head", head), ("label_head", label_head)]
     return [
         Block(name, tuple(n for n, _ in params), sum(p.numel() for _, p in params))
         for name, params in groups

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zorba.core.label_head import label_head_of
 from zorba.core.models import LoadedModel
 from zorba.core.tasks import Example, Task
 
@@ -65,11 +66,28 @@ class Scorer:
 
     @torch.inference_mode()
     def logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
-        if self.lm.kind == "causal":
-            return self._causal_logits(seqs)
-        return self._encoder_logits(seqs)
+        return self.class_logits(self.features(seqs))
 
-    def _causal_logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+    @torch.inference_mode()
+    def features(self, seqs: Sequence[Sequence[int]]) -> Features:
+        """Everything the class logits need from the model's body: with the label head's offset the
+        only weight still to apply, a client that trains the head alone computes these once a round."""
+        if self.lm.kind == "causal":
+            return self._causal_features(seqs)
+        return self._encoder_features(seqs)
+
+    @torch.inference_mode()
+    def class_logits(self, feats: Features) -> torch.Tensor:
+        """Logits from features: the zero-shot scorer, plus the label head's offsets when the model has one."""
+        head = label_head_of(self.lm.model)
+        if self.lm.kind == "causal":
+            if head is None:
+                return feats.base
+            return feats.base + feats.rows @ head.offset.to(feats.rows.dtype).T
+        classes = feats.classes if head is None else F.normalize(feats.classes + head.offset.float(), dim=-1)
+        return COSINE_SCALE * feats.rows @ classes.T
+
+    def _causal_features(self, seqs: Sequence[Sequence[int]]) -> Features:
         # use_cache=False: scoring never generates, and the key/value cache a causal LM returns by
         # default would hold two activations per layer to the end of the forward (OPT-125m, batch
         # 16 x 64: 72 MiB, docs/memory.md).
@@ -77,25 +95,34 @@ class Scorer:
         last = mask.sum(dim=1) - 1
         rows = torch.arange(len(seqs), device=last.device)
         model = self.lm.model
+        hidden = None
         if model.config.model_type in _PLAIN_HEAD:
             # Only the verbaliser position needs vocabulary logits: the head on one hidden state per
             # example instead of every position (OPT-125m, batch 16 x 64: 206 MB of logits, most of a
             # CPU forward's time, docs/performance.md).
             hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[rows, last]
             final = model.get_output_embeddings()(hidden)
+        elif label_head_of(model) is not None:
+            out = model(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+            final, hidden = out.logits[rows, last], out.hidden_states[-1][rows, last]
         else:
             final = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[rows, last]
-        return F.log_softmax(final.float(), dim=-1)[:, self.label_ids]
+        base = F.log_softmax(final.float(), dim=-1)[:, self.label_ids]
+        return Features(hidden.float() if hidden is not None else None, None, base)
 
-    def _encoder_logits(self, seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+    def _encoder_features(self, seqs: Sequence[Sequence[int]]) -> Features:
         # Label sentences go through the same (perturbed) model in the same batch: both ends move.
         n_labels = len(self.label_seqs)
         ids, mask = self._pad(list(seqs) + self.label_seqs)
         hidden = self.lm.model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)
-        texts, labels = pooled[:-n_labels], pooled[-n_labels:]
-        return COSINE_SCALE * texts @ labels.T
+        return Features(pooled[:-n_labels], pooled[-n_labels:], None)
+
+    def cached_loss(self, feats: Features, rows: Sequence[int], labels: Sequence[int]) -> float:
+        """`loss` on precomputed features (the label head's weights are read now, the body's were then)."""
+        target = torch.as_tensor(list(labels), dtype=torch.long, device=feats.rows.device)
+        return float(F.cross_entropy(self.class_logits(feats.select(rows)), target))
 
     def loss(self, seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
         """Mean cross-entropy over the class logits (the label words' log-likelihoods, renormalised)."""
@@ -116,6 +143,30 @@ class Scorer:
         n = max(len(seqs), 1)
         correct = sum(int(p == y) for p, y in zip(preds, labels, strict=True))
         return Evaluation(correct / n, total / n, preds)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per example: `rows` (pooled text for an encoder, the verbaliser position's hidden state for a
+    causal LM) and `base` (a causal LM's label log-likelihoods); `classes`: an encoder's label vectors."""
+
+    rows: torch.Tensor | None
+    classes: torch.Tensor | None
+    base: torch.Tensor | None
+
+    def select(self, idx: Sequence[int]) -> Features:
+        pick = torch.as_tensor(list(idx), dtype=torch.long)
+        return Features(
+            self.rows[pick] if self.rows is not None else None, self.classes,
+            self.base[pick] if self.base is not None else None,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Features]) -> Features:
+        def cat(xs):
+            return torch.cat(xs) if xs[0] is not None else None
+
+        return Features(cat([p.rows for p in parts]), parts[0].classes, cat([p.base for p in parts]))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from zorba.core.models import load_model, state_digest
+from zorba.core.models import state_digest
 from zorba.experiments.significance import mcnemar
 from zorba.federation.config import RunConfig, resolve_device
 from zorba.federation.memprobe import memory_section
@@ -17,7 +17,7 @@ from zorba.federation.outdir import build_dir_beside, check_out_dir, replace_dir
 from zorba.federation.reliability import Reliability
 from zorba.federation.results import versions, write_outputs
 from zorba.federation.resume import DurableRun, publish_beside_state
-from zorba.federation.runner import Runner, RunState, check_inputs
+from zorba.federation.runner import Runner, RunState, check_inputs, load_run_model
 from zorba.memory.profiles import over_budget
 
 
@@ -33,7 +33,7 @@ def run_job(
     if not resume:
         check_out_dir(out, overwrite)
     inputs = check_inputs(cfg)
-    lm = load_model(cfg.model)
+    lm = load_run_model(cfg)
     base_digest = state_digest(lm.model)
     runner = Runner(cfg, inputs, lm, reliability)
     replacing = not resume and out.exists() and any(out.iterdir())

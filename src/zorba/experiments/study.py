@@ -55,10 +55,11 @@ class StudyConfig(BaseModel):
     tune_seed: int = 0
     jobs: int = Field(2, ge=1, le=64)  # cells run at once, one CPU thread each
     run: dict = {}  # shared `zorba run` options (validation_size > 0 required)
+    overrides: dict[str, dict] = {}  # a planner's own `zorba run` options on top of `run`
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
-        unknown = [p for p in self.planners if p not in PLANNERS]
+        unknown = [p for p in [*self.planners, *self.overrides] if p not in PLANNERS]
         if unknown:
             raise ValueError(f"unknown planners {unknown}; known: {list(PLANNERS)}")
         if not self.run.get("validation_size"):
@@ -71,12 +72,17 @@ class StudyConfig(BaseModel):
         return self.lr_grids.get(planner, self.lr_grid)
 
     def arms(self) -> list[Arm]:
-        return [Arm(p, tuple(self.grid(p)), {**self.run, "planner": p, "measure_memory": False}, run_planner_cell)
-                for p in self.planners]
+        return [Arm(p, tuple(self.grid(p)), self.values(p), run_planner_cell) for p in self.planners]
+
+    def values(self, planner: str) -> dict:
+        """The run options of a planner's cells (without lr and seed)."""
+        return {**self.run, **self.overrides.get(planner, {}), "planner": planner, "measure_memory": False}
 
     def compatible(self, before: dict) -> bool:
         """Whether a folder's finished cells (recorded options `before`) may be reused by this study."""
-        return before["run"] == self.model_dump(mode="json")["run"] and before["tune_seed"] == self.tune_seed
+        now = self.model_dump(mode="json")
+        return (before["run"] == now["run"] and before.get("overrides", {}) == now["overrides"]
+                and before["tune_seed"] == self.tune_seed)
 
 
 def load_study_config(path: Path) -> StudyConfig:
@@ -84,7 +90,7 @@ def load_study_config(path: Path) -> StudyConfig:
     try:
         cfg = StudyConfig(**data)
         for p in cfg.planners:  # every cell's run config must be valid before anything runs
-            make_config(**{**cfg.run, "planner": p, "lr": cfg.grid(p)[0], "seed": cfg.tune_seed})
+            make_config(**{**cfg.values(p), "lr": cfg.grid(p)[0], "seed": cfg.tune_seed})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UserError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -101,12 +107,12 @@ def seed_dir(out: Path, arm: str, seed: int) -> Path:
 
 def run_planner_cell(arm: Arm, lr: float, seed: int) -> tuple[dict, dict]:
     """One `zorba run` of the arm's planner: its result.json and final dev predictions."""
-    from zorba.core.models import load_model, state_digest
+    from zorba.core.models import state_digest
     from zorba.experiments.job import build_result
-    from zorba.federation.runner import Runner, check_inputs
+    from zorba.federation.runner import Runner, check_inputs, load_run_model
 
     cfg = make_config(**{**arm.values, "lr": lr, "seed": seed})
-    lm = load_model(cfg.model)
+    lm = load_run_model(cfg)
     base = state_digest(lm.model)
     state = Runner(cfg, check_inputs(cfg), lm).run()
     return build_result(cfg, state, base), {"dev_predictions": state.dev_predictions}

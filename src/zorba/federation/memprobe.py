@@ -51,6 +51,7 @@ class MemoryProbe:
     precision: str = "bf16"  # frozen blocks' dtype on the client (zorba.memory.precision)
     mode: str = "zo"
     load: str = "stream"  # zo: "stream" the checkpoint into the client's format (memory/streamload.py) or "full"
+    label_head: bool = False  # the model carries a label head (core/label_head.py)
 
 
 def load_probe_model(spec: str):
@@ -170,11 +171,18 @@ def _load(p: MemoryProbe):
     if p.load not in ("stream", "full"):
         raise ValueError(f"unknown probe load {p.load!r}")
     if p.mode == "zo" and p.load == "stream" and not p.model.startswith("random:"):
+        from zorba.core.tasks import get_task
         from zorba.memory.streamload import load_client_replica
 
-        replica = load_client_replica(p.model, p.precision, p.device)
+        replica = load_client_replica(p.model, p.precision, p.device,
+                                      label_head=get_task(p.task).num_labels if p.label_head else 0)
         return replica.lm, replica
     lm = load_probe_model(p.model)
+    if p.label_head:
+        from zorba.core.label_head import attach_label_head
+        from zorba.core.tasks import get_task
+
+        attach_label_head(lm, get_task(p.task).num_labels)
     lm.model.to(p.device)
     return lm, _prepare(p, lm)
 
@@ -278,7 +286,7 @@ def _peaks_of_sets(cfg, largest: dict[int, tuple[int, ...]]) -> tuple[list[int],
     cache: dict[tuple[int, ...], dict] = {}
     for planned in set(largest.values()):
         probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir,
-                            precision=cfg.precision)
+                            precision=cfg.precision, label_head=cfg.label_head)
         cache[planned] = measure(probe)
     peaks = [cache[largest[c]]["process_peak_rss_bytes"] if c in largest else 0 for c in range(cfg.clients)]
     return peaks, max((m["runtime_rss_bytes"] for m in cache.values()), default=None)

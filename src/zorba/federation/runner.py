@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from zorba.core.data import check_partition, dirichlet_partition
+from zorba.core.label_head import attach_label_head
 from zorba.core.models import LoadedModel, load_model
 from zorba.core.replica import Replica
 from zorba.core.scoring import Scorer
@@ -47,6 +48,7 @@ from zorba.planner.plans import (
     FeasibleRoundRobin,
     FedRA,
     FillBudget,
+    LabelHeadOnly,
 )
 from zorba.planner.steprule import StepRule
 from zorba.wire import codec
@@ -117,11 +119,21 @@ def client_memory_model(cfg: RunConfig, lm: LoadedModel) -> MemoryModel:
                 raise ValueError(f"max_abs_error {error} is not in [0, 1)")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"{cfg.memory_model}: not a memory-model JSON ({type(exc).__name__}: {exc})") from None
+        mem = with_label_head(mem, lm, calibration)
         if mem.n_blocks != len(lm.blocks):
             raise UserError(f"{cfg.memory_model}: {mem.n_blocks} blocks, model {cfg.model} has {len(lm.blocks)}")
         check_calibration_matches(cfg, calibration)
         return with_headroom(mem, error)
     return MemoryModel.from_block_sizes([b.numel for b in lm.blocks], frozen_bytes=frozen_bytes(cfg.precision))
+
+
+def with_label_head(mem: MemoryModel, lm: LoadedModel, calibration: dict) -> MemoryModel:
+    """A calibration of the model without its label head, extended by the head's block at the
+    calibration's own bytes per active weight (768 weights of MiniLM: 2 KiB)."""
+    if not (lm.blocks and lm.blocks[-1].name == "label_head" and mem.n_blocks == len(lm.blocks) - 1):
+        return mem
+    head = lm.blocks[-1].numel * float(calibration.get("bytes_per_active_param", 4.0))
+    return MemoryModel(mem.base, np.append(mem.delta, head), mem.activation)
 
 
 # What a calibration (`zorba profile-memory`) measured under; a run that differs in any of them would
@@ -179,7 +191,15 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
             return AllIfFits(spare, mem.delta)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+    if cfg.planner == "head":
+        return LabelHeadOnly(len(lm.blocks) - 1)  # the config requires label_head: the last block
     return AllBlocks(len(lm.blocks))  # "all": the last name the config's Literal admits
+
+
+def load_run_model(cfg: RunConfig, lm: LoadedModel | None = None) -> LoadedModel:
+    """The model a run trains: `cfg.model` (or `lm`), with a zero label head when cfg.label_head."""
+    lm = lm or load_model(cfg.model)
+    return attach_label_head(lm, get_task(cfg.task).num_labels) if cfg.label_head else lm
 
 
 def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:
@@ -209,7 +229,7 @@ class Runner:
     ) -> None:
         self.cfg, self.inputs = cfg, inputs
         self.reliability = reliability or Reliability()
-        lm = lm or load_model(cfg.model)
+        lm = load_run_model(cfg, lm)
         task = get_task(cfg.task)
         torch_device = resolve_device(cfg.device)
         device_lm = copy.deepcopy(lm)
@@ -271,7 +291,8 @@ class Runner:
         for cid, plan in plans.items():
             wire_plan = codec.encode_plan(plan)
             client_started = time.perf_counter()
-            report = run_round(codec.decode_plan(wire_plan), s.clients[cid], s.device, self.train_scorer, self.train)
+            report = run_round(codec.decode_plan(wire_plan), s.clients[cid], s.device, self.train_scorer, self.train,
+                               self.cfg.head_pool)
             wire_report = codec.encode_report(report)
             up, down = up + len(wire_report), down + len(wire_plan)
             seconds = time.perf_counter() - client_started

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from zorba.core.blocks import LABEL_HEAD_MODULE
+from zorba.core.label_head import attach_label_head
 from zorba.core.models import load_model, state_digest
 from zorba.core.replica import Replica
 from zorba.errors import UserError
@@ -95,12 +97,15 @@ def _replay_and_compare(model_id: str, base_digest: str, log: list, weights: Pat
     from safetensors.torch import load_file
 
     lm = load_model(model_id)
+    saved = load_file(str(weights))
+    head = saved.get(f"{LABEL_HEAD_MODULE}.offset")
+    if head is not None:  # the run trained a label head: its base is zeros of the saved shape
+        attach_label_head(lm, head.shape[0])
     if state_digest(lm.model) != base_digest:
         return False, f"base model {model_id!r} differs from the one this run started from"
     replica = Replica(lm)
     for entry in log:
         replica.apply(entry)
-    saved = load_file(str(weights))
     params = dict(lm.model.named_parameters())
     for name, tensor in saved.items():
         if name in params and not torch.equal(params[name].detach(), tensor):

@@ -94,7 +94,8 @@ def train(msg: Message, context: Context) -> Message:
     try:
         dev.sync_device(device, log)
         inject(parse_faults(str(context.state[SETUP_RECORD]["faults"])), cid, plan.round)
-        report = run_round(plan, ClientState(cid, device.parts[cid]), device.replica, device.scorer, device.data)
+        report = run_round(plan, ClientState(cid, device.parts[cid]), device.replica, device.scorer, device.data,
+                           device.cfg.head_pool)
     except BaseException:
         dev.forget_device()  # a failure mid-step may leave perturbed weights behind
         raise

@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from zorba.core.models import LoadedModel, load_model, state_digest
+from zorba.core.models import LoadedModel, state_digest
 from zorba.core.replica import Replica
 from zorba.core.scoring import Scorer
 from zorba.core.tasks import get_task
@@ -26,6 +26,7 @@ from zorba.federation.runner import (
     check_inputs,
     client_memory_model,
     client_profiles,
+    load_run_model,
     make_planner,
     make_step_rule,
     participants,
@@ -60,7 +61,7 @@ class FlowerRun:
 def build_run(cfg: RunConfig, opts: FlowerOptions) -> FlowerRun:
     """The same Server the in-process runner builds: planner, hyper-parameters, seed, replica."""
     check_inputs(cfg)
-    lm = load_model(cfg.model)
+    lm = load_run_model(cfg)
     mem = client_memory_model(cfg, lm)
     profiles = client_profiles(cfg, mem)
     hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)

@@ -71,7 +71,7 @@ def forget_device() -> None:
 
 def _load_device(key: str, cfg: RunConfig) -> Device:
     inputs = check_inputs(cfg)
-    replica = load_client_replica(cfg.model, cfg.precision)  # never the whole fp32 model in memory
+    replica = client_replica(cfg)  # never the whole fp32 model in memory
     lm = replica.lm
     scorer = Scorer(lm, get_task(cfg.task), cfg.max_len)
     data = TokenizedData(scorer.encode(inputs.train), [e.label for e in inputs.train])
@@ -117,8 +117,13 @@ def sync_device(device: Device, log: list[bytes]) -> None:
     device.replica.sync(todo, first_index=device.replica.cursor)
 
 
+def client_replica(cfg: RunConfig) -> Replica:
+    """The client's replica of the run's model, label head included when the run has one."""
+    return load_client_replica(cfg.model, cfg.precision, label_head=get_task(cfg.task).num_labels if cfg.label_head else 0)
+
+
 def _reload_weights(device: Device) -> None:
     """Back to the base weights: a fresh model, replica and scorer (same as the runner's clients)."""
-    device.replica = load_client_replica(device.cfg.model, device.cfg.precision)
+    device.replica = client_replica(device.cfg)
     device.lm = device.replica.lm
     device.scorer = Scorer(device.lm, get_task(device.cfg.task), device.cfg.max_len)

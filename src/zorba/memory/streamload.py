@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zorba.core.blocks import LABEL_HEAD_MODULE
+from zorba.core.label_head import LabelHead, attach_label_head, class_width
 from zorba.core.models import LoadedModel, load_config_and_tokenizer, load_model, loaded, model_kind
 from zorba.core.replica import Replica
 from zorba.memory.precision import (
@@ -53,10 +55,11 @@ class _NotCovered(Exception):
 
 
 def load_client_replica(name_or_path: str, precision: str = "bf16", device: str | torch.device = "cpu",
-                        store: str = "auto") -> Replica:
+                        store: str = "auto", label_head: int = 0) -> Replica:
     """The replica a client trains on, as `make_client_replica(load_model(name_or_path), precision)`
     gives it, read from a safetensors checkpoint without holding the fp32 model; other checkpoints
-    take that full load (see the module docstring)."""
+    take that full load (see the module docstring). `label_head` > 0: with a zero label head of that
+    many classes (core/label_head.py), which the checkpoint does not hold."""
     frozen_dtype(precision)  # a bad precision is the user's error before anything is read
     device = torch.device(device)
     source, config, tokenizer = load_config_and_tokenizer(name_or_path)
@@ -67,8 +70,12 @@ def load_client_replica(name_or_path: str, precision: str = "bf16", device: str 
     except _NotCovered as why:
         log.info("%s: full load (%s)", name_or_path, why)
         lm = load_model(name_or_path)
+        if label_head:
+            attach_label_head(lm, label_head)
         lm.model.to(device)
         return make_client_replica(lm, precision, store)
+    if label_head:
+        model.add_module(LABEL_HEAD_MODULE, LabelHead(label_head, class_width(model, model_kind(config))))
     _move_buffers(model, device)
     _materialize(model, device, _working_dtypes(model, precision))
     lm = loaded(model, tokenizer, model_kind(config), name_or_path)
@@ -88,7 +95,10 @@ def _streamed_store(lm: LoadedModel, plan: dict[str, str], files: dict[str, Path
     store = MasterStore([[params[n].shape for n in block.param_names] for block in lm.blocks], device, kind)
     for b, block in enumerate(lm.blocks):
         for i, name in enumerate(block.param_names):
-            _stream_tensor(store, b, i, files[plan[name]], plan[name])
+            if name in plan:
+                _stream_tensor(store, b, i, files[plan[name]], plan[name])
+            else:  # the label head starts at zero
+                store.write(b, i, 0, torch.zeros(math.prod(params[name].shape)))
     return store
 
 
@@ -152,6 +162,8 @@ def _checkpoint_plan(model: nn.Module, files: dict[str, Path]) -> dict[str, str]
         aliases.setdefault(id(p), []).append(name)
     plan = {}
     for name, p in model.named_parameters():
+        if name.startswith(LABEL_HEAD_MODULE + "."):
+            continue  # zeros, not read (_streamed_store)
         present = [a for a in aliases[id(p)] if a in files]
         if len(present) != 1:
             raise _NotCovered(f"{name}: {len(present)} checkpoint tensors")

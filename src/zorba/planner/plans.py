@@ -36,6 +36,20 @@ class AllBlocks(BlockPlanner):
         return {c: tuple(range(self.num_blocks)) for c in clients}
 
 
+class LabelHeadOnly(BlockPlanner):
+    """Every client perturbs the label head alone (core/label_head.py): the fewest weights, the
+    least memory, and a frozen body, so each client computes its features once a round and takes
+    many cheap steps on them (federation/client.py)."""
+
+    name = "head"
+
+    def __init__(self, head_block: int) -> None:
+        self.head_block = head_block
+
+    def plan(self, round_idx: int, clients: Sequence[int]) -> dict[int, tuple[int, ...]]:
+        return {c: (self.head_block,) for c in clients}
+
+
 class BudgetFeasible(BlockPlanner):
     """Base of the planners that give a client only blocks its memory budget holds: each client walks
     an order of the blocks and takes every block that still fits (memory is affine in the blocks:

@@ -1,6 +1,6 @@
 """The label head: zero at start (the zero-shot scorer), its own last block, the same loss from cached
 features as from a forward, trained alone by the `head` planner with a bit-exact replay on either engine, and streamed into a
-client's replica like the checkpoint's weights."""
+client's replica like the checkpoint's weights, and exported with the model for the next run."""
 
 import json
 
@@ -79,6 +79,13 @@ def test_a_head_run_moves_only_the_head_and_replays_bit_exactly(tiny_models, tmp
     assert all(torch.equal(saved[n], p) for n, p in base.named_parameters())
     check = zorba("verify", str(out))
     assert check.returncode == 0 and "bit-identical" in check.stdout, check.stdout + check.stderr
+    # the exported model carries its head into the next run, on either load path
+    from zorba.federation.runner import load_run_model
+
+    again = load_run_model(make_config(model=str(out / "model"), data_dir=str(DATA)))
+    assert torch.equal(label_head_of(again.model).offset, saved["zorba_label_head.offset"])
+    assert again.blocks[-1].name == "label_head"
+    assert_same_replica(make_client_replica(again, "bf16"), load_client_replica(str(out / "model"), "bf16", label_head=2))
 
 
 def test_flower_trains_the_head_bit_for_bit_as_the_runner(tiny_models, tmp_path):

@@ -12,11 +12,17 @@ label head", derives it; docs/results.md measures it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from zorba.core.blocks import LABEL_HEAD_MODULE, split_into_blocks
-from zorba.core.models import LoadedModel
+from zorba.core.models import LoadedModel, resolve_source
+from zorba.errors import UserError
+
+OFFSET_KEY = f"{LABEL_HEAD_MODULE}.offset"
 
 
 class LabelHead(nn.Module):
@@ -34,12 +40,31 @@ def class_width(model: nn.Module, kind: str) -> int:
 
 
 def attach_label_head(lm: LoadedModel, num_labels: int) -> LoadedModel:
-    """Give the model a zero label head (idempotent) and re-split its blocks: the head is the last one."""
+    """Give the model a label head (idempotent) and re-split its blocks: the head is the last one. It
+    starts at zero, or where a model zorba exported left it (`saved_offset`)."""
     if getattr(lm.model, LABEL_HEAD_MODULE, None) is None:
-        device = next(lm.model.parameters()).device
-        lm.model.add_module(LABEL_HEAD_MODULE, LabelHead(num_labels, class_width(lm.model, lm.kind)).to(device))
+        head = LabelHead(num_labels, class_width(lm.model, lm.kind))
+        saved = saved_offset(lm.source)
+        if saved is not None:
+            if saved.shape != head.offset.shape:
+                raise UserError(f"model {lm.source!r}: its label head is {tuple(saved.shape)}, this task needs "
+                                f"{tuple(head.offset.shape)}")
+            head.offset.data.copy_(saved)
+        lm.model.add_module(LABEL_HEAD_MODULE, head.to(next(lm.model.parameters()).device))
     lm.blocks = split_into_blocks(lm.model)
     return lm
+
+
+def saved_offset(source: str) -> torch.Tensor | None:
+    """The label head a model folder exported by zorba holds (from_pretrained drops it as unexpected)."""
+    folder = Path(resolve_source(source))
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            if OFFSET_KEY in f.keys():
+                return f.get_tensor(OFFSET_KEY).float()
+    return None
 
 
 def label_head_of(model: nn.Module) -> LabelHead | None:

@@ -283,10 +283,12 @@ def _peaks_of_sets(cfg, largest: dict[int, tuple[int, ...]]) -> tuple[list[int],
     """(per-client peak, 0 where never planned; the runtime: the largest RSS a probe had before it
     loaded the model, i.e. Python, torch and the model library). A client's peak is its process's,
     from start: loading the checkpoint included, as a device would have to hold it."""
+    from zorba.federation.runner import has_label_head
+
     cache: dict[tuple[int, ...], dict] = {}
     for planned in set(largest.values()):
         probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir,
-                            precision=cfg.precision, label_head=cfg.label_head)
+                            precision=cfg.precision, label_head=has_label_head(cfg))
         cache[planned] = measure(probe)
     peaks = [cache[largest[c]]["process_peak_rss_bytes"] if c in largest else 0 for c in range(cfg.clients)]
     return peaks, max((m["runtime_rss_bytes"] for m in cache.values()), default=None)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from zorba.core.data import check_partition, dirichlet_partition
-from zorba.core.label_head import attach_label_head
+from zorba.core.label_head import attach_label_head, saved_offset
 from zorba.core.models import LoadedModel, load_model
 from zorba.core.replica import Replica
 from zorba.core.scoring import Scorer
@@ -197,9 +197,14 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
 
 
 def load_run_model(cfg: RunConfig, lm: LoadedModel | None = None) -> LoadedModel:
-    """The model a run trains: `cfg.model` (or `lm`), with a zero label head when cfg.label_head."""
+    """The model a run trains: `cfg.model` (or `lm`), with a label head when cfg.label_head or when the
+    model is one zorba exported with a trained head (core/label_head.py)."""
     lm = lm or load_model(cfg.model)
-    return attach_label_head(lm, get_task(cfg.task).num_labels) if cfg.label_head else lm
+    return attach_label_head(lm, get_task(cfg.task).num_labels) if has_label_head(cfg) else lm
+
+
+def has_label_head(cfg: RunConfig) -> bool:
+    return cfg.label_head or saved_offset(cfg.model) is not None
 
 
 def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:

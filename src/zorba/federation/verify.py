@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from zorba.core.blocks import LABEL_HEAD_MODULE
-from zorba.core.label_head import attach_label_head
+from zorba.core.label_head import OFFSET_KEY, attach_label_head
 from zorba.core.models import load_model, state_digest
 from zorba.core.replica import Replica
 from zorba.errors import UserError
@@ -98,7 +97,7 @@ def _replay_and_compare(model_id: str, base_digest: str, log: list, weights: Pat
 
     lm = load_model(model_id)
     saved = load_file(str(weights))
-    head = saved.get(f"{LABEL_HEAD_MODULE}.offset")
+    head = saved.get(OFFSET_KEY)
     if head is not None:  # the run trained a label head: its base is zeros of the saved shape
         attach_label_head(lm, head.shape[0])
     if state_digest(lm.model) != base_digest:

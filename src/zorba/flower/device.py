@@ -23,7 +23,7 @@ from zorba.core.scoring import Scorer
 from zorba.core.tasks import get_task
 from zorba.federation.client import TokenizedData
 from zorba.federation.config import RunConfig
-from zorba.federation.runner import check_inputs
+from zorba.federation.runner import check_inputs, has_label_head
 from zorba.flower.wire import WireError
 from zorba.memory.streamload import load_client_replica
 from zorba.wire import codec
@@ -119,7 +119,8 @@ def sync_device(device: Device, log: list[bytes]) -> None:
 
 def client_replica(cfg: RunConfig) -> Replica:
     """The client's replica of the run's model, label head included when the run has one."""
-    return load_client_replica(cfg.model, cfg.precision, label_head=get_task(cfg.task).num_labels if cfg.label_head else 0)
+    return load_client_replica(cfg.model, cfg.precision,
+                               label_head=get_task(cfg.task).num_labels if has_label_head(cfg) else 0)
 
 
 def _reload_weights(device: Device) -> None:

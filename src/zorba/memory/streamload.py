@@ -58,14 +58,16 @@ def load_client_replica(name_or_path: str, precision: str = "bf16", device: str 
                         store: str = "auto", label_head: int = 0) -> Replica:
     """The replica a client trains on, as `make_client_replica(load_model(name_or_path), precision)`
     gives it, read from a safetensors checkpoint without holding the fp32 model; other checkpoints
-    take that full load (see the module docstring). `label_head` > 0: with a zero label head of that
-    many classes (core/label_head.py), which the checkpoint does not hold."""
+    take that full load (see the module docstring). `label_head` > 0: with a label head of that many
+    classes (core/label_head.py): zero, or the one a checkpoint zorba exported holds."""
     frozen_dtype(precision)  # a bad precision is the user's error before anything is read
     device = torch.device(device)
     source, config, tokenizer = load_config_and_tokenizer(name_or_path)
     try:
         files = checkpoint_files(source)
         model = _empty_model(config)
+        if label_head:  # before the plan: a checkpoint zorba exported holds a trained head to read
+            model.add_module(LABEL_HEAD_MODULE, LabelHead(label_head, class_width(model, model_kind(config))))
         plan = _checkpoint_plan(model, files)
     except _NotCovered as why:
         log.info("%s: full load (%s)", name_or_path, why)
@@ -74,8 +76,6 @@ def load_client_replica(name_or_path: str, precision: str = "bf16", device: str 
             attach_label_head(lm, label_head)
         lm.model.to(device)
         return make_client_replica(lm, precision, store)
-    if label_head:
-        model.add_module(LABEL_HEAD_MODULE, LabelHead(label_head, class_width(model, model_kind(config))))
     _move_buffers(model, device)
     _materialize(model, device, _working_dtypes(model, precision))
     lm = loaded(model, tokenizer, model_kind(config), name_or_path)
@@ -162,7 +162,7 @@ def _checkpoint_plan(model: nn.Module, files: dict[str, Path]) -> dict[str, str]
         aliases.setdefault(id(p), []).append(name)
     plan = {}
     for name, p in model.named_parameters():
-        if name.startswith(LABEL_HEAD_MODULE + "."):
+        if name.startswith(LABEL_HEAD_MODULE + ".") and name not in files:
             continue  # zeros, not read (_streamed_store)
         present = [a for a in aliases[id(p)] if a in files]
         if len(present) != 1:

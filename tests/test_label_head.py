@@ -65,7 +65,7 @@ def test_the_head_planner_needs_the_head():
 def test_a_head_run_moves_only_the_head_and_replays_bit_exactly(tiny_models, tmp_path, zorba):
     out = tmp_path / "run"
     res = zorba("run", "--model", str(tiny_models["bert"]), "--data-dir", str(DATA), "--clients", "3",
-                "--rounds", "2", "--local-steps", "6", "--batch-size", "4", "--max-len", "24",
+                "--rounds", "2", "--local-steps", "2", "--head-steps", "6", "--batch-size", "4", "--max-len", "24",
                 "--train-size", "60", "--eval-every", "2", "--planner", "head", "--label-head",
                 "--head-pool", "10", "--lr", "1e-3", "--precision", "fp32", "--no-measure-memory", "--out", str(out))
     assert res.returncode == 0, res.stderr

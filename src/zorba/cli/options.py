@@ -51,6 +51,7 @@ _SHARED = (  # name, type, default, help
     ("label_head", bool, False, "add a zero-initialised label head, a block of its own (docs/theory.md)"),
     ("head_pool", int, None, "examples whose features a client training the label head alone computes once "
      "a round [160]"),
+    ("head_steps", int, None, "local steps of a client that trains the label head alone [local_steps]"),
     ("measure_memory", bool, True, "measure each client's peak memory in a fresh process"),
     ("overwrite", bool, False, "replace an existing output folder"),
 )

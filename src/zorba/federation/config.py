@@ -61,6 +61,8 @@ class RunConfig(BaseModel):
     # examples whose features a client training the label head alone computes once a round; its
     # local steps draw their batches from them (federation/client.py)
     head_pool: int = Field(160, ge=1, le=1_000_000)
+    # local steps of a client that trains the label head alone (its steps are nearly free); None: local_steps
+    head_steps: int | None = Field(None, ge=1, le=100_000)
     device: str = "cpu"  # where clients train: cpu, cuda, cuda:N, or auto (cuda if available)
 
     @field_validator("device")

@@ -203,6 +203,13 @@ def load_run_model(cfg: RunConfig, lm: LoadedModel | None = None) -> LoadedModel
     return attach_label_head(lm, get_task(cfg.task).num_labels) if has_label_head(cfg) else lm
 
 
+def head_steps(cfg: RunConfig, lm: LoadedModel) -> tuple[int, int] | None:
+    """Server's `head`: (label-head block, cfg.head_steps) when the model has a head and the option is set."""
+    if cfg.head_steps is None or not lm.blocks or lm.blocks[-1].name != "label_head":
+        return None
+    return len(lm.blocks) - 1, cfg.head_steps
+
+
 def has_label_head(cfg: RunConfig) -> bool:
     return cfg.label_head or saved_offset(cfg.model) is not None
 
@@ -253,7 +260,8 @@ class Runner:
         hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
         planner = make_planner(cfg, lm, profiles, mem)
         server = Server(planner, hyper, cfg.seed, Replica(lm), example_weights(parts),
-                        robust=self.reliability.robust_policy(), step_rule=make_step_rule(cfg, lm))
+                        robust=self.reliability.robust_policy(), step_rule=make_step_rule(cfg, lm),
+                        head=head_steps(cfg, lm))
         clients = [ClientState(c, parts[c]) for c in range(cfg.clients)]
         replica = make_client_replica(device_lm, cfg.precision)
         self.state = RunState(cfg, lm, server, replica, clients, block_counts=counts, torch_device=torch_device,

@@ -41,9 +41,13 @@ class Server:
         store: EntrySink | None = None,
         robust: RobustPolicy | None = None,
         step_rule: StepRule | None = None,
+        head: tuple[int, int] | None = None,
     ) -> None:
         self.planner, self.hyper, self.seed = planner, hyper, seed
         self.step_rule = step_rule  # None: every client steps with hyper.lr
+        # (label-head block, local steps of a client that trains it alone: its steps read cached
+        # features, federation/client.py); None: every client takes hyper.local_steps
+        self.head = head
         self.replica = replica
         self.weights = dict(weights or {})
         self.store = store  # durable log; None = in memory only
@@ -74,6 +78,8 @@ class Server:
         for c in clients:
             catch_up = tuple(self.log[self.cursors.get(c, 0) :])
             hyper = replace(self.hyper, lr=self.hyper.lr * self._scales[c]) if self._scales[c] != 1.0 else self.hyper
+            if self.head is not None and tuple(blocks[c]) == (self.head[0],):
+                hyper = replace(hyper, local_steps=self.head[1])
             self._plans[c] = RoundPlan(t, c, tuple(blocks[c]), rseed, hyper, catch_up)
             self.cursors[c] = len(self.log)
         return dict(self._plans)

@@ -26,6 +26,7 @@ from zorba.federation.runner import (
     check_inputs,
     client_memory_model,
     client_profiles,
+    head_steps,
     load_run_model,
     make_planner,
     make_step_rule,
@@ -66,7 +67,7 @@ def build_run(cfg: RunConfig, opts: FlowerOptions) -> FlowerRun:
     profiles = client_profiles(cfg, mem)
     hyper = Hyper(cfg.lr, cfg.mu, cfg.q, cfg.local_steps, cfg.batch_size, cfg.dist)
     server = Server(make_planner(cfg, lm, profiles, mem), hyper, cfg.seed, Replica(lm),
-                    step_rule=make_step_rule(cfg, lm))
+                    step_rule=make_step_rule(cfg, lm), head=head_steps(cfg, lm))
     return FlowerRun(cfg, opts, lm, server, state_digest(lm.model), blocks_within_budget(profiles, mem),
                      profiles=profiles, memory_model=mem)
 

@@ -13,7 +13,6 @@ from zorba.core.label_head import attach_label_head, label_head_of
 from zorba.core.models import load_model
 from zorba.core.scoring import Scorer
 from zorba.core.tasks import get_task, read_examples
-from zorba.errors import UserError
 from zorba.federation.config import make_config
 from zorba.memory.precision import make_client_replica
 from zorba.memory.streamload import load_client_replica
@@ -57,9 +56,13 @@ def test_cached_features_give_the_forward_loss(tiny_models, family):
                                                                             [labels[r] for r in rows]), rel=1e-3)
 
 
-def test_the_head_planner_needs_the_head():
-    with pytest.raises(UserError, match="label_head"):
-        make_config(planner="head")
+def test_the_head_planner_brings_its_head_and_other_planners_only_on_request(tiny_models):
+    from zorba.federation.runner import has_label_head
+
+    model = str(tiny_models["bert"])
+    assert has_label_head(make_config(model=model, planner="head"))
+    assert not has_label_head(make_config(model=model, planner="fill"))
+    assert has_label_head(make_config(model=model, planner="fill", label_head=True))
 
 
 def test_a_head_run_moves_only_the_head_and_replays_bit_exactly(tiny_models, tmp_path, zorba):

@@ -13,8 +13,8 @@ from zorba.errors import UserError
 
 # zorba: the energy planner (planner/energy.py); feasible-round-robin (the default), fill,
 # feasible-random, fedra: budget-feasible baselines; all-if-fits: every block for the clients
-# that hold them all, the rest sit out; head: the label head alone, for every client (needs
-# label_head); all: every block, budgets ignored (planner/plans.py)
+# that hold them all, the rest sit out; head: the label head alone, for every client (it brings
+# the head, core/label_head.py); all: every block, budgets ignored (planner/plans.py)
 PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "head", "all")
 Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "head", "all"]
 _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
@@ -56,7 +56,8 @@ class RunConfig(BaseModel):
     eval_every: int = Field(3, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
     measure_memory: bool = True
-    # a zero-initialised offset per class vector, a block of its own (core/label_head.py)
+    # a zero-initialised offset per class vector, a block of its own (core/label_head.py); planner
+    # "head" always has it, the others only with this option
     label_head: bool = False
     # examples whose features a client training the label head alone computes once a round; its
     # local steps draw their batches from them (federation/client.py)
@@ -78,12 +79,6 @@ class RunConfig(BaseModel):
     def _check_fractions(self) -> RunConfig:
         if not self.block_fractions or not all(0.0 < f <= 1.0 for f in self.block_fractions):
             raise ValueError("block_fractions must be non-empty values in (0, 1]")
-        return self
-
-    @model_validator(mode="after")
-    def _check_head(self) -> RunConfig:
-        if self.planner == "head" and not self.label_head:
-            raise ValueError("planner 'head' trains the label head: set label_head (--label-head)")
         return self
 
     @model_validator(mode="after")

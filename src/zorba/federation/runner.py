@@ -197,8 +197,7 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
 
 
 def load_run_model(cfg: RunConfig, lm: LoadedModel | None = None) -> LoadedModel:
-    """The model a run trains: `cfg.model` (or `lm`), with a label head when cfg.label_head or when the
-    model is one zorba exported with a trained head (core/label_head.py)."""
+    """The model a run trains: `cfg.model` (or `lm`), with a label head when the run has one (`has_label_head`)."""
     lm = lm or load_model(cfg.model)
     return attach_label_head(lm, get_task(cfg.task).num_labels) if has_label_head(cfg) else lm
 
@@ -211,7 +210,8 @@ def head_steps(cfg: RunConfig, lm: LoadedModel) -> tuple[int, int] | None:
 
 
 def has_label_head(cfg: RunConfig) -> bool:
-    return cfg.label_head or saved_offset(cfg.model) is not None
+    """Asked for, the planner's (`head`), or a model zorba exported with a trained head (core/label_head.py)."""
+    return cfg.label_head or cfg.planner == "head" or saved_offset(cfg.model) is not None
 
 
 def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:

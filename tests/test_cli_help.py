@@ -25,5 +25,6 @@ def test_every_option_line_shows_a_default(command):
 def test_text_defaults_come_from_the_config():
     out = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "400", "NO_COLOR": "1"}).output
     cfg = RunConfig()
-    for value in (cfg.planner, cfg.precision, cfg.dist, cfg.model, cfg.task, cfg.lr):
+    for value in (cfg.planner, cfg.precision, cfg.dist, cfg.model, cfg.task, cfg.head_steps):
         assert f"[{value}]" in out, value
+    assert "STUDY_LR" in out  # the lr follows the planner

@@ -22,7 +22,8 @@ _SHARED = (  # name, type, default, help
     ("clients", int, None, "number of clients [8]"),
     ("rounds", int, None, "federated rounds [30]"),
     ("local_steps", int, None, "local ZO steps per round [5]"),
-    ("lr", float, None, "learning rate (of a client perturbing every block)"),
+    ("lr", float, None, "learning rate (of a client perturbing every block) [the planner's, as its study chose it: "
+     "STUDY_LR in federation/config.py]"),
     ("lr_exponent", float, None, "step rule: a client perturbing d of the model's D weights steps with "
      "lr (D/d)^this; 0 = one lr for all"),
     ("mu", float, None, "perturbation scale"),

@@ -17,6 +17,10 @@ from zorba.errors import UserError
 # the head, core/label_head.py); all: every block, budgets ignored (planner/plans.py)
 PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "head", "all")
 Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "head", "all"]
+# Each planner's lr as its study chose it on validation (SST-2, MiniLM, 8 clients; docs/results.md):
+# a run that sets no lr takes its planner's. The head's is in the step rule's units (A9 of theory.md).
+STUDY_LR = {"head": 1.2e-6, "feasible-round-robin": 1e-4, "fill": 2e-4, "feasible-random": 2e-4, "fedra": 2e-4,
+            "zorba": 2e-4, "all-if-fits": 5e-5, "all": 2e-4}
 _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 
 
@@ -32,7 +36,7 @@ class RunConfig(BaseModel):
     participation: float = Field(1.0, gt=0.0, le=1.0)
     rounds: int = Field(30, ge=1, le=1_000_000)
     local_steps: int = Field(5, ge=1, le=10_000)
-    lr: float = Field(1e-4, gt=0.0, le=1.0)  # the default planner's lr, chosen on validation (docs/convergence/)
+    lr: float | None = Field(None, gt=0.0, le=1.0)  # None: the planner's STUDY_LR
     # step rule (planner/steprule.py): a client perturbing d_n of the model's D weights steps with
     # lr * (D / d_n)^lr_exponent; 0 = one lr for every plan
     lr_exponent: float = Field(0.5, ge=0.0, le=2.0)
@@ -42,8 +46,8 @@ class RunConfig(BaseModel):
     max_len: int = Field(64, ge=8, le=4096)
     alpha: float = Field(0.5, gt=0.0, le=1e6)
     dist: Literal["rademacher", "gaussian"] = "rademacher"
-    # the budget-feasible planner that beat `fill` per example in the study (docs/results.md, "Convergence")
-    planner: Planner = "feasible-round-robin"
+    # the planner that beat every other per example in the studies (docs/results.md, "The label head")
+    planner: Planner = "head"
     memory_cap_mib: float | None = Field(None, gt=0.0)  # zorba planner: cap on the clients' total memory (eps)
     block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (memory/profiles.py)
     profiles: str | None = None  # TOML file of client memory budgets and speeds
@@ -63,7 +67,7 @@ class RunConfig(BaseModel):
     # local steps draw their batches from them (federation/client.py)
     head_pool: int = Field(160, ge=1, le=1_000_000)
     # local steps of a client that trains the label head alone (its steps are nearly free); None: local_steps
-    head_steps: int | None = Field(None, ge=1, le=100_000)
+    head_steps: int | None = Field(200, ge=1, le=100_000)
     device: str = "cpu"  # where clients train: cpu, cuda, cuda:N, or auto (cuda if available)
 
     @field_validator("device")
@@ -74,6 +78,16 @@ class RunConfig(BaseModel):
         if not _DEVICE.fullmatch(value):
             raise ValueError("device must be cpu, cuda, cuda:N or auto")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _planner_lr(cls, values: object) -> object:
+        # Filled in before validation so that result.json records the lr the run used.
+        if isinstance(values, dict) and values.get("lr") is None:
+            planner = values.get("planner", cls.model_fields["planner"].default)
+            if planner in STUDY_LR:  # an unknown planner fails on its own field
+                values = {**values, "lr": STUDY_LR[planner]}
+        return values
 
     @model_validator(mode="after")
     def _check_fractions(self) -> RunConfig:

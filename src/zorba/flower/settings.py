@@ -42,9 +42,9 @@ def split_run_config(run_config: Mapping[str, object]) -> tuple[RunConfig, Flowe
 
 
 def _none_if_empty(name: str, value: object) -> object:
-    # TOML has no null: "" (or 0 for train-size, memory-cap-mib and head-steps) stands for "not set"
+    # TOML has no null: "" (or 0 for train-size, memory-cap-mib, head-steps and lr) stands for "not set"
     optional = {"data_dir", "test_file", "profiles", "memory_model"}
-    if (name in optional and value == "") or (name in ("train_size", "memory_cap_mib", "head_steps") and value == 0):
+    if (name in optional and value == "") or (name in ("train_size", "memory_cap_mib", "head_steps", "lr") and value == 0):
         return None
     return value
 

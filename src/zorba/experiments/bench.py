@@ -73,7 +73,7 @@ class Row(BaseModel):
 def budget_blind(entry: MethodEntry) -> bool:
     """Whether the method's client holds the same state every round (so one measured peak says
     whether it fits a budget): every baseline, and zorba with every block active. zorba's default
-    planner (`feasible-round-robin`) and the other budget-feasible ones plan into the budgets themselves."""
+    planner (`head`) and the budget-feasible ones plan into the budgets themselves."""
     from zorba.methods import method_class
 
     cls, defaults = method_class(entry.name)

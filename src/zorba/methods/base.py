@@ -21,13 +21,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zorba.core.data import dirichlet_partition, sample_batch
-from zorba.core.models import LoadedModel
+from zorba.core.models import LoadedModel, load_model
 from zorba.core.scoring import Evaluation, Scorer
 from zorba.core.tasks import Task, get_task
 from zorba.errors import UserError
 from zorba.federation.client import TokenizedData
 from zorba.federation.config import RunConfig
-from zorba.federation.runner import Inputs, load_run_model
+from zorba.federation.runner import Inputs
 from zorba.wire.protocol import round_seed
 
 
@@ -57,7 +57,8 @@ class Setup:
 
 def make_setup(cfg: RunConfig, inputs: Inputs, lm: LoadedModel | None = None) -> Setup:
     """A setup with its own copy of `lm` (methods train in place, so they must not share weights)."""
-    lm = load_run_model(cfg, copy.deepcopy(lm) if lm is not None else None)
+    # The model as the baselines' authors run it: zorba's label head is zorba's (its own Runner adds it).
+    lm = copy.deepcopy(lm) if lm is not None else load_model(cfg.model)
     task = get_task(cfg.task)
     scorer = Scorer(lm, task, cfg.max_len)
     train = TokenizedData(scorer.encode(inputs.train), [e.label for e in inputs.train])

@@ -37,21 +37,20 @@ _POOL_TAG = 0x9001  # the head pool's draw key has one more field than a step's 
 def run_round(plan: RoundPlan, state: ClientState, replica: Replica, scorer: Scorer, data: TokenizedData,
               head_pool: int = 160) -> Report:
     replica.sync(plan.catch_up, first_index=plan.catch_up[0].round if plan.catch_up else None)
-    h = plan.hyper
     snap = replica.snapshot(plan.blocks)
     if trains_label_head_only(replica, plan.blocks):
         steps, losses = head_steps(plan, state, replica, scorer, data, head_pool)
-        replica.restore(snap)
-        return Report(plan.round, state.cid, tuple(steps), float(np.mean(losses)))
-
-    def batches() -> Iterator[tuple[list[list[int]], list[int], int]]:
-        for k in range(h.local_steps):
-            batch = sample_batch(state.indices, h.batch_size, plan.round_seed, state.cid, k)
-            yield [data.ids[i] for i in batch], [data.labels[i] for i in batch], step_seed(plan.round_seed, state.cid, k)
-
-    steps, losses = local_steps(replica, plan.blocks, scorer, batches(), h)
+    else:
+        steps, losses = local_steps(replica, plan.blocks, scorer, step_batches(plan, state, data), plan.hyper)
     replica.restore(snap)
     return Report(plan.round, state.cid, tuple(steps), float(np.mean(losses)))
+
+
+def step_batches(plan: RoundPlan, state: ClientState, data: TokenizedData) -> Iterator[tuple[list[list[int]], list[int], int]]:
+    """(token ids, labels, step seed) of each local step: a pure function of round seed, client and step."""
+    for k in range(plan.hyper.local_steps):
+        batch = sample_batch(state.indices, plan.hyper.batch_size, plan.round_seed, state.cid, k)
+        yield [data.ids[i] for i in batch], [data.labels[i] for i in batch], step_seed(plan.round_seed, state.cid, k)
 
 
 def local_steps(

@@ -192,8 +192,9 @@ def _paired(test: dict | None) -> str:
     return f"{test['a_minus_b_points']:+.2f} (p = {test['p_value']:.2g}, {n} seed{'s' if n != 1 else ''})"
 
 
-def render(summary: dict) -> str:
-    tuning = render_tuning(summary.get("tuning_validation_accuracy", {}))
+def render(summary: dict, brief: bool = False) -> str:
+    """summary.md; `brief` (for a page that includes it): without the every-pair and tuning tables."""
+    tuning = [] if brief else render_tuning(summary.get("tuning_validation_accuracy", {}))
     if not summary["planners"]:
         return "\n".join(["No planner has a seed run yet.", *tuning]) + "\n"
     target = summary["target"]
@@ -217,7 +218,8 @@ def render(summary: dict) -> str:
     if summary["planners"]:
         zs = np.mean([r["zero_shot"] for r in summary["planners"].values()])
         lines += ["", f"Zero-shot dev accuracy (mean over seeds): {_pct(float(zs))}%."]
-    lines += render_pairs(summary.get("paired", {}), order)
+    if not brief:
+        lines += render_pairs(summary.get("paired", {}), order)
     for p, c in (summary.get("claims") or {}).items():
         ratio = c["rounds_ratio_over_all"]
         if not c["target_above_zero_shot"]:
@@ -317,7 +319,8 @@ def include(summary: dict, out: Path, target_file: Path) -> None:
     from zorba.experiments.markers import write_between
 
     image = os.path.relpath(out / "convergence.png", target_file.parent)
-    body = render(summary)
+    summary_md = os.path.relpath(out / "summary.md", target_file.parent)
+    body = render(summary, brief=True) + f"\nEvery pair of planners, paired, and the tuning runs: `{summary_md}`.\n"
     if summary["planners"]:
         body += f"\n![dev accuracy per round, mean and 95% band over seeds]({image})\n"
     write_between(target_file, "convergence-summary", body, f"zorba study --summarize-only --out {out}")

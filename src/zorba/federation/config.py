@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from zorba.errors import UserError
 
-# zorba: the energy planner (planner/energy.py); feasible-round-robin (the default), fill,
+# zorba: the energy planner (planner/energy.py); feasible-round-robin, fill,
 # feasible-random, fedra: budget-feasible baselines; all-if-fits: every block for the clients
-# that hold them all, the rest sit out; head: the label head alone, for every client (it brings
+# that hold them all, the rest sit out; head (the default): the label head alone, for every client (it brings
 # the head, core/label_head.py); all: every block, budgets ignored (planner/plans.py)
 PLANNERS = ("zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "head", "all")
 Planner = Literal["zorba", "fill", "feasible-random", "feasible-round-robin", "fedra", "all-if-fits", "head", "all"]

@@ -62,12 +62,19 @@ def plot_history(history: list[dict], path: Path, initial_accuracy: float | None
     plt.close(fig)
 
 
+def _steps(c: dict) -> str:
+    steps = f"{c['local_steps']} local steps"
+    if (c.get("planner") == "head" or c.get("label_head")) and c.get("head_steps"):
+        steps += f" ({c['head_steps']} for a client that trains the label head alone, on {c['head_pool']} examples)"
+    return steps
+
+
 def render_report(r: dict) -> str:
     c = r["config"]
     lines = [
         f"# zorba run: {r['method']} on {r['task']} with {r['model']}",
         "",
-        f"{c['clients']} clients, {c['rounds']} rounds x {c['local_steps']} local steps, planner `{c['planner']}`, "
+        f"{c['clients']} clients, {c['rounds']} rounds x {_steps(c)}, planner `{c['planner']}`, "
         f"lr {c['lr']}, mu {c['mu']}, q {c['q']}, batch {c['batch_size']}, seed {c['seed']}.",
         "",
         "| metric | initial | final |",

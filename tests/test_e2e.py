@@ -60,7 +60,9 @@ def test_run_writes_all_outputs(cli_run):
     for key in ("method", "task", "model", "config", "versions", "accuracy", "test_file_accuracy", "comm", "memory", "history"):
         assert key in r, key
     assert set(r["accuracy"]) == {"initial", "final"} and set(r["test_file_accuracy"]) == {"initial", "final"}
-    assert 0 < r["comm"]["uplink_bytes_per_client_round"] < 200
+    # the default planner (head): one float32 per head step plus the 16-byte report header
+    assert r["config"]["planner"] == "head"
+    assert r["comm"]["uplink_bytes_per_client_round"] == 16 + 4 * r["config"]["head_steps"]
     assert all(p > 50 * 2**20 for p in r["memory"]["peak_bytes_per_client"])
     assert r["clients_in_sync"] is True  # int8 working copies on clients; exact fp32 state everywhere
     assert r["config"]["precision"] == "int8"

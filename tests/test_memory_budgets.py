@@ -67,7 +67,7 @@ def test_run_plans_against_given_profiles_and_reports_measured_peaks_against_the
     out = tmp_path / "out"
     proc = zorba("run", "--model", str(tiny_models["bert"]), "--clients", "2", "--rounds", "1", "--local-steps", "1",
                  "--train-size", "32", "--data-dir", str(data_dir), "--max-len", "16", "--out", str(out),
-                 "--profiles", str(profiles), "--memory-model", str(model))
+                 "--profiles", str(profiles), "--memory-model", str(model), "--planner", "feasible-round-robin")
     assert proc.returncode == 0, proc.stderr
     r = json.loads((out / "result.json").read_text())
     mem = r["memory"]

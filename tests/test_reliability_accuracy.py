@@ -88,8 +88,8 @@ def attacked(corrupt, bad):
     """The clients in `bad` report corrupt(round, honest scalar) instead of each honest scalar."""
     honest = runner_mod.run_round
 
-    def run_round(plan, state, replica, scorer, data):
-        report = honest(plan, state, replica, scorer, data)
+    def run_round(plan, state, replica, scorer, data, *rest):
+        report = honest(plan, state, replica, scorer, data, *rest)
         if state.cid not in bad:
             return report
         steps = tuple(StepReport(s.seed, tuple(corrupt(plan.round, g) for g in s.scalars)) for s in report.steps)

@@ -39,7 +39,7 @@ def finished(pooled_bert, tmp_path_factory, data_dir):
         lines = (data_dir / "sst2" / f"{name}.tsv").read_text().splitlines()[: n + 1]
         (root / "sst2" / f"{name}.tsv").write_text("\n".join(lines) + "\n")
     cfg = make_config(model=str(pooled_bert), clients=2, rounds=2, local_steps=1, batch_size=4, max_len=16,
-                      data_dir=str(root), measure_memory=False, lr=1e-2)
+                      data_dir=str(root), measure_memory=False, lr=1e-2, planner="all")  # trains every block
     out = tmp_path_factory.mktemp("runs") / "run"
     run_job(cfg, out, progress=False)
     return out

@@ -85,7 +85,7 @@ class RunConfig(BaseModel):
         # Filled in before validation so that result.json records the lr the run used.
         if isinstance(values, dict) and values.get("lr") is None:
             planner = values.get("planner", cls.model_fields["planner"].default)
-            if planner in STUDY_LR:  # an unknown planner fails on its own field
+            if isinstance(planner, str) and planner in STUDY_LR:  # any other value fails on its own field
                 values = {**values, "lr": STUDY_LR[planner]}
         return values
 

@@ -130,7 +130,7 @@ def client_memory_model(cfg: RunConfig, lm: LoadedModel) -> MemoryModel:
 def with_label_head(mem: MemoryModel, lm: LoadedModel, calibration: dict) -> MemoryModel:
     """A calibration of the model without its label head, extended by the head's block at the
     calibration's own bytes per active weight (768 weights of MiniLM: 2 KiB)."""
-    if not (lm.blocks and lm.blocks[-1].name == "label_head" and mem.n_blocks == len(lm.blocks) - 1):
+    if not (mem.n_blocks == len(lm.blocks) - 1 and lm.blocks[-1].name == "label_head"):
         return mem
     head = lm.blocks[-1].numel * float(calibration.get("bytes_per_active_param", 4.0))
     return MemoryModel(mem.base, np.append(mem.delta, head), mem.activation)

@@ -56,20 +56,19 @@ def test_cached_features_give_the_forward_loss(tiny_models, family):
                                                                             [labels[r] for r in rows]), rel=1e-3)
 
 
-def test_the_head_planner_brings_its_head_and_other_planners_only_on_request(tiny_models):
+def test_the_head_planner_brings_its_head_and_no_other_planner_does(tiny_models):
     from zorba.federation.runner import has_label_head
 
     model = str(tiny_models["bert"])
     assert has_label_head(make_config(model=model, planner="head"))
     assert not has_label_head(make_config(model=model, planner="fill"))
-    assert has_label_head(make_config(model=model, planner="fill", label_head=True))
 
 
 def test_a_head_run_moves_only_the_head_and_replays_bit_exactly(tiny_models, tmp_path, zorba):
     out = tmp_path / "run"
     res = zorba("run", "--model", str(tiny_models["bert"]), "--data-dir", str(DATA), "--clients", "3",
                 "--rounds", "2", "--local-steps", "2", "--head-steps", "6", "--batch-size", "4", "--max-len", "24",
-                "--train-size", "60", "--eval-every", "2", "--planner", "head", "--label-head",
+                "--train-size", "60", "--eval-every", "2", "--planner", "head",
                 "--head-pool", "10", "--lr", "1e-3", "--precision", "fp32", "--no-measure-memory", "--out", str(out))
     assert res.returncode == 0, res.stderr
     entries = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -97,7 +96,7 @@ def test_flower_trains_the_head_bit_for_bit_as_the_runner(tiny_models, tmp_path)
     from zorba.flower.simulation import run_flower_simulation
 
     cfg = make_config(model=str(tiny_models["opt"]), clients=2, rounds=2, local_steps=4, train_size=40,
-                      planner="head", label_head=True, head_pool=8, data_dir=str(DATA), batch_size=4, max_len=24,
+                      planner="head", head_pool=8, data_dir=str(DATA), batch_size=4, max_len=24,
                       lr=1e-3, measure_memory=False, eval_every=100)
     result = run_flower_simulation(cfg, FlowerOptions(round_timeout=120), tmp_path / "fl", actors=1)
     state = Runner(cfg, check_inputs(cfg)).run()

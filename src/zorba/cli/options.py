@@ -49,8 +49,6 @@ _SHARED = (  # name, type, default, help
      "[four default device classes]"),
     ("memory_model", Path, None, "calibration JSON from `zorba profile-memory`: budgets and predictions in "
      "measured bytes [first principles: tensors only]"),
-    ("label_head", bool, False, "add a zero-initialised label head, a block of its own, to any planner's "
-     "model (planner head always has it; docs/theory.md A9)"),
     ("head_pool", int, None, "examples whose features a client training the label head alone computes once "
      "a round [160]"),
     ("head_steps", int, None, "local steps of a client that trains the label head alone [local_steps]"),

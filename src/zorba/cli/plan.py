@@ -45,7 +45,6 @@ def plan(
     profiles: Path = option("profiles"),
     memory_model: Path = option("memory_model"),
     planner: str = option("planner"),
-    label_head: bool = option("label_head"),
     round_idx: int = typer.Option(0, "--round", min=0, help="the round to plan (planners that rotate or redraw differ by round)"),
     seed: int = option("seed"),
     memory_cap_mib: float = option("memory_cap_mib"),
@@ -59,7 +58,7 @@ def plan(
     from zorba.planner.energy import EnergyPlanner, NoFeasiblePlan
 
     cfg, lm, mem, profs, chosen = _setup(model, clients, profiles, memory_model, memory_cap_mib=memory_cap_mib,
-                                         planner=planner, seed=seed, label_head=label_head)
+                                         planner=planner, seed=seed)
     if pareto and not isinstance(chosen, EnergyPlanner):
         raise UserError(f"--pareto traces the zorba planner's epsilon-constraint front; planner {cfg.planner!r} has none")
     ids = list(range(cfg.clients))

@@ -60,9 +60,6 @@ class RunConfig(BaseModel):
     eval_every: int = Field(3, ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
     measure_memory: bool = True
-    # a zero-initialised offset per class vector, a block of its own (core/label_head.py); planner
-    # "head" always has it, the others only with this option
-    label_head: bool = False
     # examples whose features a client training the label head alone computes once a round; its
     # local steps draw their batches from them (federation/client.py)
     head_pool: int = Field(160, ge=1, le=1_000_000)

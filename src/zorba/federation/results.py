@@ -64,7 +64,7 @@ def plot_history(history: list[dict], path: Path, initial_accuracy: float | None
 
 def _steps(c: dict) -> str:
     steps = f"{c['local_steps']} local steps"
-    if (c.get("planner") == "head" or c.get("label_head")) and c.get("head_steps"):
+    if c.get("planner") == "head" and c.get("head_steps"):
         steps += f" ({c['head_steps']} for a client that trains the label head alone, on {c['head_pool']} examples)"
     return steps
 

@@ -192,7 +192,7 @@ def make_planner(cfg: RunConfig, lm: LoadedModel, profiles: list[ClientProfile],
         except ValueError as exc:
             raise UserError(str(exc)) from None
     if cfg.planner == "head":
-        return LabelHeadOnly(len(lm.blocks) - 1)  # the config requires label_head: the last block
+        return LabelHeadOnly(len(lm.blocks) - 1)  # load_run_model gave this planner's model the head: the last block
     return AllBlocks(len(lm.blocks))  # "all": the last name the config's Literal admits
 
 
@@ -210,8 +210,8 @@ def head_steps(cfg: RunConfig, lm: LoadedModel) -> tuple[int, int] | None:
 
 
 def has_label_head(cfg: RunConfig) -> bool:
-    """Asked for, the planner's (`head`), or a model zorba exported with a trained head (core/label_head.py)."""
-    return cfg.label_head or cfg.planner == "head" or saved_offset(cfg.model) is not None
+    """The `head` planner's, or that of a model zorba exported with a trained head (core/label_head.py)."""
+    return cfg.planner == "head" or saved_offset(cfg.model) is not None
 
 
 def make_step_rule(cfg: RunConfig, lm: LoadedModel) -> StepRule:

@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
     max_len: int = Field(64, ge=8, le=4096)
     alpha: float = Field(0.5, gt=0.0, le=1e6)
     dist: Literal["rademacher", "gaussian"] = "rademacher"
-    # the planner that beat every other per example in the studies (docs/results.md, "The label head")
+    # the planner that beat every other per example in the study (docs/results.md, "Convergence")
     planner: Planner = "head"
     memory_cap_mib: float | None = Field(None, gt=0.0)  # zorba planner: cap on the clients' total memory (eps)
     block_fractions: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)  # default profiles' budgets (memory/profiles.py)

@@ -2,6 +2,12 @@
 and a summary computed from the committed result files."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +143,42 @@ def test_the_claims_are_answered_for_the_papers_planner_and_the_default_one():
     assert c[default]["ahead_of_every_other_feasible_planner"]
     rows["all"]["final_mean"] = 0.69  # all ends below zero-shot: there is no progress to time
     assert claims(rows)[default]["rounds_ratio_over_all"] is None
+
+
+_KILLED_PARENT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from zorba.experiments.study import _cell_worker_init
+
+def cell(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_cell_worker_init,
+                             initargs=(os.getpid(),)) as pool:
+        pool.submit(cell, sys.argv[1]).result()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_study_stopped_by_its_pid_leaves_no_cell_running(tmp_path):
+    """`kill <pid>` reaches the study's main process only; its cell workers must end with it."""
+    script, pid_file = tmp_path / "parent.py", tmp_path / "worker.pid"
+    script.write_text(_KILLED_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script), str(pid_file)])
+    deadline = time.monotonic() + 60
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = Path(f"/proc/{worker}").exists()
+    if alive:
+        os.kill(worker, signal.SIGKILL)
+    assert not alive, "the cell worker outlived the study's process"

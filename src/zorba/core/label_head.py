@@ -5,10 +5,9 @@ an encoder, the label word's output embedding for a causal LM (scoring.py). The 
 offset to each class vector, so at zero it is the zero-shot scorer exactly. It is a block of its own
 (blocks.py), num_labels x hidden weights: 768 for MiniLM on SST-2 against 22.7M in the encoder.
 
-Why it exists: ZO-SGD's progress per step falls with the number of weights perturbed, and a client
-that perturbs only the head sees a frozen encoder, so it computes its examples' features once a
-round and then takes many ZO steps on them for almost nothing (client.py). docs/theory.md, "The
-label head", derives it; docs/results.md measures it."""
+Why it exists: a client that perturbs only the head sees a frozen encoder, so it computes its
+examples' features once a round and then takes many ZO steps on them for almost nothing (client.py).
+docs/theory.md A9 derives it; docs/results.md measures it."""
 
 from __future__ import annotations
 

@@ -149,10 +149,20 @@ def chosen_lr(arm: Arm, out: Path) -> float | None:
     return max(scores, key=lambda lr: (*scores[lr], -lr))
 
 
-def _one_thread() -> None:
+def _cell_worker_init(parent: int) -> None:
+    """One thread per cell, and no cell outliving the study: a worker ends when its parent does (a
+    study stopped by `kill <pid>` leaves no worker training on and writing cells). Linux only."""
+    import ctypes
+    import signal
+    import sys
+
     import torch
 
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the call above
+            os._exit(1)
 
 
 def run_arms(arms: Sequence[Arm], seeds: Sequence[int], tune_seed: int, jobs: int, out: Path,
@@ -170,7 +180,7 @@ def run_arms(arms: Sequence[Arm], seeds: Sequence[int], tune_seed: int, jobs: in
     os.environ["OMP_NUM_THREADS"] = "1"  # each cell one thread; `jobs` cells share the cores
     running: dict = {}
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), max_tasks_per_child=1,
-                             initializer=_one_thread) as pool:
+                             initializer=_cell_worker_init, initargs=(os.getpid(),)) as pool:
         while True:
             for arm, lr, seed, where in next_cells(arms, seeds, tune_seed, out, set(running.values()))[: jobs - len(running)]:
                 Path(where).parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Client memory as an affine function of the activation matrix (docs/theory.md, "Memory model").
+"""Client memory as an affine function of the activation matrix (docs/theory.md A7).
 
 M_n(A) = base_n + sum_l A[n, l] * delta_l + activation_n
 

@@ -1,6 +1,6 @@
 """ZorBA's planner: maximise the expected loss decrease of a round under the clients' memory budgets.
 
-What a round gains (docs/theory.md, "The planner's objective"): with the step rule of steprule.py
+What a round gains (docs/theory.md A4): with the step rule of steprule.py
 (client step lr * s(S), s(S) = (D / d_S)^gamma) and the coverage factor with beta = 1, block l moves
 by the sum of its covering clients' updates, so clients add up and the round's first-order decrease
 is eta K sum_n s(S_n) |grad_{S_n} f|^2: separable over clients. Each client's term needs its active

@@ -1,7 +1,7 @@
 """The step-size rule: a client's step grows as the set of weights it perturbs shrinks.
 
 ZO-SGD with z on d active coordinates moves the weights by lr * g * z, whose squared length is
-about d * |grad|^2: the safe step falls like 1/d (docs/theory.md, "The step rule"). A client that
+about d * |grad|^2: the safe step falls like 1/d (docs/theory.md A2). A client that
 perturbs a quarter of the model can therefore take a larger step than one that perturbs all of it.
 The factor is s_n = (D / d_n)^gamma, with D the whole model's size and d_n the client's active size,
 so "all blocks" keeps the configured lr exactly (s = 1) and gamma = 0 is one lr for every plan.

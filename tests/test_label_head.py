@@ -120,3 +120,22 @@ def test_a_calibration_without_the_head_plans_it_at_its_bytes_per_weight(tiny_mo
     assert extended.n_blocks == len(lm.blocks)
     assert extended.delta[-1] == 3.0 * lm.blocks[-1].numel and list(extended.delta[:-1]) == list(mem.delta)
     assert with_label_head(extended, lm, {}) is extended  # a calibration that has it stays as it is
+
+
+def test_the_memory_probe_runs_a_head_client_as_the_client_does(tiny_models, monkeypatch):
+    """A head-only client holds a pool's features and steps on them (client.head_steps): its
+    measured peak must come from that loop, on a pool of `head_pool` examples, not from two
+    forwards per step."""
+    import zorba.federation.client as client
+    from zorba.federation.memprobe import MemoryProbe, _probe
+
+    pools = []
+    real = client.head_steps
+    monkeypatch.setattr(client, "head_steps", lambda *a: pools.append((len(a[4].ids), a[5])) or real(*a))
+    monkeypatch.setattr(client, "local_steps", lambda *a: pytest.fail("a head client's probe ran the encoder loop"))
+    lm = attach_label_head(load_model(str(tiny_models["bert"])), 2)
+    head = len(lm.blocks) - 1
+    out = _probe(MemoryProbe(str(tiny_models["bert"]), "sst2", (head,), 4, 16, local_steps=3, data_dir=str(DATA),
+                             precision="fp32", load="full", label_head=True, head_pool=40))
+    assert pools == [(40, 40)]
+    assert out["active_params"] == lm.blocks[head].numel and out["peak_rss_bytes"] > 0

@@ -81,13 +81,16 @@ def test_run_plans_against_given_profiles_and_reports_measured_peaks_against_the
     assert "measured peak within budget: 1 of 2 clients" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("case", ["missing profiles", "model of another size", "calibrated at another max_len"])
+@pytest.mark.parametrize("case", ["missing profiles", "model of another size", "calibrated at another max_len",
+                                  "calibrated on rounds of one step"])
 def test_bad_profiles_or_memory_model_fail_in_one_line_before_any_output(tiny_models, data_dir, tmp_path, zorba, case):
     profiles, model = _files(tmp_path, model_blocks=9 if case == "model of another size" else 3, small_mib=3.5)
     if case == "missing profiles":
         profiles = tmp_path / "nope.toml"
     if case == "calibrated at another max_len":  # activations differ: its bytes are another process's
         model.write_text(json.dumps({**json.loads(model.read_text()), "max_len": 128, "batch_size": 16}))
+    if case == "calibrated on rounds of one step":  # a round's peak grows over its first steps
+        model.write_text(json.dumps({**json.loads(model.read_text()), "local_steps": 1}))
     out = tmp_path / "out"
     proc = zorba("run", "--model", str(tiny_models["bert"]), "--clients", "2", "--rounds", "1",
                  "--data-dir", str(data_dir), "--out", str(out), "--profiles", str(profiles),

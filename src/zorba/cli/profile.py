@@ -60,6 +60,8 @@ def profile_memory(
     task: str = option("task"),
     batch_size: int = option("batch_size"),
     max_len: int = option("max_len"),
+    local_steps: int = option("local_steps", help="local steps of each measured round: a round's peak grows over its "
+                              "first steps (allocator), so measure the rounds the runs take"),
     precision: str = option("precision", help="frozen blocks' dtype on the client: int8 | bf16 | fp16 | fp32"),
     device: str = option("device", help="cpu or cuda"),
     data_dir: Path = option("data_dir", help="folder with <task>/dev.tsv"),
@@ -71,15 +73,15 @@ def profile_memory(
     from zorba.memory.precision import frozen_dtype
 
     frozen_dtype(precision)
-    if batch_size < 1 or max_len < 8:
-        raise UserError("--batch-size must be >= 1 and --max-len >= 8")
+    if batch_size < 1 or max_len < 8 or local_steps < 1:
+        raise UserError("--batch-size and --local-steps must be >= 1 and --max-len >= 8")
     if task not in ("sst2", "rte"):
         raise UserError(f"unknown task {task!r}; choose sst2 or rte")
     sizes = [b.numel for b in load_probe_model(model).blocks]
     L = len(sizes)
 
     def run(blocks: tuple[int, ...]) -> dict:
-        probe = MemoryProbe(model, task, blocks, batch_size, max_len, 1, device,
+        probe = MemoryProbe(model, task, blocks, batch_size, max_len, local_steps, device,
                             str(data_dir) if data_dir else None, precision)
         try:
             return measure(probe)
@@ -103,6 +105,7 @@ def profile_memory(
         typer.echo(f"{label:>20} {format_bytes(fit.predict(xi)):>12} {format_bytes(p):>12} {100 * err:>7.2f}%")
     mem = to_memory_model(fit, sizes)
     payload = {**mem.to_dict(), "model": model, "task": task, "batch_size": batch_size, "max_len": max_len,
+               "local_steps": local_steps,
                "precision": precision, "device": device, "bytes_per_active_param": fit.per_param,
                "max_abs_error": worst, "measurements": [{"blocks": list(b), "peak_bytes": p}
                                                         for b, p in zip(points + [held_out], peaks + [_peak(held, device)],

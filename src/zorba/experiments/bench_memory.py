@@ -58,7 +58,7 @@ def probe_client(name: str, options: dict, cfg: RunConfig, n_blocks: int) -> dic
     if cls.family == "zorba":
         from zorba.federation.memprobe import MemoryProbe, measure
 
-        return measure(MemoryProbe(cfg.model, cfg.task, tuple(range(n_blocks)), cfg.batch_size, cfg.max_len,
+        return measure(MemoryProbe(cfg.model, cfg.task, tuple(range(n_blocks)), cfg.batch_size, cfg.max_len, cfg.local_steps,
                                    data_dir=str(find_data_dir(cfg)), precision=cfg.precision))
     from zorba.methods.probe import measure_client
 

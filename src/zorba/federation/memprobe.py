@@ -1,12 +1,12 @@
 """Measure a client's peak memory in a fresh process: load the model, put it in the client's format,
 run one local round on the given blocks, report peak RSS (CPU) or torch.cuda.max_memory_allocated (GPU).
 
-"Client memory" (docs/memory.md). On CPU: the peak resident set of the whole client process while it
-trains (runtime + weights + activations + scratch); the exact fp32 state lives in an unlinked temp
-file, so it is not resident. Loading the checkpoint is excluded (the high-water mark is reset once the
-weights are in the client's format) and reported separately; the zo client streams a safetensors
-checkpoint into its format (memory/streamload.py), so loading peaks below training.
-On a GPU it is the accelerator's peak allocation during the round.
+"Client memory" (docs/memory.md). On CPU: the peak resident set of the whole client process
+(runtime + weights + activations + scratch), from start, loading included (`process_peak_rss_bytes`),
+and of the round alone (`peak_rss_bytes`: the high-water mark is reset once the weights are in the
+client's format); the exact fp32 state lives in an unlinked temp file, so it is not resident. The zo
+client streams a safetensors checkpoint into its format (memory/streamload.py), so loading peaks
+below training. On a GPU it is the accelerator's peak allocation during the round.
 
 Modes, so that baselines are measured the same way on the same batch:
 - "zo": the client (TieredReplica in `precision`, `blocks` active), one local round;
@@ -52,6 +52,7 @@ class MemoryProbe:
     mode: str = "zo"
     load: str = "stream"  # zo: "stream" the checkpoint into the client's format (memory/streamload.py) or "full"
     label_head: bool = False  # the model carries a label head (core/label_head.py)
+    head_pool: int = 160  # a head-only client's pool of examples whose features it holds (client.head_steps)
 
 
 def load_probe_model(spec: str):
@@ -140,7 +141,8 @@ def _probe(p: MemoryProbe) -> dict:
     runtime = _status_bytes("VmRSS")
     task = get_task(p.task)
     cfg = make_config(task=p.task, data_dir=p.data_dir)
-    examples = read_examples(find_data_dir(cfg) / p.task / "dev.tsv", task)[: p.batch_size * max(p.local_steps, 4)]
+    wanted = max(p.batch_size * max(p.local_steps, 4), p.head_pool if p.label_head else 0)
+    examples = read_examples(find_data_dir(cfg) / p.task / "dev.tsv", task)[:wanted]
     lm, replica = _load(p)
     scorer = Scorer(lm, task, p.max_len)
     batches = probe_batches(p, scorer, examples)
@@ -151,7 +153,7 @@ def _probe(p: MemoryProbe) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         ready_cuda = torch.cuda.memory_allocated()
-    _run(p, lm, scorer, batches, replica)
+    _run(p, lm, scorer, batches, replica, examples)
     out = {
         "runtime_rss_bytes": runtime, "load_peak_rss_bytes": load_peak, "ready_rss_bytes": ready,
         "peak_rss_bytes": _status_bytes("VmHWM"), "peak_reset": reset_ok,
@@ -215,14 +217,22 @@ def _own_weights(lm) -> None:
             param.data = param.data.clone()
 
 
-def _run(p: MemoryProbe, lm, scorer, batches, replica) -> None:
-    if p.mode == "zo":  # the client's own loop (client.local_steps)
-        from zorba.federation.client import local_steps
-        from zorba.wire.protocol import Hyper
+def _run(p: MemoryProbe, lm, scorer, batches, replica, examples) -> None:
+    if p.mode == "zo":  # the client's own loops (client.local_steps, client.head_steps)
+        import numpy as np
+
+        from zorba.federation import client
+        from zorba.wire.protocol import Hyper, RoundPlan
 
         snap = replica.snapshot(p.blocks)
-        local_steps(replica, p.blocks, scorer, [(ids, labels, k) for k, (ids, labels) in enumerate(batches)],
-                    Hyper(lr=1e-6, mu=1e-3))
+        hyper = Hyper(lr=1e-6, mu=1e-3, local_steps=p.local_steps, batch_size=p.batch_size)
+        if client.trains_label_head_only(replica, p.blocks):
+            ids = scorer.encode(examples)
+            client.head_steps(RoundPlan(0, 0, p.blocks, 0, hyper), client.ClientState(0, np.arange(len(ids))),
+                              replica, scorer, client.TokenizedData(ids, [e.label for e in examples]), p.head_pool)
+        else:
+            client.local_steps(replica, p.blocks, scorer,
+                               [(ids, labels, k) for k, (ids, labels) in enumerate(batches)], hyper)
         replica.restore(snap)
     elif p.mode == "inference":
         for ids, labels in batches:
@@ -287,8 +297,8 @@ def _peaks_of_sets(cfg, largest: dict[int, tuple[int, ...]]) -> tuple[list[int],
 
     cache: dict[tuple[int, ...], dict] = {}
     for planned in set(largest.values()):
-        probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, data_dir=cfg.data_dir,
-                            precision=cfg.precision, label_head=has_label_head(cfg))
+        probe = MemoryProbe(cfg.model, cfg.task, planned, cfg.batch_size, cfg.max_len, cfg.local_steps, data_dir=cfg.data_dir,
+                            precision=cfg.precision, label_head=has_label_head(cfg), head_pool=cfg.head_pool)
         cache[planned] = measure(probe)
     peaks = [cache[largest[c]]["process_peak_rss_bytes"] if c in largest else 0 for c in range(cfg.clients)]
     return peaks, max((m["runtime_rss_bytes"] for m in cache.values()), default=None)

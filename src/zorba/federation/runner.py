@@ -138,7 +138,7 @@ def with_label_head(mem: MemoryModel, lm: LoadedModel, calibration: dict) -> Mem
 
 # What a calibration (`zorba profile-memory`) measured under; a run that differs in any of them would
 # plan against another process's memory. Older or hand-written files without a key are not checked on it.
-CALIBRATION_KEYS = ("model", "task", "batch_size", "max_len", "precision", "device")
+CALIBRATION_KEYS = ("model", "task", "batch_size", "max_len", "local_steps", "precision", "device")
 
 
 def check_calibration_matches(cfg: RunConfig, calibration: dict) -> None:

@@ -85,7 +85,7 @@ class MemoryModel:
     ) -> MemoryModel:
         """First-principles default: every block frozen at `frozen_bytes` per parameter (bf16); an
         active block replaces its frozen copy by fp32 weights plus about one byte per parameter that
-        promoting it costs the allocator (`active_bytes` = 5: measured 2.93 bytes over bf16 on the
+        promoting it costs the allocator (`active_bytes` = 5: measured 2.73 bytes over bf16 on the
         default model, configs/memory/minilm-sst2-cpu.txt). No restore snapshot: the client's
         round-start weights live in its MasterStore, off the process heap (memory/precision.py).
         A perturbation buffer of `z_buffer_params` fp32 values is counted in base

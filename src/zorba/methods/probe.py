@@ -1,6 +1,6 @@
 """Peak client memory of a baseline method, measured in a fresh process and the same way zorba.federation.memprobe
 measures ZorBA's clients: load the model, build the method's client side, reset the high-water mark,
-run ONE client_update (one local step, the configured batch and length), report the training peak
+run ONE client_update (one round: the configured local steps, batch and length), report the training peak
 RSS (VmHWM since the reset; on a GPU torch.cuda.max_memory_allocated) and the process's peak from
 start, loading included (`process_peak_rss_bytes`: what the benchmark compares).
 
@@ -33,7 +33,7 @@ def _probe(name: str, options: dict, cfg_values: dict, device: str) -> dict:
     from zorba.methods.base import Setup
 
     runtime = _status_bytes("VmRSS")
-    cfg = RunConfig(**{**cfg_values, "clients": 1, "local_steps": 1, "participation": 1.0})
+    cfg = RunConfig(**{**cfg_values, "clients": 1, "participation": 1.0})
     task = get_task(cfg.task)
     examples = read_examples(find_data_dir(cfg) / cfg.task / "dev.tsv", task)[: cfg.batch_size * _PROBE_EXAMPLES]
     lm = load_probe_model(cfg.model)

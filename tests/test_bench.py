@@ -112,6 +112,11 @@ def test_summary_is_computed_from_the_files(finished, tmp_path):
     before = summarize(out)["tasks"]["sst2"]["rows"][0]
     assert before["status"] == "ran" and len(before["seeds"]) == 3 and before["clients_used"] == 2
     assert [g["chosen"] for g in before["lr_grid"]].count(True) == 1
+    # run time: two tuning runs and seeds 1, 2 (seed 0's cell is the chosen tuning run, counted once)
+    cells = [_result(p.parent) for p in sorted(out.glob("tune/sst2/decomfl/lr*/result.json"))]
+    cells += [_result(seed_dir(out, "sst2/decomfl", s)) for s in (1, 2)]
+    cost = summarize(out)["tasks"]["sst2"]["cost"]
+    assert cost == {"runs": 4, "seconds": pytest.approx(sum(c["seconds"] for c in cells))}
     path = seed_dir(out, "sst2/decomfl", 1) / "result.json"
     r = json.loads(path.read_text())
     r["history"][-1]["dev_accuracy"] = r["accuracy"]["final"] = 1.0

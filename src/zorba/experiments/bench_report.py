@@ -123,6 +123,15 @@ def _row(label: str, runs: list[dict], tuning: list[dict], mem: dict | None, tar
     return row
 
 
+def _cost(data: dict, task: str) -> dict:
+    """What the finished cells took, by their own `seconds` (training and evaluation; process start-up
+    and memory probes not counted). The tune_seed's seed cell is a copy of its tuning run: counted once."""
+    tune_seed = data["record"].get("tune_seed", 0)
+    runs = [r for (t, _), rs in data["tuning"].items() if t == task for r in rs]
+    runs += [r for (t, _), rs in data["seeds"].items() if t == task for r in rs if r["config"]["seed"] != tune_seed]
+    return {"runs": len(runs), "seconds": float(sum(r["seconds"] for r in runs))}
+
+
 def _budgets(memory: dict, task: str) -> list[tuple[str, float]]:
     """The device classes' budgets on `task` (process bytes), largest first."""
     for (t, _), m in memory.items():
@@ -152,6 +161,7 @@ def summarize(out: Path, reference: str | None = None) -> dict:
                 for label in labels]
         summary["tasks"][task] = {
             "target": target, "target_above_zero_shot": defined,
+            "cost": _cost(data, task),
             "budgets": [{"class": name, "bytes": b} for name, b in _budgets(data["memory"], task)],
             "rows": rows,
         }
@@ -194,9 +204,12 @@ def render(summary: dict, images: str = "") -> str:
                 target += " (not above its zero-shot accuracy: no progress to time, rounds to target not defined)"
         dev = ran[0]["dev_examples"] if ran else "-"
         budgets = ", ".join(f"{b['class']} {_size(b['bytes'])}" for b in t["budgets"]) or "not measured"
+        cost = t["cost"]
         lines += [
             f"### {task}", "",
-            f"{dev} dev examples; target: {target}. Client budgets (process bytes): {budgets}.", "",
+            f"{dev} dev examples; target: {target}. Client budgets (process bytes): {budgets}. "
+            f"Finished runs: {cost['runs']}, {cost['seconds'] / 3600:.1f} h of run time by their `seconds` "
+            f"(two at a time on 2 cores: about {cost['seconds'] / 7200:.1f} h; start-up and memory probes not counted).", "",
             "| method | clients used | lr | final dev acc % (95% CI) | seeds | zero-shot % | rounds to target "
             "(mean curve; per seed) | client-s to target (mean curve) |",
             "|---|---|---|---|---|---|---|---|",

@@ -116,7 +116,7 @@ def test_summary_is_computed_from_the_files(finished, tmp_path):
     cells = [_result(p.parent) for p in sorted(out.glob("tune/sst2/decomfl/lr*/result.json"))]
     cells += [_result(seed_dir(out, "sst2/decomfl", s)) for s in (1, 2)]
     cost = summarize(out)["tasks"]["sst2"]["cost"]
-    assert cost == {"runs": 4, "seconds": pytest.approx(sum(c["seconds"] for c in cells))}
+    assert cost == {"runs": 4, "seconds": pytest.approx(sum(c["seconds"] for c in cells)), "jobs": 1}
     path = seed_dir(out, "sst2/decomfl", 1) / "result.json"
     r = json.loads(path.read_text())
     r["history"][-1]["dev_accuracy"] = r["accuracy"]["final"] = 1.0

@@ -129,7 +129,7 @@ def _cost(data: dict, task: str) -> dict:
     tune_seed = data["record"].get("tune_seed", 0)
     runs = [r for (t, _), rs in data["tuning"].items() if t == task for r in rs]
     runs += [r for (t, _), rs in data["seeds"].items() if t == task for r in rs if r["config"]["seed"] != tune_seed]
-    return {"runs": len(runs), "seconds": float(sum(r["seconds"] for r in runs))}
+    return {"runs": len(runs), "seconds": float(sum(r["seconds"] for r in runs)), "jobs": data["record"].get("jobs", 1)}
 
 
 def _budgets(memory: dict, task: str) -> list[tuple[str, float]]:
@@ -209,7 +209,8 @@ def render(summary: dict, images: str = "") -> str:
             f"### {task}", "",
             f"{dev} dev examples; target: {target}. Client budgets (process bytes): {budgets}. "
             f"Finished runs: {cost['runs']}, {cost['seconds'] / 3600:.1f} h of run time by their `seconds` "
-            f"(two at a time on 2 cores: about {cost['seconds'] / 7200:.1f} h; start-up and memory probes not counted).", "",
+            f"({cost['jobs']} at a time, the config's jobs: about {cost['seconds'] / 3600 / cost['jobs']:.1f} h; "
+            "start-up and memory probes not counted).", "",
             "| method | clients used | lr | final dev acc % (95% CI) | seeds | zero-shot % | rounds to target "
             "(mean curve; per seed) | client-s to target (mean curve) |",
             "|---|---|---|---|---|---|---|---|",

@@ -4,7 +4,7 @@ Budgets are the default device classes' (zorba.memory.profiles: classes that may
 of the trainable memory under the planner's memory model), in process bytes: a first-principles
 model's budget plus the runtime the probe measured before the model loaded (zorba.memory.profiles.
 in_process_bytes); a calibrated model's budgets are process bytes already. A client's need is the
-peak of a fresh process that loads the model and runs one local step of the method, loading included
+peak of a fresh process that loads the model and runs one round of the method (its local steps), loading included
 (`process_peak_rss_bytes` of zorba.methods.probe, or of zorba.federation.memprobe for zorba's clients).
 
 A method whose client holds the same state every round needs one probe; in its equal-memory row a
@@ -23,7 +23,7 @@ from pathlib import Path
 from zorba.federation.config import RunConfig, find_data_dir
 from zorba.federation.durable import write_atomic
 
-HOW = "peak RSS of a fresh client process from its start (model loading included), one local step"
+HOW = "peak RSS of a fresh client process from its start (model loading included), one round of local steps"
 
 
 def slug(label: str) -> str:

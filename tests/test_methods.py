@@ -203,3 +203,34 @@ def test_zorba_options_planner_meets_the_run_configs_rules(opt_env):
     assert build("zorba", opt_env, {"planner": "fill"}).cfg.planner == "fill"
     with pytest.raises(UserError, match="memory_cap_mib"):
         build("zorba", opt_env, {"planner": "fill"}, planner="zorba", memory_cap_mib=500.0)
+
+
+@pytest.mark.parametrize("family", ["opt", "bert"])
+def test_lora_on_a_bf16_base_computes_in_fp32(family, tiny_models, data_dir):
+    """FedAvg-LoRA stores its frozen base as zorba's clients do (bf16) and computes in fp32: its loss and
+    adapter gradients equal those of an fp32 base holding the same bf16-rounded values."""
+    cfg = tiny_cfg(tiny_models[family], data_dir)
+    inputs = subsample_dev(read_inputs(cfg), 16)
+
+    def loss_and_grads(precision: str):
+        lm = load_model(cfg.model)
+        with torch.no_grad():
+            for p in lm.model.parameters():
+                p.copy_(p.to(torch.bfloat16).float())
+        method = make_method("fedavg-lora", make_setup(cfg.model_copy(update={"precision": precision}), inputs, lm),
+                             {"lora_r": 4})
+        with torch.no_grad():  # non-zero adapters, so the base's gradient path is exercised
+            for p in method.trainable().values():
+                p.copy_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        seqs, labels = method.setup.batch(0, 0, 0)
+        loss = loss_with_grad(method.setup.scorer, method.model, seqs, labels)
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in method.trainable().items()}, method.frozen_precision
+
+    loss16, grads16, kind16 = loss_and_grads("bf16")
+    loss32, grads32, kind32 = loss_and_grads("fp32")
+    assert (kind16, kind32) == ("bf16", "fp32")
+    assert loss16 == pytest.approx(loss32, rel=1e-5)
+    assert grads16.keys() == grads32.keys()
+    for name, g in grads16.items():
+        assert torch.allclose(g, grads32[name], rtol=1e-4, atol=1e-7), name

@@ -177,6 +177,8 @@ def _mixed_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     w, b = self.weight, self.bias
     if w.dtype == torch.float32:
         return nn.functional.linear(x, w, b)
+    if torch.is_grad_enabled() and x.requires_grad:  # backprop through a frozen block (FedAvg-LoRA)
+        return _FrozenLinear.apply(x, w, b)
     if w.shape[0] <= _LINEAR_ROWS:  # one piece: no output buffer to copy into (an activation saved)
         return nn.functional.linear(x, fp32_rows(w), None if b is None else b.float())
     out = torch.empty(*x.shape[:-1], w.shape[0], dtype=torch.float32, device=x.device)
@@ -185,6 +187,22 @@ def _mixed_linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         bias = None if b is None else b[rows].float()
         out[..., rows] = nn.functional.linear(x, fp32_rows(w, rows), bias)
     return out
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """x W^T + b for a frozen low-precision W, in fp32, with a gradient for x only. Backward upcasts W
+    again rather than keeping the forward's fp32 copy alive until then: a first-order client that
+    backpropagates through frozen blocks holds them in low precision, as a ZO client does."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        return nn.functional.linear(x, fp32_rows(w), None if b is None else b.float())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (w,) = ctx.saved_tensors
+        return grad @ fp32_rows(w), None, None
 
 
 class _Restore:

@@ -50,11 +50,20 @@ def add_lora(model: nn.Module, r: int, alpha: float) -> nn.Module:
 
 @torch.no_grad()
 def frozen_to_bf16(model: nn.Module) -> None:
-    """The frozen base in bf16, the adapters in fp32: peft casts an adapter's input to its own dtype and
-    its output back, so the base runs in bf16 end to end."""
-    for p in model.parameters():
-        if not p.requires_grad:
-            p.data = p.data.to(torch.bfloat16)
+    """The frozen base stored in bf16 and computed in fp32, the adapters in fp32: zorba's client format
+    (memory/precision.py). A frozen Linear upcasts its weight for its forward and again in backward,
+    embeddings cast the rows they return, so no fp32 copy of the base outlives its module; bf16
+    matmuls, forward and backward, would run many times slower on a CPU without bf16 units. Only
+    Linear and Embedding weights are stored in bf16: a norm's weight must stay fp32 for its backward
+    (it is saved as the parameter itself), and the 1-D tensors are a fraction of a percent of the model."""
+    from zorba.memory.precision import attach_upcast_hooks
+
+    for module in model.modules():
+        if type(module) is nn.Linear or isinstance(module, nn.Embedding):
+            for p in module.parameters(recurse=False):
+                if not p.requires_grad:
+                    p.data = p.data.to(torch.bfloat16)
+    attach_upcast_hooks(model)
 
 
 class FedAvg(Method):

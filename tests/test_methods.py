@@ -225,7 +225,7 @@ def test_lora_on_a_bf16_base_computes_in_fp32(family, tiny_models, data_dir):
         seqs, labels = method.setup.batch(0, 0, 0)
         loss = loss_with_grad(method.setup.scorer, method.model, seqs, labels)
         loss.backward()
-        return float(loss), {n: p.grad.clone() for n, p in method.trainable().items()}, method.frozen_precision
+        return float(loss.detach()), {n: p.grad.clone() for n, p in method.trainable().items()}, method.frozen_precision
 
     loss16, grads16, kind16 = loss_and_grads("bf16")
     loss32, grads32, kind32 = loss_and_grads("fp32")

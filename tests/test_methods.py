@@ -234,3 +234,23 @@ def test_lora_on_a_bf16_base_computes_in_fp32(family, tiny_models, data_dir):
     assert grads16.keys() == grads32.keys()
     for name, g in grads16.items():
         assert torch.allclose(g, grads32[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_lora_adapters_follow_the_run_seed(opt_env):
+    """peft draws the adapters from torch's global generator: a run's seed, not the process, decides them."""
+    def adapters(seed):
+        cfg, inputs, _ = opt_env
+        method = make_method("fedavg-lora", make_setup(cfg.model_copy(update={"seed": seed}), inputs,
+                                                       load_model(cfg.model)), {"lora_r": 4})
+        return {n: p.detach().clone() for n, p in method.trainable().items()}
+
+    torch.manual_seed(123)
+    first = adapters(0)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(456)  # another global state: the same adapters
+    again = adapters(0)
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    assert any(not torch.equal(first[n], v) for n, v in adapters(1).items())
+    torch.manual_seed(123)
+    adapters(5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is left as it was

@@ -40,12 +40,22 @@ def lora_targets(model: nn.Module) -> list[str]:
     })
 
 
-def add_lora(model: nn.Module, r: int, alpha: float) -> nn.Module:
-    """Inject LoRA adapters in place (the original module now runs base + adapter); returns the PeftModel."""
+_LORA_INIT_TAG = 0x10A  # the adapters' initial draw has its own stream key, derived from the run seed
+
+
+def add_lora(model: nn.Module, r: int, alpha: float, seed: int) -> nn.Module:
+    """Inject LoRA adapters in place (the original module now runs base + adapter); returns the PeftModel.
+    peft draws the A matrices from torch's global generator: seeded here from the run seed (and the
+    caller's generator state left as it was), so a run's adapters, like all its random choices, follow
+    its seed."""
     from peft import LoraConfig, get_peft_model
 
+    from zorba.wire.keys import derive_key
+
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(model))
-    return get_peft_model(model, config)
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_key(seed, _LORA_INIT_TAG))
+        return get_peft_model(model, config)
 
 
 @torch.no_grad()
@@ -75,7 +85,7 @@ class FedAvg(Method):
         super().__init__(setup, options)
         self.model = setup.lm.model
         if options.lora:
-            self.peft = add_lora(self.model, options.lora_r, options.lora_alpha)
+            self.peft = add_lora(self.model, options.lora_r, options.lora_alpha, self.cfg.seed)
             if self.cfg.precision != "fp32":
                 frozen_to_bf16(self.model)
         else:

@@ -221,3 +221,22 @@ def test_both_probes_measure_the_same_runtime(tiny_models, data_dir):
     baseline, zorba_all = probe_client("decomfl", {}, cfg, 4), probe_client("zorba-all", {}, cfg, 4)
     assert abs(baseline["runtime_rss_bytes"] - zorba_all["runtime_rss_bytes"]) < 0.05 * zorba_all["runtime_rss_bytes"]
     assert baseline["process_peak_rss_bytes"] > baseline["runtime_rss_bytes"]
+
+
+def test_the_head_planners_row_is_measured_on_the_blocks_it_planned(tiny_models, data_dir, tmp_path, monkeypatch):
+    """zorba's default planner trains the label head, a block the baselines' model lacks: its row's
+    peaks are probed on that block and checked against the same device classes' budgets."""
+    from zorba.federation import memprobe
+    from zorba.methods import probe
+
+    probed = []
+    measured = {"process_peak_rss_bytes": 1, "runtime_rss_bytes": 0}
+    monkeypatch.setattr(probe, "measure", lambda *a, **k: measured)
+    monkeypatch.setattr(memprobe, "measure", lambda p, **k: probed.append(p) or measured)
+    bench = config(tiny_models, data_dir, methods=(("zorba", [1e-3]),), seeds=[0], reference=None, measure_memory=True)
+    run_bench(bench, tmp_path, **QUIET)
+    record = json.loads((tmp_path / "memory" / "sst2" / "zorba.json").read_text())
+    planned = {tuple(b) for h in _result(seed_dir(tmp_path, "sst2/zorba", 0))["history"] for b in h["blocks"].values()}
+    assert planned == {(4,)}  # tiny OPT: embeddings, 2 layers, the final norm, then the label head
+    assert [p.blocks for p in probed] == [(4,)] and probed[0].label_head
+    assert record["memory"]["peak_bytes_per_client"] == [1, 1] and len(record["memory"]["budget_bytes_per_client"]) == 2

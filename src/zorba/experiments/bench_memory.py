@@ -35,17 +35,20 @@ def memory_path(out: Path, task: str, row_slug: str) -> Path:
     return out / "memory" / task / f"{row_slug}.json"
 
 
-def _federation(cfg: RunConfig):
-    """(model blocks, client profiles, memory model) of the federation `cfg` describes."""
-    return _federation_of(cfg.model_copy(update={"task": "sst2", "seed": 0, "lr": 1e-4, "method": ""}))
+def _federation(cfg: RunConfig, planned: bool = False):
+    """(model blocks, client profiles, memory model) of the federation `cfg` describes: a row that
+    holds the same state every round sees the model as the baselines load it; a `planned` zorba row
+    sees its run's model (with the label head of the `head` planner, whose blocks its plans name)."""
+    update = {"task": "sst2", "seed": 0, "lr": 1e-4, "method": ""}
+    return _federation_of(cfg.model_copy(update=update if planned else {**update, "planner": "all"}))
 
 
 @cache  # one model load per federation, not per row: rows differ only in what `_federation` resets
 def _federation_of(cfg: RunConfig):
     from zorba.federation.memprobe import load_probe_model
-    from zorba.federation.runner import client_memory_model, client_profiles
+    from zorba.federation.runner import client_memory_model, client_profiles, load_run_model
 
-    lm = load_probe_model(cfg.model)
+    lm = load_run_model(cfg, load_probe_model(cfg.model))
     mem = client_memory_model(cfg, lm)
     return lm.blocks, client_profiles(cfg, mem), mem
 
@@ -109,7 +112,7 @@ def measure_planned(bench, row, task: str, result: dict, out: Path, say: Callabl
 
     say(f"measuring client memory of {row.label} on {task} (a fresh process per planned block set)")
     cfg = make_config(**{**result["config"], "data_dir": str(find_data_dir(make_config(**result["config"])))})
-    blocks, profiles, mem = _federation(cfg)
+    blocks, profiles, mem = _federation(cfg, planned=True)
     section = memory_section(cfg, blocks, result["history"], profiles, mem, True, HOW + ", on its largest planned block set")
     fits = [c for c, ok in enumerate(section["within_budget"] or []) if ok]
     record = {"label": row.label, "method": row.entry.name, "task": task, "equal_memory": False,

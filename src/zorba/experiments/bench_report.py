@@ -231,12 +231,9 @@ def render(summary: dict, images: str = "") -> str:
             "loading incl.) | clients whose budget holds it | forward / backward passes | client-s / run | wall s / run |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in t["rows"]:
+        for r in ran:  # a row that did not run has its reason in the first table and its peak in its method's row
             within = "-" if r["clients_within_budget"] is None else f"{r['clients_within_budget']} / {r['clients']}"
             peak = f"{_size(r['peak_bytes_max'])} / {_size(r['peak_bytes_mean'])}"
-            if r["status"] != "ran":
-                lines.append(f"| {r['label']} | {r['frozen_precision']} | - | - | {peak} | {within} | - | - | - |")
-                continue
             lines.append(
                 f"| {r['label']} | {r['frozen_precision']} | {_size(r['uplink_bytes_per_client_round'])} | {_size(r['downlink_bytes_per_client_round'])} | "
                 f"{peak} | {within} | {r['forward_passes']:.0f} / {r['backward_passes']:.0f} | "
@@ -252,12 +249,10 @@ def render(summary: dict, images: str = "") -> str:
                 lines.append(f"| {r['label']} | {grid} |")
         lines.append("")
     lines += [
-        "Rows: `(equal memory)` rows admit only the clients whose device class's budget holds the method's "
-        "measured peak (the others never take part); zorba's planner fits its blocks to the budgets by its "
-        "memory model, and the second table checks its measured peaks against the budgets too. Rounds and "
-        "client-seconds to target are read off the mean curve over seeds at the evaluated rounds; client-seconds "
-        "add each client's compute time (clients run one after another on one machine, so this is a cost, not "
-        "a latency). Wall times come from a shared machine and compare nothing.", "",
+        "`(equal memory)` rows admit only the clients whose budget holds the method's measured peak; zorba "
+        "plans into the budgets and its measured peaks are checked against them. Rounds and client-seconds to "
+        "target are read off the mean curve over seeds; client-seconds add each client's compute time (a cost, "
+        "not a latency). Wall times come from a shared machine and compare nothing.", "",
     ]
     lines += [f"![{name.removesuffix('.png').replace('_', ' ')}]({images}{name})" for name in PLOTS]
     return "\n".join(lines) + "\n"

@@ -116,7 +116,8 @@ def test_summary_is_computed_from_the_files(finished, tmp_path):
     cells = [_result(p.parent) for p in sorted(out.glob("tune/sst2/decomfl/lr*/result.json"))]
     cells += [_result(seed_dir(out, "sst2/decomfl", s)) for s in (1, 2)]
     cost = summarize(out)["tasks"]["sst2"]["cost"]
-    assert cost == {"runs": 4, "seconds": pytest.approx(sum(c["seconds"] for c in cells)), "jobs": 1}
+    assert cost == {"runs": 4, "seconds": pytest.approx(sum(c["seconds"] for c in cells)), "jobs": 1, "probe_seconds": None}
+    assert "memory probes not timed" in (out / "summary.md").read_text()  # this bench measured no memory
     path = seed_dir(out, "sst2/decomfl", 1) / "result.json"
     r = json.loads(path.read_text())
     r["history"][-1]["dev_accuracy"] = r["accuracy"]["final"] = 1.0
@@ -169,7 +170,11 @@ def test_equal_memory_rows_use_the_clients_whose_budget_holds_the_measured_peak(
         assert r["clients_used"] == admitted and [h["clients"] for h in r["history"]] == [fits, fits]
         if method == "zorba-all":
             assert all({int(c) for c in h["blocks"]} == set(admitted) for h in r["history"])
-    rows = {r["label"]: r for r in summarize(tmp_path)["tasks"]["sst2"]["rows"]}
+    summary = summarize(tmp_path)["tasks"]["sst2"]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "memory" / "sst2").glob("*.json")]
+    assert summary["cost"]["probe_seconds"] == pytest.approx(sum(r["seconds"] for r in records))
+    assert "min of memory probes" in (tmp_path / "summary.md").read_text()
+    rows = {r["label"]: r for r in summary["rows"]}
     assert rows["decomfl (equal memory)"]["clients_used"] == fits and rows["decomfl"]["clients_used"] == 4
     assert rows["decomfl"]["clients_within_budget"] == fits and rows["decomfl"]["peak_bytes_max"] == peak
     if not fits:

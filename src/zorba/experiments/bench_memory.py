@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -89,6 +90,7 @@ def measure_row(bench, row, task: str, out: Path, say: Callable[[str], None]) ->
         return json.loads(path.read_text())
     cfg = bench.run_config(row, task)
     plain = memory_path(out, task, slug(row.entry.display))
+    start = time.perf_counter()
     if row.equal_memory and plain.is_file():
         probe = json.loads(plain.read_text())["probe"]
     else:
@@ -98,7 +100,8 @@ def measure_row(bench, row, task: str, out: Path, say: Callable[[str], None]) ->
     fits = [c for c, ok in enumerate(section["within_budget"]) if ok]
     record = {"label": row.label, "method": row.entry.name, "task": task, "equal_memory": row.equal_memory,
               "clients": cfg.clients, "clients_used": fits if row.equal_memory else list(range(cfg.clients)),
-              "clients_within_budget": fits, "memory": section, "probe": probe}
+              "clients_within_budget": fits, "memory": section, "probe": probe,
+              "seconds": time.perf_counter() - start}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=1).encode())
     return record
@@ -111,13 +114,14 @@ def measure_planned(bench, row, task: str, result: dict, out: Path, say: Callabl
     from zorba.federation.memprobe import memory_section
 
     say(f"measuring client memory of {row.label} on {task} (a fresh process per planned block set)")
+    start = time.perf_counter()
     cfg = make_config(**{**result["config"], "data_dir": str(find_data_dir(make_config(**result["config"])))})
     blocks, profiles, mem = _federation(cfg, planned=True)
     section = memory_section(cfg, blocks, result["history"], profiles, mem, True, HOW + ", on its largest planned block set")
     fits = [c for c, ok in enumerate(section["within_budget"] or []) if ok]
     record = {"label": row.label, "method": row.entry.name, "task": task, "equal_memory": False,
               "clients": cfg.clients, "clients_used": result["clients_used"], "clients_within_budget": fits,
-              "memory": section, "probe": None}
+              "memory": section, "probe": None, "seconds": time.perf_counter() - start}
     path = memory_path(out, task, row.slug)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=1).encode())

@@ -129,7 +129,14 @@ def _cost(data: dict, task: str) -> dict:
     tune_seed = data["record"].get("tune_seed", 0)
     runs = [r for (t, _), rs in data["tuning"].items() if t == task for r in rs]
     runs += [r for (t, _), rs in data["seeds"].items() if t == task for r in rs if r["config"]["seed"] != tune_seed]
-    return {"runs": len(runs), "seconds": float(sum(r["seconds"] for r in runs)), "jobs": data["record"].get("jobs", 1)}
+    probes = [m.get("seconds") for (t, _), m in data["memory"].items() if t == task]
+    return {"runs": len(runs), "seconds": float(sum(r["seconds"] for r in runs)), "jobs": data["record"].get("jobs", 1),
+            "probe_seconds": float(sum(probes)) if probes and None not in probes else None}
+
+
+def _probe_cost(seconds: float | None) -> str:
+    # Records written before probes were timed carry no `seconds`: say so rather than count them as 0.
+    return "memory probes not timed" if seconds is None else f"plus {seconds / 60:.0f} min of memory probes, one at a time"
 
 
 def _budgets(memory: dict, task: str) -> list[tuple[str, float]]:
@@ -209,8 +216,8 @@ def render(summary: dict, images: str = "") -> str:
             f"### {task}", "",
             f"{dev} dev examples; target: {target}. Client budgets (process bytes): {budgets}. "
             f"Finished runs: {cost['runs']}, {cost['seconds'] / 3600:.1f} h of run time by their `seconds` "
-            f"({cost['jobs']} at a time, the config's jobs: about {cost['seconds'] / 3600 / cost['jobs']:.1f} h; "
-            "start-up and memory probes not counted).", "",
+            f"({cost['jobs']} at a time, the config's jobs: about {cost['seconds'] / 3600 / cost['jobs']:.1f} h), "
+            f"{_probe_cost(cost['probe_seconds'])}; process start-up not counted.", "",
             "| method | clients used | lr | final dev acc % (95% CI) | seeds | zero-shot % | rounds to target "
             "(mean curve; per seed) | client-s to target (mean curve) |",
             "|---|---|---|---|---|---|---|---|",

@@ -168,6 +168,13 @@ def test_equal_memory_rows_use_the_clients_whose_budget_holds_the_measured_peak(
             continue
         r = _result(equal)
         assert r["clients_used"] == admitted and [h["clients"] for h in r["history"]] == [fits, fits]
+        if method == "decomfl":  # a re-probe that admits other clients: the finished cells are not reused
+            path = tmp_path / "memory" / "sst2" / "decomfl-equal-memory.json"
+            original = path.read_text()
+            path.write_text(json.dumps({**record, "clients_used": admitted[:1]}))
+            with pytest.raises(UserError, match="ran with clients"):
+                run_bench(bench, tmp_path, **QUIET)
+            path.write_text(original)
         if method == "zorba-all":
             assert all({int(c) for c in h["blocks"]} == set(admitted) for h in r["history"])
     summary = summarize(tmp_path)["tasks"]["sst2"]

@@ -221,6 +221,16 @@ def run_method_cell(arm: Arm, lr: float, seed: int) -> tuple[dict, dict]:
     return result, predictions
 
 
+def check_cells_used(out: Path, arm: str, clients: list[int]) -> None:
+    """Cells are skipped by name: an equal-memory row's finished cells must have run with the clients
+    its memory record admits now (a re-probe near a budget edge can change them)."""
+    for done in [*out.glob(f"tune/{arm}/lr*/result.json"), *out.glob(f"{arm}/seed*/result.json")]:
+        used = json.loads(done.read_text()).get("clients_used")
+        if used != clients:
+            raise UserError(f"{done.parent} ran with clients {used}, but the memory record now admits {clients}; "
+                            f"remove the row's cells or restore its memory record")
+
+
 def run_bench(bench: BenchConfig, out: Path, say: Callable[[str], None] = print) -> None:
     """Measure what is missing of the client peaks, run every missing cell, then the zorba rows'
     peaks (they follow the plans of their tune_seed run). Summaries: zorba.experiments.bench_report."""
@@ -239,6 +249,8 @@ def run_bench(bench: BenchConfig, out: Path, say: Callable[[str], None] = print)
             if clients == []:
                 say(f"skipped {task}/{row.slug}: no client's budget holds the measured peak")
                 continue
+            if clients is not None:
+                check_cells_used(out, f"{task}/{row.slug}", clients)
             arms.append(bench.arm(row, task, clients))
     run_arms(arms, bench.seeds, bench.tune_seed, bench.jobs, out, say)
     if bench.measure_memory:

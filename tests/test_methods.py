@@ -57,7 +57,10 @@ def test_each_method_runs_a_round(name, opt_env):
     assert result["comm"]["uplink_bytes_total"] > 0 and result["comm"]["downlink_bytes_total"] > 0
     assert result["client_seconds"] > 0 and len(result["dev_predictions"]) == 16
     steps = cfg.local_steps * cfg.clients
-    if method.first_order:
+    if name == "fedavg-head":  # the pools' forwards; its steps read cached features
+        pools = [min(cfg.head_pool, len(p)) for p in method.setup.parts]
+        assert (result["passes"]["forward"], result["passes"]["backward"]) == (sum(-(-n // cfg.batch_size) for n in pools), 0)
+    elif method.first_order:
         assert (result["passes"]["forward"], result["passes"]["backward"]) == (steps, steps)
     else:
         assert (result["passes"]["forward"], result["passes"]["backward"]) == (2 * cfg.q * steps, 0)
@@ -86,6 +89,47 @@ def test_fedavg_uplink_is_the_safetensors_of_all_weights(opt_env):
     assert len(up.data) == safetensors_size(numel, up.data)
     stats = method.run_round(0, [0, 1])
     assert stats.up_bytes == [len(up.data)] * 2 and stats.down_bytes == [len(up.data)] * 2
+
+
+def test_fedavg_head_trains_and_sends_only_the_label_head(opt_env):
+    """The body stays as loaded (bit for bit, in bf16 storage); only the offsets move and travel."""
+    from zorba.core.label_head import label_head_of
+
+    method = build("fedavg-head", opt_env, None, lr=1e-1)
+    offset = label_head_of(method.model).offset
+    body = {n: p.detach().clone() for n, p in method.model.named_parameters() if p is not offset}
+    assert list(method.trainable().values()) == [offset] and method.frozen_precision == "bf16"
+    up = method.client_update(0, 0)
+    assert len(up.data) == safetensors_size(offset.numel(), up.data)
+    method.run_round(0, [0, 1])
+    assert offset.abs().sum() > 0
+    assert all(torch.equal(p, body[n]) for n, p in method.model.named_parameters() if p is not offset)
+
+
+@pytest.mark.parametrize("family", ["opt", "bert"])
+def test_head_loss_gradient_matches_the_cached_losses_difference(family, tiny_models, data_dir):
+    """The first-order head differentiates the very loss zorba's head client perturbs: a central
+    difference of `cached_loss` along z equals the gradient of `head_loss` projected on z."""
+    from zorba.core.label_head import attach_label_head, label_head_of
+
+    cfg = tiny_cfg(tiny_models[family], data_dir)
+    setup = make_setup(cfg, subsample_dev(read_inputs(cfg), 16))
+    offset = label_head_of(attach_label_head(setup.lm, 2).model).offset
+    with torch.no_grad():
+        offset.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    feats = setup.scorer.features(setup.train.ids[:12])
+    labels = np.asarray(setup.train.labels[:12])
+    rows = [0, 3, 5, 7, 11]
+    offset.requires_grad_(True)
+    (grad,) = torch.autograd.grad(setup.scorer.head_loss(feats, rows, labels[rows]), offset)
+    offset.requires_grad_(False)
+    z = torch.randn(offset.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).float()
+    eps, base = 1e-3, offset.detach().clone()
+    losses = []
+    for sign in (1, -1):
+        offset.data.copy_(base + sign * eps * z)
+        losses.append(setup.scorer.cached_loss(feats, rows, labels[rows]))
+    assert (losses[0] - losses[1]) / (2 * eps) == pytest.approx(float((grad * z).sum()), rel=1e-2, abs=1e-4)
 
 
 def test_fedavg_lora_sends_only_adapters(opt_env):
@@ -172,9 +216,10 @@ def test_first_order_loss_equals_the_scorers(family, tiny_models, data_dir):
     assert mine == pytest.approx(setup.scorer.loss(seqs, labels), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["fedavg-adam", "fedavg-lora"])
+@pytest.mark.parametrize("name", ["fedavg-adam", "fedavg-lora", "fedavg-head"])
 def test_first_order_training_lowers_the_loss(name, opt_env):
-    method = build(name, opt_env, None, lr=1e-2 if "lora" in name else 1e-3, local_steps=4)
+    method = build(name, opt_env, None, lr={"fedavg-adam": 1e-3, "fedavg-lora": 1e-2, "fedavg-head": 1e-2}[name],
+                   local_steps=4, head_steps=20)
     train = method.setup.train
     before = method.setup.scorer.loss(train.ids, train.labels)
     for t in range(3):

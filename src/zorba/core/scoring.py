@@ -78,6 +78,9 @@ class Scorer:
 
     @torch.inference_mode()
     def class_logits(self, feats: Features) -> torch.Tensor:
+        return self._class_logits(feats)
+
+    def _class_logits(self, feats: Features) -> torch.Tensor:
         """Logits from features: the zero-shot scorer, plus the label head's offsets when the model has one."""
         head = label_head_of(self.lm.model)
         if self.lm.kind == "causal":
@@ -119,10 +122,16 @@ class Scorer:
         pooled = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)
         return Features(pooled[:-n_labels], pooled[-n_labels:], None)
 
+    @torch.inference_mode()
     def cached_loss(self, feats: Features, rows: Sequence[int], labels: Sequence[int]) -> float:
         """`loss` on precomputed features (the label head's weights are read now, the body's were then)."""
+        return float(self.head_loss(feats, rows, labels))
+
+    def head_loss(self, feats: Features, rows: Sequence[int], labels: Sequence[int]) -> torch.Tensor:
+        """`cached_loss` as a tensor that autograd differentiates through the label head's offsets (the
+        first-order head baseline); `feats` may come from inference mode, only `rows` of them are saved."""
         target = torch.as_tensor(list(labels), dtype=torch.long, device=feats.rows.device)
-        return float(F.cross_entropy(self.class_logits(feats.select(rows)), target))
+        return F.cross_entropy(self._class_logits(feats.select(rows)), target)
 
     def loss(self, seqs: Sequence[Sequence[int]], labels: Sequence[int]) -> float:
         """Mean cross-entropy over the class logits (the label words' log-likelihoods, renormalised)."""

@@ -80,21 +80,35 @@ def trains_label_head_only(replica: Replica, blocks: Sequence[int]) -> bool:
     return len(blocks) == 1 and replica.lm.blocks[blocks[0]].name == "label_head"
 
 
+def head_pool(indices: np.ndarray, pool_size: int, round_seed: int, cid: int) -> np.ndarray:
+    """The examples whose features a head client computes for its round: a pure function of the round."""
+    return sample_batch(indices, min(pool_size, len(indices)), round_seed, cid, 0, _POOL_TAG)
+
+
+def pool_features(scorer: Scorer, data: TokenizedData, pool: np.ndarray, batch_size: int) -> tuple[Features, np.ndarray]:
+    """The pool's features and labels, in forwards of batch_size examples: the activation memory of
+    any other client's step (memprobe)."""
+    ids = [data.ids[i] for i in pool]
+    feats = Features.concat([scorer.features(ids[s : s + batch_size]) for s in range(0, len(ids), batch_size)])
+    return feats, np.asarray([data.labels[i] for i in pool])
+
+
+def head_batch(pool_len: int, batch_size: int, round_seed: int, cid: int, step: int) -> np.ndarray:
+    """Rows of the pool that local step `step` trains on."""
+    return sample_batch(np.arange(pool_len), batch_size, round_seed, cid, step)
+
+
 def head_steps(plan: RoundPlan, state: ClientState, replica: Replica, scorer: Scorer, data: TokenizedData,
                pool_size: int) -> tuple[list[StepReport], list[float]]:
     """Local steps on the label head alone: the body is frozen for the round, so the features of a
     pool of the client's examples are computed once and every step's two losses read them (a few
     microseconds instead of two forwards). The batches are drawn from the pool with the step keys."""
     h = plan.hyper
-    pool = sample_batch(state.indices, min(pool_size, len(state.indices)), plan.round_seed, state.cid, 0, _POOL_TAG)
-    ids = [data.ids[i] for i in pool]
-    # Forwards of batch_size examples: the activation memory of any other client's step (memprobe).
-    chunk = h.batch_size
-    feats = Features.concat([scorer.features(ids[s : s + chunk]) for s in range(0, len(ids), chunk)])
-    labels = np.asarray([data.labels[i] for i in pool])
+    pool = head_pool(state.indices, pool_size, plan.round_seed, state.cid)
+    feats, labels = pool_features(scorer, data, pool, h.batch_size)
     steps, losses = [], []
     for k in range(h.local_steps):
-        rows = sample_batch(np.arange(len(pool)), h.batch_size, plan.round_seed, state.cid, k)
+        rows = head_batch(len(pool), h.batch_size, plan.round_seed, state.cid, k)
         step, loss = spsa_step(
             lambda rows=rows: scorer.cached_loss(feats, rows, labels[rows]),
             replica.tensors, plan.blocks, step_seed(plan.round_seed, state.cid, k), h.mu, h.lr, h.q, h.dist,

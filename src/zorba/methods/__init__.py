@@ -11,6 +11,7 @@ from zorba.errors import UserError
 from zorba.methods.base import Method, RoundStats, Setup, Upload, make_setup, parse_options
 from zorba.methods.decomfl import DeComFL
 from zorba.methods.fedavg import FedAvg
+from zorba.methods.fedavg_head import FedAvgHead
 from zorba.methods.fedkseed import FedKSeed
 from zorba.methods.fedzo import FedZO
 from zorba.methods.zorba_method import Zorba
@@ -25,6 +26,7 @@ def register(name: str, cls: type[Method], **defaults) -> None:
 register("fedavg-sgd", FedAvg, optimizer="sgd")
 register("fedavg-adam", FedAvg, optimizer="adam")
 register("fedavg-lora", FedAvg, optimizer="adam", lora=True)
+register("fedavg-head", FedAvgHead)  # the label head alone, by backprop: zorba's head planner in first order
 register("fedzo", FedZO)
 register("fedkseed", FedKSeed)
 register("fedkseed-pdss", FedKSeed, pdss=True)

@@ -136,17 +136,14 @@ class FedAvg(Method):
             self.global_state = {n: p.detach().clone() for n, p in self.trainable().items()}
         down = len(tensors_to_bytes(self.global_state))  # the same message goes to every client
         total = {n: torch.zeros_like(v) for n, v in self.global_state.items()}
-        ups, losses, busy = [], [], 0.0
+        uploads = []
         for cid in clients:
             self._load(self.global_state)
-            up = self.train_client(cid, round_idx)
+            uploads.append(up := self.train_client(cid, round_idx))
             for name, value in tensors_from_bytes(up.data).items():
                 total[name] += value
-            ups.append(len(up.data))
-            losses.append(up.loss)
-            busy += up.seconds
         self.global_state = {n: v / len(clients) for n, v in total.items()}
         self._load(self.global_state)
-        k = self.cfg.local_steps * len(clients)
-        return RoundStats(sum(losses) / len(losses), ups, [down] * len(clients), forward=k, backward=k,
-                          client_seconds=busy)
+        return RoundStats(sum(u.loss for u in uploads) / len(uploads), [len(u.data) for u in uploads],
+                          [down] * len(clients), forward=sum(u.forward for u in uploads),
+                          backward=sum(u.backward for u in uploads), client_seconds=sum(u.seconds for u in uploads))

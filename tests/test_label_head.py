@@ -139,3 +139,22 @@ def test_the_memory_probe_runs_a_head_client_as_the_client_does(tiny_models, mon
                              precision="fp32", load="full", label_head=True, head_pool=40))
     assert pools == [(40, 40)]
     assert out["active_params"] == lm.blocks[head].numel and out["peak_rss_bytes"] > 0
+
+
+def test_the_memory_probe_runs_the_first_order_head_in_the_clients_format(tiny_models, monkeypatch):
+    """Mode `fo-head` measures `fedavg-head`'s round in zorba's client format: the same pool, SGD on
+    the head's exact gradient (no SPSA, no encoder loop)."""
+    import zorba.federation.client as client
+    from zorba.core.scoring import Scorer
+    from zorba.federation.memprobe import MemoryProbe, _probe
+
+    monkeypatch.setattr(client, "head_steps", lambda *a: pytest.fail("the fo-head probe ran SPSA"))
+    monkeypatch.setattr(client, "local_steps", lambda *a: pytest.fail("the fo-head probe ran the encoder loop"))
+    grads = []
+    real = Scorer.head_loss
+    monkeypatch.setattr(Scorer, "head_loss", lambda self, f, rows, y: grads.append(len(rows)) or real(self, f, rows, y))
+    lm = attach_label_head(load_model(str(tiny_models["bert"])), 2)
+    head = len(lm.blocks) - 1
+    out = _probe(MemoryProbe(str(tiny_models["bert"]), "sst2", (head,), 4, 16, local_steps=3, data_dir=str(DATA),
+                             precision="fp32", load="full", label_head=True, head_pool=40, mode="fo-head"))
+    assert grads == [4, 4, 4] and out["active_params"] == lm.blocks[head].numel and out["peak_rss_bytes"] > 0

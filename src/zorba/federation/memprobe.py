@@ -11,7 +11,9 @@ below training. On a GPU it is the accelerator's peak allocation during the roun
 Modes, so that baselines are measured the same way on the same batch:
 - "zo": the client (TieredReplica in `precision`, `blocks` active), one local round;
 - "inference": the fp32 model, the same number of forward passes on the same batches;
-- "adam": first-order FedAvg's client, fp32 model, forward + backward + Adam step per local step.
+- "adam": first-order FedAvg's client, fp32 model, forward + backward + Adam step per local step;
+- "fo-head": the zo client's format and pool, its label head stepped by the exact gradient (SGD) instead
+  of SPSA: the `fedavg-head` baseline's round in zorba's client format.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-MODES = ("zo", "inference", "adam")
+MODES = ("zo", "inference", "adam", "fo-head")
+_CLIENT_FORMAT = ("zo", "fo-head")  # modes that run in zorba's client format (streamed, TieredReplica)
 RANDOM_MODELS = {
     # name: (family, config overrides); tokenizer = the embedded MiniLM's (ids < 30522 fit every vocab)
     "opt-125m": ("opt", {}),
@@ -172,7 +175,7 @@ def _load(p: MemoryProbe):
     client does; random weights and the baselines load the fp32 model."""
     if p.load not in ("stream", "full"):
         raise ValueError(f"unknown probe load {p.load!r}")
-    if p.mode == "zo" and p.load == "stream" and not p.model.startswith("random:"):
+    if p.mode in _CLIENT_FORMAT and p.load == "stream" and not p.model.startswith("random:"):
         from zorba.core.tasks import get_task
         from zorba.memory.streamload import load_client_replica
 
@@ -190,7 +193,7 @@ def _load(p: MemoryProbe):
 
 
 def _prepare(p: MemoryProbe, lm):
-    if p.mode == "zo":
+    if p.mode in _CLIENT_FORMAT:
         from zorba.memory.precision import make_client_replica
 
         return make_client_replica(lm, p.precision)
@@ -234,12 +237,40 @@ def _run(p: MemoryProbe, lm, scorer, batches, replica, examples) -> None:
             client.local_steps(replica, p.blocks, scorer,
                                [(ids, labels, k) for k, (ids, labels) in enumerate(batches)], hyper)
         replica.restore(snap)
+    elif p.mode == "fo-head":
+        _head_gradient_steps(p, replica, scorer, examples)
     elif p.mode == "inference":
         for ids, labels in batches:
             scorer.loss(ids, labels)
             scorer.loss(ids, labels)
     else:
         _adam_steps(lm, scorer, batches)
+
+
+def _head_gradient_steps(p: MemoryProbe, replica, scorer, examples) -> None:
+    """`fedavg-head`'s client round (methods/fedavg_head.py) on zorba's client: the pool's features, then
+    SGD steps on the label head's exact gradient."""
+    import numpy as np
+    import torch
+
+    from zorba.core.label_head import label_head_of
+    from zorba.federation import client
+
+    snap = replica.snapshot(p.blocks)
+    ids = scorer.encode(examples)
+    data = client.TokenizedData(ids, [e.label for e in examples])
+    pool = client.head_pool(np.arange(len(ids)), p.head_pool, 0, 0)
+    feats, labels = client.pool_features(scorer, data, pool, p.batch_size)
+    offset = label_head_of(replica.lm.model).offset
+    offset.requires_grad_(True)
+    opt = torch.optim.SGD([offset], lr=1e-3)
+    for k in range(p.local_steps):
+        rows = client.head_batch(len(pool), p.batch_size, 0, 0, k)
+        opt.zero_grad(set_to_none=True)
+        scorer.head_loss(feats, rows, labels[rows]).backward()
+        opt.step()
+    offset.requires_grad_(False)
+    replica.restore(snap)
 
 
 def _adam_steps(lm, scorer, batches) -> None:

@@ -324,3 +324,28 @@ def test_each_method_is_reproducible_from_its_seed(name, opt_env):
         runs.append(_without_timings(run_method(make_method(name, make_setup(cfg, inputs, load_model(cfg.model))))))
     assert runs[0] == runs[1]
     assert runs[0]["history"] and runs[0]["dev_predictions"]
+
+
+@pytest.mark.parametrize("name", ["fedavg-head", "decomfl"])
+def test_example_weights_average_clients_by_their_training_examples(name, opt_env):
+    """`weights = "examples"`: the server's average is each upload times its client's share of the
+    training examples (McMahan et al.'s FedAvg, zorba's server); "equal" stays the plain mean."""
+    from zorba.methods.wire import decode_scalars, tensors_from_bytes
+
+    method = build(name, opt_env, {"weights": "examples"}, lr=1e-2)
+    sizes = np.asarray([len(p) for p in method.setup.parts], dtype=np.float64)
+    assert sizes[0] != sizes[1]
+    np.testing.assert_allclose(method.client_weights([0, 1]), sizes / sizes.sum())
+    assert build(name, opt_env).client_weights([0, 1]) is None
+    uploads = []
+    real = method.train_client
+    method.train_client = lambda cid, r: uploads.append(real(cid, r)) or uploads[-1]
+    method.run_round(0, [0, 1])
+    w = sizes / sizes.sum()
+    if name == "fedavg-head":
+        ups = [tensors_from_bytes(u.data) for u in uploads]
+        for key, value in method.global_state.items():
+            torch.testing.assert_close(value, float(w[0]) * ups[0][key] + float(w[1]) * ups[1][key])
+    else:
+        ups = [np.asarray(decode_scalars(u.data)[2], dtype=np.float64) for u in uploads]
+        np.testing.assert_allclose(method.history[-1][1], (w[0] * ups[0] + w[1] * ups[1]).astype(np.float32))

@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -33,6 +34,12 @@ from zorba.wire.protocol import round_seed
 
 class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaselineOptions(NoOptions):
+    # How the server averages its clients: equally (as these baselines' committed bench cells ran), or
+    # by training examples, as McMahan et al.'s FedAvg and zorba's server do (docs/theory.md, "Client weights").
+    weights: Literal["equal", "examples"] = "equal"
 
 
 @dataclass
@@ -118,6 +125,14 @@ class Method(ABC):
     @abstractmethod
     def run_round(self, round_idx: int, clients: list[int]) -> RoundStats:
         """One federated round over `clients`: their updates, aggregated into the global model."""
+
+    def client_weights(self, clients: Sequence[int]) -> np.ndarray | None:
+        """Each client's share of the server's average, or None for the plain mean (computed as a sum
+        divided by the count, so equal-weight runs keep their bits)."""
+        if getattr(self.options, "weights", "equal") == "equal":
+            return None
+        sizes = np.asarray([len(self.setup.parts[c]) for c in clients], dtype=np.float64)
+        return sizes / sizes.sum()
 
     def exclude(self, clients: frozenset[int]) -> None:
         """Clients that never take part (zorba bench's equal-memory rows); the engine leaves them out

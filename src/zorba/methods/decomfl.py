@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from zorba.core.replica import Replica
-from zorba.methods.base import Method, RoundStats, Setup, Upload
+from zorba.methods.base import BaselineOptions, Method, RoundStats, Setup, Upload
 from zorba.methods.wire import encode_catch_up, encode_scalars
 from zorba.methods.zo_common import apply_scalars, local_zo_steps, mean_uploaded_scalars, revert_local_steps
 from zorba.wire.keys import derive_key
@@ -19,6 +19,7 @@ _TAG = 0xDEC0F1
 
 class DeComFL(Method):
     family = "decomfl"
+    Options = BaselineOptions
 
     def __init__(self, setup: Setup, options) -> None:
         super().__init__(setup, options)

@@ -9,18 +9,16 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from zorba.core.blocks import find_layer_list
-from zorba.methods.base import Method, RoundStats, Setup, Upload
+from zorba.methods.base import BaselineOptions, Method, RoundStats, Setup, Upload
 from zorba.methods.grad_loss import loss_with_grad
 from zorba.methods.wire import tensors_from_bytes, tensors_to_bytes
 
 
-class FedAvgOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FedAvgOptions(BaselineOptions):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lora: bool = False
     lora_r: int = Field(8, ge=1, le=1024)
@@ -136,13 +134,13 @@ class FedAvg(Method):
             self.global_state = {n: p.detach().clone() for n, p in self.trainable().items()}
         down = len(tensors_to_bytes(self.global_state))  # the same message goes to every client
         total = {n: torch.zeros_like(v) for n, v in self.global_state.items()}
-        uploads = []
-        for cid in clients:
+        uploads, weights = [], self.client_weights(clients)
+        for i, cid in enumerate(clients):
             self._load(self.global_state)
             uploads.append(up := self.train_client(cid, round_idx))
             for name, value in tensors_from_bytes(up.data).items():
-                total[name] += value
-        self.global_state = {n: v / len(clients) for n, v in total.items()}
+                total[name] += value if weights is None else float(weights[i]) * value
+        self.global_state = total if weights is not None else {n: v / len(clients) for n, v in total.items()}
         self._load(self.global_state)
         return RoundStats(sum(u.loss for u in uploads) / len(uploads), [len(u.data) for u in uploads],
                           [down] * len(clients), forward=sum(u.forward for u in uploads),

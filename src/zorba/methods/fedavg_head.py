@@ -11,19 +11,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from zorba.core.label_head import attach_label_head, label_head_of
 from zorba.federation.client import head_batch, head_pool, pool_features
-from zorba.methods.base import Method, Setup, Upload
+from zorba.methods.base import BaselineOptions, Method, Setup, Upload
 from zorba.methods.fedavg import FedAvg, frozen_to_bf16
 from zorba.methods.wire import tensors_to_bytes
 from zorba.wire.protocol import round_seed
 
 
-class FedAvgHeadOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FedAvgHeadOptions(BaselineOptions):
     optimizer: Literal["sgd", "adam"] = "sgd"
 
 

@@ -7,12 +7,12 @@ seeds whose scalars have been large so far are drawn more often."""
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from zorba.core.replica import Replica
 from zorba.core.zo import spsa_step
 from zorba.errors import UserError
-from zorba.methods.base import Method, RoundStats, Setup, Upload
+from zorba.methods.base import BaselineOptions, Method, RoundStats, Setup, Upload
 from zorba.methods.wire import encode_catch_up, encode_scalars
 from zorba.methods.zo_common import all_blocks, apply_scalars, mean_uploaded_scalars, revert_local_steps
 from zorba.wire.keys import derive_key
@@ -21,9 +21,7 @@ from zorba.wire.protocol import StepReport
 _POOL_TAG, _DRAW_TAG = 0x4B5EED, 0xD4A3
 
 
-class FedKSeedOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class FedKSeedOptions(BaselineOptions):
     k_seeds: int = Field(64, ge=1, le=1 << 20)
     pdss: bool = False
     pdss_alpha: float = Field(1.0, ge=0.0)  # sharpness of PDSS: 0 = uniform

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from zorba.core.replica import Replica
-from zorba.methods.base import Method, RoundStats, Setup, Upload
+from zorba.methods.base import BaselineOptions, Method, RoundStats, Setup, Upload
 from zorba.methods.wire import tensors_from_bytes, tensors_to_bytes
 from zorba.methods.zo_common import all_blocks, local_zo_steps
 from zorba.wire.keys import derive_key
@@ -16,6 +16,7 @@ _TAG = 0xFED20
 
 class FedZO(Method):
     family = "fedzo"
+    Options = BaselineOptions
 
     def __init__(self, setup: Setup, options) -> None:
         super().__init__(setup, options)
@@ -41,15 +42,17 @@ class FedZO(Method):
         down = len(tensors_to_bytes(self._named()))  # every client receives the full global weights
         total: dict[str, torch.Tensor] = {}
         ups, losses, busy = [], [], 0.0
-        for cid in clients:
+        weights = self.client_weights(clients)
+        for i, cid in enumerate(clients):
             up = self.train_client(cid, round_idx)
             for name, value in tensors_from_bytes(up.data).items():
+                value = value if weights is None else float(weights[i]) * value
                 total[name] = total[name] + value if name in total else value
             ups.append(len(up.data))
             losses.append(up.loss)
             busy += up.seconds
         for name, p in self._named().items():
-            p.add_(total[name] / len(clients))
+            p.add_(total[name] / len(clients) if weights is None else total[name])
         n = len(clients)
         return RoundStats(sum(losses) / n, ups, [down] * n, forward=2 * self.cfg.q * self.cfg.local_steps * n, backward=0,
                           client_seconds=busy)

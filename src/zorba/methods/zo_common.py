@@ -57,11 +57,13 @@ def mean_uploaded_scalars(
 
     total = np.zeros(size, dtype=np.float64)
     ups, losses, busy = [], [], 0.0
-    for cid in clients:
+    weights = method.client_weights(clients)
+    for i, cid in enumerate(clients):
         up = method.train_client(cid, round_idx)
-        total += np.asarray(decode_scalars(up.data)[2], dtype=np.float64)
+        scalars = np.asarray(decode_scalars(up.data)[2], dtype=np.float64)
+        total += scalars if weights is None else weights[i] * scalars
         ups.append(len(up.data))
         losses.append(up.loss)
         busy += up.seconds
         method.seen[cid] = round_idx
-    return (total / len(clients)).astype(np.float32), ups, losses, busy
+    return (total / len(clients) if weights is None else total).astype(np.float32), ups, losses, busy

@@ -98,6 +98,23 @@ def head_batch(pool_len: int, batch_size: int, round_seed: int, cid: int, step: 
     return sample_batch(np.arange(pool_len), batch_size, round_seed, cid, step)
 
 
+def gradient_head_steps(scorer: Scorer, feats: Features, labels: np.ndarray, opt, steps: int, batch_size: int,
+                        round_seed: int, cid: int) -> list[float]:
+    """First-order steps on the label head (`opt` holds its offsets): the exact gradient of the loss
+    SPSA estimates in `head_steps`, on the same batches of the pool. The fedavg-head baseline's round
+    and its memory probe (memprobe mode fo-head)."""
+    losses = []
+    for k in range(steps):
+        rows = head_batch(len(labels), batch_size, round_seed, cid, k)
+        opt.zero_grad(set_to_none=True)
+        loss = scorer.head_loss(feats, rows, labels[rows])
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    opt.zero_grad(set_to_none=True)
+    return losses
+
+
 def head_steps(plan: RoundPlan, state: ClientState, replica: Replica, scorer: Scorer, data: TokenizedData,
                pool_size: int) -> tuple[list[StepReport], list[float]]:
     """Local steps on the label head alone: the body is frozen for the round, so the features of a

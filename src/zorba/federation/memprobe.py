@@ -263,12 +263,7 @@ def _head_gradient_steps(p: MemoryProbe, replica, scorer, examples) -> None:
     feats, labels = client.pool_features(scorer, data, pool, p.batch_size)
     offset = label_head_of(replica.lm.model).offset
     offset.requires_grad_(True)
-    opt = torch.optim.SGD([offset], lr=1e-3)
-    for k in range(p.local_steps):
-        rows = client.head_batch(len(pool), p.batch_size, 0, 0, k)
-        opt.zero_grad(set_to_none=True)
-        scorer.head_loss(feats, rows, labels[rows]).backward()
-        opt.step()
+    client.gradient_head_steps(scorer, feats, labels, torch.optim.SGD([offset], lr=1e-3), p.local_steps, p.batch_size, 0, 0)
     offset.requires_grad_(False)
     replica.restore(snap)
 

@@ -3,8 +3,9 @@
 A client computes the features of the same pool a zorba head client draws (federation/client.py), once a
 round, with the body frozen in the run's `precision`; then it takes `head_steps` SGD (or Adam) steps on the
 same batches of that pool, each a gradient of the offsets through the class logits alone. It uploads the
-offsets (safetensors) and the server averages them, as FedAvg does. Its memory is the head client's:
-inference plus the pool's features. Both heads thus differ only in the estimator: the exact gradient
+offsets (safetensors) and the server averages them, as FedAvg does. As a baseline it loads the fp32
+checkpoint like the others; in zorba's client format its round needs what the SPSA head's does
+(memprobe mode fo-head). Both heads thus differ only in the estimator: the exact gradient
 against zorba's one SPSA scalar a step."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 from zorba.core.label_head import attach_label_head, label_head_of
-from zorba.federation.client import head_batch, head_pool, pool_features
+from zorba.federation.client import gradient_head_steps, head_pool, pool_features
 from zorba.methods.base import BaselineOptions, Method, Setup, Upload
 from zorba.methods.fedavg import FedAvg, frozen_to_bf16
 from zorba.methods.wire import tensors_to_bytes
@@ -47,15 +48,7 @@ class FedAvgHead(FedAvg):
         pool = head_pool(setup.parts[cid], cfg.head_pool, seed, cid)
         feats, labels = pool_features(setup.scorer, setup.train, pool, cfg.batch_size)
         params = self.trainable()
-        opt = self._optimizer(list(params.values()))
-        losses = []
-        for k in range(cfg.head_steps or cfg.local_steps):
-            rows = head_batch(len(pool), cfg.batch_size, seed, cid, k)
-            opt.zero_grad(set_to_none=True)
-            loss = setup.scorer.head_loss(feats, rows, labels[rows])
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        opt.zero_grad(set_to_none=True)
+        losses = gradient_head_steps(setup.scorer, feats, labels, self._optimizer(list(params.values())),
+                                     cfg.head_steps or cfg.local_steps, cfg.batch_size, seed, cid)
         forwards = -(-len(pool) // cfg.batch_size)  # the pool's forwards; the steps run no model pass
         return Upload(tensors_to_bytes(params), sum(losses) / len(losses), forward=forwards, backward=0)
